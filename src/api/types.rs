@@ -1,0 +1,122 @@
+//! The rnetd control API's wire types (JSON over HTTP on a unix socket, paths under `/v1`).
+//!
+//! Every front door (CLI, CNI plugin, Docker driver) speaks these; plugin-spec/rnetd-api.md
+//! documents them.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Endpoint, Network};
+
+pub use crate::ipam::NetworkRequest;
+
+/// The API version this build speaks; the path prefix is `/v{API_VERSION}`.
+pub const API_VERSION: u32 = 1;
+/// The largest request body the daemon reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub api_version: u32,
+    pub version: String,
+    pub host_id: String,
+    pub underlay: Ipv4Addr,
+    pub underlay_mtu: u32,
+    pub store: String,
+    pub networks: usize,
+    pub local_endpoints: usize,
+    /// Changes the last reconcile applied, and when (unix seconds).
+    pub last_reconcile_changes: usize,
+    pub last_reconcile_at: u64,
+}
+
+/// One row of `GET /v1/networks`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkSummary {
+    #[serde(flatten)]
+    pub network: Network,
+    pub endpoints: usize,
+}
+
+/// `GET /v1/networks/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkDetail {
+    #[serde(flatten)]
+    pub network: Network,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `POST /v1/attach`: connect a workload's namespace to a network.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    pub network: String,
+    /// Path of the workload's network namespace; or give `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Interface name inside the workload (default eth0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// A specific address to take (default: the lowest free one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The endpoint id (default: generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// `POST /v1/detach`: disconnect endpoints, chosen by id or by namespace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// `POST /v1/detach` result: the endpoints removed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DetachResponse {
+    pub detached: Vec<Endpoint>,
+}
+
+/// `DELETE /v1/networks/{name}` result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoveResponse {
+    pub removed: String,
+    pub detached: Vec<Endpoint>,
+}
+
+/// One difference between what should be in the kernel and what is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DriftLine {
+    pub network: String,
+    /// "missing", "stray" or "wrong".
+    pub kind: String,
+    /// The object, e.g. "sandbox", "veth ve0a000002", "fdb 02:52:.. -> 198.18.0.2".
+    pub object: String,
+    pub detail: String,
+}
+
+/// `GET /v1/doctor`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DoctorReport {
+    pub networks_checked: usize,
+    pub drift: Vec<DriftLine>,
+}
+
+/// What the daemon answers instead of a result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// One of: invalid, not_found, conflict, exhausted, unavailable, internal.
+    pub kind: String,
+    pub error: String,
+}

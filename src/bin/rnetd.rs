@@ -1,0 +1,94 @@
+//! `rnetd`: the per-host daemon. Flags → DaemonConfig → tracing → daemon::run until SIGTERM/SIGINT.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rnet::daemon::{self, DaemonConfig};
+
+/// The rnet per-host daemon: keeps this host's overlay networks in the kernel in line
+/// with the store, and serves the rnet API.
+#[derive(Parser, Debug)]
+#[command(name = "rnetd", version, about)]
+struct Flags {
+    /// API socket (mode 0660).
+    #[arg(long, env = "RNET_SOCKET", default_value = rnet::api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Persistent state: the embedded store, keys.
+    #[arg(long, env = "RNET_STATE_DIR", default_value = "/var/lib/rnet")]
+    state_dir: PathBuf,
+    /// Runtime state: namespace bind mounts live under RUN_DIR/netns (never /run/netns).
+    #[arg(long, env = "RNET_RUN_DIR", default_value = "/run/rnet")]
+    run_dir: PathBuf,
+    /// The store: `embedded` (single host, on local disk).
+    #[arg(long, env = "RNET_STORE", default_value = "embedded")]
+    store: String,
+    /// This host's id (default: the hostname).
+    #[arg(long, env = "RNET_HOST_ID")]
+    host_id: Option<String>,
+    /// Underlay address (VTEP source; default: the source address of the default route).
+    #[arg(long, env = "RNET_UNDERLAY")]
+    underlay: Option<Ipv4Addr>,
+    /// Seconds the host's presence record outlives a silent daemon.
+    #[arg(long, env = "RNET_LEASE_TTL", default_value_t = 10)]
+    lease_ttl: u64,
+    /// Seconds between full reconciles of kernel state with the records.
+    #[arg(long, env = "RNET_RESYNC", default_value_t = 30)]
+    resync: u64,
+    /// Directory for Docker's plugin socket, or `none` (Docker support comes with the libnetwork driver).
+    #[arg(
+        long,
+        env = "RNET_DOCKER_PLUGIN_DIR",
+        default_value = "/run/docker/plugins"
+    )]
+    docker_plugin_dir: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let host_id = match flags.host_id {
+        Some(h) => h,
+        None => nix::unistd::gethostname()
+            .context("reading the hostname for --host-id")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let cfg = DaemonConfig {
+        socket: flags.socket,
+        state_dir: flags.state_dir,
+        run_dir: flags.run_dir,
+        store: flags.store,
+        host_id,
+        underlay: flags.underlay,
+        lease_ttl: Duration::from_secs(flags.lease_ttl),
+        resync_interval: Duration::from_secs(flags.resync.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime
+        .block_on(daemon::run(cfg, shutdown_signal()))
+        .context("rnetd failed")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,382 @@
+//! The `rnet` command line: clap definitions, and one function per subcommand that turns
+//! its flags into an API call and prints the answer (a table, or JSON with `-o json`).
+
+pub mod output;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::types::{
+    AttachRequest, DetachRequest, DetachResponse, DoctorReport, NetworkDetail, NetworkRequest,
+    NetworkSummary, RemoveResponse, Status,
+};
+use crate::api::{Client, ClientError, DEFAULT_SOCKET};
+use crate::model::{Endpoint, Network};
+use output::{print_json, Table};
+
+/// Container overlay networking: manage networks and attach workloads through rnetd.
+#[derive(Parser, Debug)]
+#[command(name = "rnet", version, about)]
+pub struct Cli {
+    /// The rnetd API socket.
+    #[arg(long, global = true, env = "RNET_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a network (idempotent for the same options).
+    Create(CreateArgs),
+    /// List networks.
+    Ls,
+    /// Show one network and its endpoints.
+    Inspect { name: String },
+    /// Remove a network (refused while it has endpoints, unless --force).
+    Rm {
+        name: String,
+        /// Detach its endpoints first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The same network commands, grouped: `rnet network create|ls|inspect|rm`.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Attach a workload's network namespace to a network.
+    Attach(AttachArgs),
+    /// Detach endpoints from a network.
+    Detach(DetachArgs),
+    /// List endpoints (of one network, or all).
+    Endpoints { network: Option<String> },
+    /// Run a command in new namespaces attached to a network; detach when it exits.
+    Run(run::RunArgs),
+    /// Show the daemon's status.
+    Status,
+    /// Compare the kernel with the records; exit 1 on any drift.
+    Doctor,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    Create(CreateArgs),
+    Ls,
+    Inspect {
+        name: String,
+    },
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// IPv4 subnet in CIDR form, e.g. 10.1.0.0/24.
+    #[arg(long)]
+    pub subnet: String,
+    /// Gateway address (default: the subnet's first address).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// VXLAN network identifier (default: the lowest free one from 4096).
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// MTU of the workloads' interfaces (default: underlay MTU - 50).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Allow this subnet to overlap other networks' (each network has its own sandbox).
+    #[arg(long)]
+    pub allow_overlap: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub network: String,
+    /// Path of the workload's network namespace (e.g. /run/netns/x).
+    #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
+    pub netns: Option<String>,
+    /// PID of a process in the workload's network namespace.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Interface name inside the workload.
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+    /// Address to take (default: the lowest free one).
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Endpoint id (default: generated).
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    pub network: String,
+    #[arg(long, conflicts_with_all = ["netns", "pid"], required_unless_present_any = ["netns", "pid"])]
+    pub id: Option<String>,
+    #[arg(long, conflicts_with = "pid")]
+    pub netns: Option<String>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// Why a command failed, and with which exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: i32,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure {
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// Run every subcommand but `run` (which must fork before any runtime exists).
+pub async fn exec(cli: &Cli) -> Result<(), Failure> {
+    let client = Client::new(&cli.socket);
+    let fmt = cli.output;
+    match &cli.command {
+        Command::Create(a) | Command::Network(NetworkCommand::Create(a)) => {
+            create(&client, fmt, a).await
+        }
+        Command::Ls | Command::Network(NetworkCommand::Ls) => ls(&client, fmt).await,
+        Command::Inspect { name } | Command::Network(NetworkCommand::Inspect { name }) => {
+            inspect(&client, fmt, name).await
+        }
+        Command::Rm { name, force } | Command::Network(NetworkCommand::Rm { name, force }) => {
+            rm(&client, fmt, name, *force).await
+        }
+        Command::Attach(a) => attach(&client, fmt, a).await,
+        Command::Detach(a) => detach(&client, fmt, a).await,
+        Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
+        Command::Status => status(&client, fmt).await,
+        Command::Doctor => doctor(&client, fmt).await,
+        Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
+    }
+}
+
+async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Failure> {
+    let req = NetworkRequest {
+        name: a.name.clone(),
+        subnet: a.subnet.clone(),
+        gateway: a.gateway.clone(),
+        vni: a.vni,
+        mtu: a.mtu,
+        allow_overlap: a.allow_overlap,
+    };
+    let net: Network = client.post("/v1/networks", &req).await?;
+    match fmt {
+        Format::Json => print_json(&net),
+        Format::Table => networks_table(&[(net, None)]).print(),
+    }
+    Ok(())
+}
+
+fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
+    let mut t = Table::new(&["NAME", "VNI", "SUBNET", "GATEWAY", "MTU", "ENDPOINTS"]);
+    for (n, eps) in nets {
+        t.row(vec![
+            n.name.to_string(),
+            n.vni.to_string(),
+            n.subnet.to_string(),
+            n.gateway.to_string(),
+            n.mtu.to_string(),
+            eps.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t
+}
+
+fn endpoints_table(eps: &[Endpoint]) -> Table {
+    let mut t = Table::new(&["NETWORK", "ID", "IP", "MAC", "IFNAME", "HOST", "NETNS"]);
+    for e in eps {
+        t.row(vec![
+            e.network.to_string(),
+            e.id.to_string(),
+            e.ip.to_string(),
+            e.mac.to_string(),
+            e.ifname.to_string(),
+            e.host.clone(),
+            e.netns.clone(),
+        ]);
+    }
+    t
+}
+
+async fn ls(client: &Client, fmt: Format) -> Result<(), Failure> {
+    let nets: Vec<NetworkSummary> = client.get("/v1/networks").await?;
+    match fmt {
+        Format::Json => print_json(&nets),
+        Format::Table => {
+            let rows: Vec<(Network, Option<usize>)> = nets
+                .into_iter()
+                .map(|n| (n.network, Some(n.endpoints)))
+                .collect();
+            networks_table(&rows).print()
+        }
+    }
+    Ok(())
+}
+
+async fn inspect(client: &Client, fmt: Format, name: &str) -> Result<(), Failure> {
+    let d: NetworkDetail = client
+        .get(&format!("/v1/networks/{}", path_segment(name)))
+        .await?;
+    match fmt {
+        Format::Json => print_json(&d),
+        Format::Table => {
+            networks_table(&[(d.network.clone(), Some(d.endpoints.len()))]).print();
+            if !d.endpoints.is_empty() {
+                println!();
+                endpoints_table(&d.endpoints).print();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn rm(client: &Client, fmt: Format, name: &str, force: bool) -> Result<(), Failure> {
+    let path = format!(
+        "/v1/networks/{}{}",
+        path_segment(name),
+        if force { "?force=true" } else { "" }
+    );
+    let r: RemoveResponse = client.delete(&path).await?;
+    match fmt {
+        Format::Json => print_json(&r),
+        Format::Table => {
+            println!(
+                "removed network {} ({} endpoint(s) detached)",
+                r.removed,
+                r.detached.len()
+            )
+        }
+    }
+    Ok(())
+}
+
+async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Failure> {
+    let req = AttachRequest {
+        network: a.network.clone(),
+        netns: a.netns.clone(),
+        pid: a.pid,
+        ifname: Some(a.ifname.clone()),
+        ip: a.ip.clone(),
+        id: a.id.clone(),
+    };
+    let ep: Endpoint = client.post("/v1/attach", &req).await?;
+    match fmt {
+        Format::Json => print_json(&ep),
+        Format::Table => endpoints_table(&[ep]).print(),
+    }
+    Ok(())
+}
+
+async fn detach(client: &Client, fmt: Format, a: &DetachArgs) -> Result<(), Failure> {
+    let req = DetachRequest {
+        network: a.network.clone(),
+        id: a.id.clone(),
+        netns: a.netns.clone(),
+        pid: a.pid,
+    };
+    let r: DetachResponse = client.post("/v1/detach", &req).await?;
+    match fmt {
+        Format::Json => print_json(&r),
+        Format::Table => endpoints_table(&r.detached).print(),
+    }
+    Ok(())
+}
+
+async fn endpoints(client: &Client, fmt: Format, network: Option<&str>) -> Result<(), Failure> {
+    let path = match network {
+        Some(n) => format!("/v1/endpoints?network={}", path_segment(n)),
+        None => "/v1/endpoints".to_string(),
+    };
+    let eps: Vec<Endpoint> = client.get(&path).await?;
+    match fmt {
+        Format::Json => print_json(&eps),
+        Format::Table => endpoints_table(&eps).print(),
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
+    let s: Status = client.get("/v1/status").await?;
+    match fmt {
+        Format::Json => print_json(&s),
+        Format::Table => {
+            let mut t = Table::new(&[
+                "HOST",
+                "UNDERLAY",
+                "MTU",
+                "STORE",
+                "NETWORKS",
+                "LOCAL ENDPOINTS",
+                "VERSION",
+            ]);
+            t.row(vec![
+                s.host_id,
+                s.underlay.to_string(),
+                s.underlay_mtu.to_string(),
+                s.store,
+                s.networks.to_string(),
+                s.local_endpoints.to_string(),
+                s.version,
+            ]);
+            t.print()
+        }
+    }
+    Ok(())
+}
+
+async fn doctor(client: &Client, fmt: Format) -> Result<(), Failure> {
+    let r: DoctorReport = client.get("/v1/doctor").await?;
+    match fmt {
+        Format::Json => print_json(&r),
+        Format::Table if r.drift.is_empty() => {
+            println!("no drift ({} network(s) checked)", r.networks_checked)
+        }
+        Format::Table => {
+            for d in &r.drift {
+                println!("{} {}: {} {}", d.network, d.kind, d.object, d.detail);
+            }
+        }
+    }
+    if r.drift.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            message: format!("{} difference(s) between records and kernel", r.drift.len()),
+            code: 1,
+        })
+    }
+}
+
+/// Percent-encode a user-supplied name for a URL path or query (names are validated by
+/// the daemon; this only keeps the URL well formed whatever was typed).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

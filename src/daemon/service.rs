@@ -1,0 +1,669 @@
+//! The service: the single orchestrator of store and kernel on one host. Every front door
+//! (API, Docker driver, CNI through the API) ends in these methods.
+//!
+//! Attach = (1) create the endpoint record if its address key is absent (the allocation),
+//! (2) make sure the network's sandbox exists, (3) build the veth pair; on failure, undo
+//! (3) and (1). Detach is the reverse. A reconcile, excluded from running at the same time
+//! as attaches and detaches by one lock, repairs whatever drifted.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnetwork::Ipv4Network;
+use tokio::sync::RwLock;
+
+use crate::api::types::{
+    AttachRequest, DetachRequest, DetachResponse, DoctorReport, NetworkDetail, NetworkRequest,
+    NetworkSummary, RemoveResponse, Status,
+};
+use crate::dataplane::netlink::Underlay;
+use crate::dataplane::spec::{self, EndpointSpec, SandboxSpec};
+use crate::dataplane::Netlink;
+use crate::error::{Error, Result};
+use crate::ipam;
+use crate::model::{fnv1a, Endpoint, EndpointId, IfName, Mac, Network, NetworkName};
+use crate::netns::{self, NetNs};
+use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
+use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
+
+/// What the service needs to know about its host.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    pub host_id: String,
+    pub run_dir: PathBuf,
+    pub underlay: Underlay,
+    /// How the store was named on the command line (for `status`).
+    pub store_name: String,
+}
+
+/// The orchestrator of one host.
+pub struct Service<S: Store> {
+    store: S,
+    dp: Netlink,
+    cfg: HostConfig,
+    /// Attaches and detaches share it; a reconcile takes it alone.
+    kernel: RwLock<()>,
+    /// Networks whose sandbox this process has already made sure of.
+    ensured: Mutex<HashSet<String>>,
+    sandbox_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    last_reconcile: Mutex<(usize, u64)>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| Error::Internal(format!("undecodable record {}: {e}", kv.key)))
+}
+
+/// A fresh endpoint id when the caller gives none.
+fn generate_id() -> EndpointId {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!("{nanos}-{}-{n}", std::process::id());
+    format!("ep-{:012x}", fnv1a(seed.as_bytes()) & 0xffff_ffff_ffff)
+        .parse()
+        .expect("valid id")
+}
+
+impl<S: Store> Service<S> {
+    pub fn new(store: S, dp: Netlink, cfg: HostConfig) -> Self {
+        Service {
+            store,
+            dp,
+            cfg,
+            kernel: RwLock::new(()),
+            ensured: Mutex::new(HashSet::new()),
+            sandbox_locks: Mutex::new(HashMap::new()),
+            last_reconcile: Mutex::new((0, 0)),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn host_id(&self) -> &str {
+        &self.cfg.host_id
+    }
+
+    fn max_mtu(&self) -> u32 {
+        spec::overlay_mtu(self.cfg.underlay.mtu)
+    }
+
+    fn sandbox_spec(&self, net: &Network) -> SandboxSpec {
+        SandboxSpec::for_network(net, &self.cfg.run_dir, self.cfg.underlay.address)
+    }
+
+    // ----- reading the store -----
+
+    pub async fn networks(&self) -> Result<Vec<Network>> {
+        let (kvs, _) = self.store.list(keys::NETWORKS).await?;
+        kvs.iter().map(decode).collect()
+    }
+
+    pub async fn network(&self, name: &str) -> Result<Network> {
+        let key_name: NetworkName = name.parse()?;
+        match self.store.get(&keys::network(key_name.as_str())).await? {
+            Some(kv) => decode(&kv),
+            None => Err(Error::NotFound(format!("network {name} does not exist"))),
+        }
+    }
+
+    /// Endpoints of one network, or of all networks.
+    pub async fn endpoints(&self, network: Option<&str>) -> Result<Vec<Endpoint>> {
+        let prefix = match network {
+            Some(n) => {
+                self.network(n).await?;
+                keys::endpoints_of(n)
+            }
+            None => keys::ENDPOINTS.to_string(),
+        };
+        let (kvs, _) = self.store.list(&prefix).await?;
+        kvs.iter().map(decode).collect()
+    }
+
+    async fn local_endpoints(&self) -> Result<Vec<Endpoint>> {
+        Ok(self
+            .endpoints(None)
+            .await?
+            .into_iter()
+            .filter(|e| e.host == self.cfg.host_id)
+            .collect())
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        let networks = self.networks().await?.len();
+        let local_endpoints = self.local_endpoints().await?.len();
+        let (changes, at) = *self.last_reconcile.lock().expect("poisoned");
+        Ok(Status {
+            api_version: crate::api::types::API_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            host_id: self.cfg.host_id.clone(),
+            underlay: self.cfg.underlay.address,
+            underlay_mtu: self.cfg.underlay.mtu,
+            store: self.cfg.store_name.clone(),
+            networks,
+            local_endpoints,
+            last_reconcile_changes: changes,
+            last_reconcile_at: at,
+        })
+    }
+
+    pub async fn list_networks(&self) -> Result<Vec<NetworkSummary>> {
+        let eps = self.endpoints(None).await?;
+        Ok(self
+            .networks()
+            .await?
+            .into_iter()
+            .map(|n| NetworkSummary {
+                endpoints: eps.iter().filter(|e| e.network == n.name).count(),
+                network: n,
+            })
+            .collect())
+    }
+
+    pub async fn inspect(&self, name: &str) -> Result<NetworkDetail> {
+        let network = self.network(name).await?;
+        let endpoints = self.endpoints(Some(name)).await?;
+        Ok(NetworkDetail { network, endpoints })
+    }
+
+    // ----- networks -----
+
+    /// Create a network, or return the existing one if asked again with the same options.
+    pub async fn create_network(&self, req: &NetworkRequest) -> Result<Network> {
+        for _ in 0..5 {
+            let existing = self.networks().await?;
+            let net = ipam::plan_network(req, &existing, self.max_mtu())?;
+            if existing.contains(&net) {
+                return Ok(net);
+            }
+            let name = net.name.as_str();
+            let txn = self
+                .store
+                .txn(
+                    vec![
+                        Compare::Absent(keys::network(name)),
+                        Compare::Absent(keys::vni(net.vni.get())),
+                    ],
+                    vec![
+                        TxnOp::Put {
+                            key: keys::network(name),
+                            value: to_json(&net),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: keys::vni(net.vni.get()),
+                            value: name.as_bytes().to_vec(),
+                            lease: None,
+                        },
+                    ],
+                )
+                .await?;
+            if txn.succeeded {
+                tracing::info!(network = name, vni = %net.vni, subnet = %net.subnet, "network created");
+                return Ok(net);
+            }
+            // Someone else wrote one of the keys in the meantime: plan again against the news.
+        }
+        Err(Error::Conflict(format!(
+            "network {} is being changed concurrently; try again",
+            req.name
+        )))
+    }
+
+    /// Remove a network; with `force`, detach its endpoints first.
+    pub async fn remove_network(&self, name: &str, force: bool) -> Result<RemoveResponse> {
+        let net = self.network(name).await?;
+        let eps = self.endpoints(Some(name)).await?;
+        if !eps.is_empty() && !force {
+            let ids: Vec<String> = eps.iter().take(5).map(|e| e.id.to_string()).collect();
+            return Err(Error::Conflict(format!(
+                "network {name} still has {} endpoint(s) ({}{}); detach them or use --force",
+                eps.len(),
+                ids.join(", "),
+                if eps.len() > 5 { ", ..." } else { "" }
+            )));
+        }
+        let _guard = self.kernel.read().await;
+        let mut detached = Vec::new();
+        for ep in eps {
+            self.detach_one(&net, &ep).await?;
+            detached.push(ep);
+        }
+        let txn = self
+            .store
+            .txn(
+                vec![],
+                vec![
+                    TxnOp::Delete {
+                        key: keys::network(name),
+                    },
+                    TxnOp::Delete {
+                        key: keys::vni(net.vni.get()),
+                    },
+                ],
+            )
+            .await?;
+        debug_assert!(txn.succeeded);
+        self.ensured.lock().expect("poisoned").remove(name);
+        self.dp
+            .remove_sandbox(&self.sandbox_spec(&net).netns)
+            .await?;
+        tracing::info!(network = name, "network removed");
+        Ok(RemoveResponse {
+            removed: name.to_string(),
+            detached,
+        })
+    }
+
+    // ----- endpoints -----
+
+    /// Attach a workload to a network.
+    pub async fn attach(&self, req: &AttachRequest) -> Result<Endpoint> {
+        let ifname: IfName = req.ifname.as_deref().unwrap_or("eth0").parse()?;
+        let id: EndpointId = match &req.id {
+            Some(id) => id.parse()?,
+            None => generate_id(),
+        };
+        let requested_ip = req
+            .ip
+            .as_deref()
+            .map(|s| ipam::parse_ip("address", s))
+            .transpose()?;
+        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid)?;
+        let net = self.network(&req.network).await?;
+        if let Some(ip) = requested_ip {
+            ipam::check_requested(&net, ip)?;
+        }
+        let _guard = self.kernel.read().await;
+        self.ensure_sandbox(&net).await?;
+        let template = Endpoint {
+            network: net.name.clone(),
+            id,
+            ip: Ipv4Network::new(net.gateway, net.subnet.prefix()).expect("valid prefix"),
+            mac: Mac([0; 6]),
+            host: self.cfg.host_id.clone(),
+            ifname,
+            netns: netns_name,
+            netns_inode: workload.inode(),
+            host_ifname: String::new(),
+            created: now_secs(),
+        };
+        let ep = self.allocate(&net, template, requested_ip).await?;
+        let sandbox = self.sandbox_spec(&net);
+        if let Err(e) = self
+            .dp
+            .attach(&sandbox, &EndpointSpec::for_endpoint(&net, &ep), &workload)
+            .await
+        {
+            self.release(&ep).await;
+            return Err(e.into());
+        }
+        tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
+        Ok(ep)
+    }
+
+    /// Make the sandbox exist (once per process per network; the reconcile checks it later).
+    async fn ensure_sandbox(&self, net: &Network) -> Result<()> {
+        let name = net.name.to_string();
+        let spec = self.sandbox_spec(net);
+        if self.ensured.lock().expect("poisoned").contains(&name) && netns::is_mounted(&spec.netns)
+        {
+            return Ok(());
+        }
+        let lock = self
+            .sandbox_locks
+            .lock()
+            .expect("poisoned")
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        if self.ensured.lock().expect("poisoned").contains(&name) && netns::is_mounted(&spec.netns)
+        {
+            return Ok(());
+        }
+        self.dp.ensure_sandbox(&spec).await?;
+        self.ensured.lock().expect("poisoned").insert(name);
+        Ok(())
+    }
+
+    /// Take an address: the requested one, or the lowest free one, by create-if-absent on
+    /// its key (and on the endpoint id's key), so no two callers anywhere get the same.
+    async fn allocate(
+        &self,
+        net: &Network,
+        mut ep: Endpoint,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Endpoint> {
+        let name = net.name.as_str();
+        let candidates: Vec<Ipv4Addr> = match requested {
+            Some(ip) => vec![ip],
+            None => {
+                let taken: BTreeSet<Ipv4Addr> = self
+                    .endpoints(Some(name))
+                    .await?
+                    .iter()
+                    .map(|e| e.ip.ip())
+                    .collect();
+                ipam::free_addresses(net, &taken).take(4096).collect()
+            }
+        };
+        for ip in candidates {
+            ep.ip = Ipv4Network::new(ip, net.subnet.prefix()).expect("valid prefix");
+            ep.mac = Mac::from_ipv4(ip);
+            ep.host_ifname = spec::host_ifname(ip);
+            let txn = self
+                .store
+                .txn(
+                    vec![
+                        Compare::Absent(keys::endpoint(name, ip)),
+                        Compare::Absent(keys::endpoint_id(name, ep.id.as_str())),
+                    ],
+                    vec![
+                        TxnOp::Put {
+                            key: keys::endpoint(name, ip),
+                            value: to_json(&ep),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: keys::endpoint_id(name, ep.id.as_str()),
+                            value: ip.to_string().into_bytes(),
+                            lease: None,
+                        },
+                    ],
+                )
+                .await?;
+            if txn.succeeded {
+                return Ok(ep);
+            }
+            if txn.current.get(1).is_some_and(|c| c.is_some()) {
+                return Err(Error::Conflict(format!(
+                    "endpoint id {} is already in use on network {name}",
+                    ep.id
+                )));
+            }
+            if requested.is_some() {
+                return Err(Error::Conflict(format!(
+                    "address {ip} is already in use on network {name}"
+                )));
+            }
+        }
+        let used = self.endpoints(Some(name)).await?.len();
+        Err(Error::Exhausted(format!(
+            "network {name} has no free address: {used} of {} in use in subnet {}",
+            ipam::capacity(net),
+            net.subnet
+        )))
+    }
+
+    /// Delete an endpoint's records (best effort: used for rollback and detach).
+    async fn release(&self, ep: &Endpoint) {
+        let name = ep.network.as_str();
+        let ops = vec![
+            TxnOp::Delete {
+                key: keys::endpoint(name, ep.ip.ip()),
+            },
+            TxnOp::Delete {
+                key: keys::endpoint_id(name, ep.id.as_str()),
+            },
+        ];
+        if let Err(e) = self.store.txn(vec![], ops).await {
+            tracing::error!(error = %e, id = %ep.id, "releasing endpoint records failed");
+        }
+    }
+
+    /// Detach endpoints chosen by id, namespace path or PID.
+    pub async fn detach(&self, req: &DetachRequest) -> Result<DetachResponse> {
+        let net = self.network(&req.network).await?;
+        let chosen = self.select_endpoints(&net, req).await?;
+        let _guard = self.kernel.read().await;
+        for ep in &chosen {
+            self.detach_one(&net, ep).await?;
+        }
+        Ok(DetachResponse { detached: chosen })
+    }
+
+    async fn select_endpoints(&self, net: &Network, req: &DetachRequest) -> Result<Vec<Endpoint>> {
+        let all = self.endpoints(Some(net.name.as_str())).await?;
+        let chosen: Vec<Endpoint> = match (&req.id, &req.netns, req.pid) {
+            (Some(id), None, None) => all.into_iter().filter(|e| e.id.as_str() == id).collect(),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                let path = req.netns.clone().unwrap_or_else(|| {
+                    netns::pid_netns_path(req.pid.unwrap_or(0))
+                        .display()
+                        .to_string()
+                });
+                let inode = match req.pid {
+                    Some(pid) => NetNs::of_pid(pid)?.inode(),
+                    None => NetNs::open(Path::new(&path))
+                        .map(|n| n.inode())
+                        .unwrap_or(0),
+                };
+                all.into_iter()
+                    .filter(|e| (inode != 0 && e.netns_inode == inode) || e.netns == path)
+                    .collect()
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "detach needs exactly one of id, netns or pid".into(),
+                ))
+            }
+        };
+        if chosen.is_empty() {
+            let what = req
+                .id
+                .as_ref()
+                .map(|i| format!("id {i}"))
+                .or(req.netns.as_ref().map(|n| format!("netns {n}")))
+                .unwrap_or_else(|| format!("pid {}", req.pid.unwrap_or(0)));
+            return Err(Error::NotFound(format!(
+                "no endpoint with {what} on network {}",
+                net.name
+            )));
+        }
+        if let Some(remote) = chosen.iter().find(|e| e.host != self.cfg.host_id) {
+            return Err(Error::Conflict(format!(
+                "endpoint {} lives on host {}; detach it there",
+                remote.id, remote.host
+            )));
+        }
+        Ok(chosen)
+    }
+
+    async fn detach_one(&self, net: &Network, ep: &Endpoint) -> Result<()> {
+        if ep.host == self.cfg.host_id {
+            self.dp
+                .detach(&self.sandbox_spec(net).netns, &ep.host_ifname)
+                .await?;
+        }
+        self.release(ep).await;
+        tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "detached");
+        Ok(())
+    }
+
+    // ----- reconcile -----
+
+    /// Compare the kernel with the records; with `apply`, repair what differs. Returns the
+    /// findings (before repair).
+    pub async fn reconcile(&self, apply: bool) -> Result<Vec<Finding>> {
+        let _guard = self.kernel.write().await;
+        let networks = self.networks().await?;
+        let local = self.local_endpoints().await?;
+        let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
+        let known: BTreeSet<String> = networks.iter().map(|n| n.name.to_string()).collect();
+        let run_dir = self.cfg.run_dir.clone();
+        let findings = reconcile::diff(&desired, &observed, &known, |n| {
+            spec::sandbox_path(&run_dir, n)
+        });
+        if apply {
+            let mut repaired = 0;
+            for f in &findings {
+                match self.repair(&f.repair, &networks, &local).await {
+                    Ok(true) => repaired += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, finding = ?f.line, "repair failed"),
+                }
+            }
+            if !findings.is_empty() {
+                tracing::info!(findings = findings.len(), repaired, "reconciled");
+            }
+            *self.last_reconcile.lock().expect("poisoned") = (repaired, now_secs());
+        }
+        Ok(findings)
+    }
+
+    pub async fn doctor(&self) -> Result<DoctorReport> {
+        let findings = self.reconcile(false).await?;
+        Ok(DoctorReport {
+            networks_checked: self.networks().await?.len(),
+            drift: findings.into_iter().map(|f| f.line).collect(),
+        })
+    }
+
+    async fn desired_and_observed(
+        &self,
+        networks: &[Network],
+        local: &[Endpoint],
+    ) -> Result<(Vec<DesiredNetwork>, Observed)> {
+        let mut observed = Observed::default();
+        for path in self.sandbox_paths() {
+            if let Some(state) = self.dp.observe_sandbox(&path).await? {
+                observed.sandboxes.insert(path, state);
+            }
+        }
+        let mut desired = Vec::new();
+        for net in networks {
+            let sandbox = self.sandbox_spec(net);
+            let endpoints: Vec<(Endpoint, EndpointSpec)> = local
+                .iter()
+                .filter(|e| e.network == net.name)
+                .map(|e| (e.clone(), EndpointSpec::for_endpoint(net, e)))
+                .collect();
+            if !endpoints.is_empty() || observed.sandboxes.contains_key(&sandbox.netns) {
+                desired.push(DesiredNetwork {
+                    name: net.name.to_string(),
+                    sandbox,
+                    endpoints,
+                });
+            }
+        }
+        Ok((desired, observed))
+    }
+
+    /// The sandbox bind mounts present in the run directory.
+    fn sandbox_paths(&self) -> Vec<PathBuf> {
+        let dir = spec::netns_dir(&self.cfg.run_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(spec::sandbox_network)
+                    .is_some()
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Apply one repair; Ok(false) when there was nothing the daemon could do.
+    async fn repair(
+        &self,
+        repair: &Repair,
+        networks: &[Network],
+        local: &[Endpoint],
+    ) -> Result<bool> {
+        let find_net = |name: &str| networks.iter().find(|n| n.name.as_str() == name);
+        match repair {
+            Repair::EnsureSandbox { network } => {
+                let Some(net) = find_net(network) else {
+                    return Ok(false);
+                };
+                self.dp.ensure_sandbox(&self.sandbox_spec(net)).await?;
+                self.ensured
+                    .lock()
+                    .expect("poisoned")
+                    .insert(network.clone());
+            }
+            Repair::RemoveSandbox { path } => self.dp.remove_sandbox(path).await?,
+            Repair::RemoveVeth {
+                sandbox,
+                host_ifname,
+            } => self.dp.detach(sandbox, host_ifname).await?,
+            Repair::FixVeth {
+                sandbox,
+                host_ifname,
+            } => self.dp.fix_veth(sandbox, host_ifname).await?,
+            Repair::Reattach { network, ip } => {
+                let Some(net) = find_net(network) else {
+                    return Ok(false);
+                };
+                let Some(ep) = local
+                    .iter()
+                    .find(|e| e.network == net.name && e.ip.ip() == *ip)
+                else {
+                    return Ok(false);
+                };
+                return self.reattach(net, ep).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Re-create a lost veth pair if the endpoint's workload namespace is still the same one.
+    async fn reattach(&self, net: &Network, ep: &Endpoint) -> Result<bool> {
+        let ns = match NetNs::open(Path::new(&ep.netns)) {
+            Ok(ns) if ns.inode() == ep.netns_inode => ns,
+            _ => {
+                tracing::warn!(id = %ep.id, netns = %ep.netns, "workload namespace is gone; `rnet detach` releases the endpoint");
+                return Ok(false);
+            }
+        };
+        let sandbox = self.sandbox_spec(net);
+        self.dp.ensure_sandbox(&sandbox).await?;
+        match self
+            .dp
+            .attach(&sandbox, &EndpointSpec::for_endpoint(net, ep), &ns)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(crate::dataplane::DataplaneError::IfaceExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Open the workload's namespace from a path or a PID (exactly one).
+fn open_workload(netns: Option<&str>, pid: Option<u32>) -> Result<(NetNs, String)> {
+    match (netns, pid) {
+        (Some(path), None) => Ok((NetNs::open(Path::new(path))?, path.to_string())),
+        (None, Some(pid)) => Ok((
+            NetNs::of_pid(pid)?,
+            netns::pid_netns_path(pid).display().to_string(),
+        )),
+        _ => Err(Error::Invalid(
+            "attach needs exactly one of netns (a path) or pid".into(),
+        )),
+    }
+}

@@ -1,0 +1,16 @@
+//! The dataplane: the only code that touches the kernel.
+//!
+//! Per network with local endpoints, one sandbox namespace holds a bridge (`br0`, carrying
+//! the gateway address) and the network's VXLAN device. The VXLAN device is created from
+//! the host namespace (so its UDP socket binds to the underlay) directly into the sandbox.
+//! Each endpoint is a veth pair: one end enslaved to `br0` in the sandbox, the other
+//! created straight inside the workload's namespace under its final name.
+//!
+//! `spec` holds the pure descriptions of what should exist; `netlink` applies them and
+//! reads the kernel back.
+
+pub mod netlink;
+pub mod spec;
+
+pub use netlink::{DataplaneError, Netlink};
+pub use spec::{EndpointSpec, SandboxSpec};

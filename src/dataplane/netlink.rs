@@ -1,0 +1,689 @@
+//! Applying specs through rtnetlink, and reading the kernel back.
+//!
+//! One netlink connection per namespace, kept for the daemon's life (sandboxes) or for
+//! one operation (workload namespaces). A socket stays bound to the namespace it was
+//! created in, so a connection into another namespace is opened on a short-lived thread
+//! that has entered it, then driven from tokio like any other.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, TokioSocket};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+use super::spec::{EndpointSpec, SandboxSpec, BRIDGE};
+use crate::model::VXLAN_PORT;
+use crate::netns::{self, NetNs, NetnsError};
+
+/// A dataplane failure, naming the object and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{op}: {msg}")]
+    Netlink {
+        op: String,
+        msg: String,
+        errno: Option<i32>,
+    },
+    #[error("interface {ifname} already exists in network namespace {netns}")]
+    IfaceExists { ifname: String, netns: String },
+    #[error("underlay address {0} is not configured on any interface of this host")]
+    NoUnderlay(Ipv4Addr),
+    #[error("opening a netlink socket: {0}")]
+    Socket(std::io::Error),
+}
+
+impl DataplaneError {
+    fn netlink(op: impl Into<String>, e: rtnetlink::Error) -> DataplaneError {
+        let errno = errno_of(&e);
+        let msg = match errno {
+            Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+            None => e.to_string(),
+        };
+        DataplaneError::Netlink {
+            op: op.into(),
+            msg,
+            errno,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Open a netlink connection in the current namespace (ns = None) or inside `ns`.
+fn connect(ns: Option<&NetNs>) -> Result<Handle> {
+    let open = || -> std::io::Result<i32> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        // Extended acks make the kernel explain a refusal ("Address already in use" for what).
+        let _ = socket.set_ext_ack(true);
+        Ok(socket.into_raw_fd())
+    };
+    let fd = match ns {
+        Some(ns) => ns.run(open)?,
+        None => open(),
+    }
+    .map_err(DataplaneError::Socket)?;
+    // SAFETY: `fd` is a netlink socket we just created and own exclusively.
+    let socket = unsafe { TokioSocket::from_raw_fd(fd) };
+    let (conn, handle, _) = rtnetlink::from_socket(socket);
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A link as read back from the kernel (the parts rnet checks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub mtu: u32,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+    pub vni: Option<u32>,
+    pub learning: Option<bool>,
+    pub proxy: Option<bool>,
+    pub port: Option<u16>,
+}
+
+impl LinkState {
+    fn from_message(m: &LinkMessage) -> LinkState {
+        let mut s = LinkState {
+            index: m.header.index,
+            up: m.header.flags.contains(LinkFlags::Up),
+            ..Default::default()
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => s.name = n.clone(),
+                LinkAttribute::Mtu(v) => s.mtu = *v,
+                LinkAttribute::Controller(c) => s.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => s.read_info(infos),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn read_info(&mut self, infos: &[LinkInfo]) {
+        for info in infos {
+            match info {
+                LinkInfo::Kind(k) => self.kind = Some(k.to_string()),
+                LinkInfo::Data(InfoData::Vxlan(v)) => {
+                    for a in v {
+                        match a {
+                            InfoVxlan::Id(id) => self.vni = Some(*id),
+                            InfoVxlan::Learning(l) => self.learning = Some(*l),
+                            InfoVxlan::Proxy(p) => self.proxy = Some(*p),
+                            InfoVxlan::Port(p) => self.port = Some(*p),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What a sandbox holds, read back from the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxState {
+    pub links: Vec<LinkState>,
+    /// IPv4 addresses per interface index.
+    pub addresses: Vec<(u32, Ipv4Network)>,
+}
+
+impl SandboxState {
+    pub fn link(&self, name: &str) -> Option<&LinkState> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// The host's underlay as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub address: Ipv4Addr,
+    pub ifindex: u32,
+    pub mtu: u32,
+}
+
+/// The rtnetlink dataplane of one host.
+pub struct Netlink {
+    host: Handle,
+    sandboxes: Mutex<HashMap<PathBuf, Handle>>,
+}
+
+impl Netlink {
+    /// Connect in the calling thread's namespace: the host namespace. Needs a tokio runtime.
+    pub fn new() -> Result<Netlink> {
+        Ok(Netlink {
+            host: connect(None)?,
+            sandboxes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connection into a sandbox, opened once and reused.
+    fn sandbox(&self, path: &Path) -> Result<Handle> {
+        let mut map = self.sandboxes.lock().expect("sandbox map poisoned");
+        if let Some(h) = map.get(path) {
+            return Ok(h.clone());
+        }
+        let handle = connect(Some(&NetNs::open(path)?))?;
+        map.insert(path.to_path_buf(), handle.clone());
+        Ok(handle)
+    }
+
+    /// The underlay interface holding `address`, with its MTU.
+    pub async fn underlay(&self, address: Ipv4Addr) -> Result<Underlay> {
+        let mut addrs = self.host.address().get().execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing addresses", e))?
+        {
+            let found = m.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address)
+            });
+            if found {
+                let link = get_link_by_index(&self.host, m.header.index).await?;
+                let mtu = link.map(|l| l.mtu).unwrap_or(1500);
+                return Ok(Underlay {
+                    address,
+                    ifindex: m.header.index,
+                    mtu,
+                });
+            }
+        }
+        Err(DataplaneError::NoUnderlay(address))
+    }
+
+    /// The preferred source address of the default route, if there is one.
+    pub async fn default_route_source(&self) -> Result<Option<Ipv4Addr>> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.host.route().get(req).execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing routes", e))?
+        {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => return Ok(Some(*ip)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let Some(oif) = oif {
+                return self.first_address_of(oif).await;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn first_address_of(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+        let mut addrs = self
+            .host
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing addresses", e))?
+        {
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                {
+                    return Ok(Some(*ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Make the sandbox exist as `spec` says. Idempotent; a sandbox this call created is
+    /// removed again if a later step fails.
+    pub async fn ensure_sandbox(&self, spec: &SandboxSpec) -> Result<()> {
+        let created = !netns::is_mounted(&spec.netns);
+        if created {
+            netns::remove(&spec.netns)?; // a leftover plain file from a crash
+            NetNs::create(&spec.netns)?;
+        }
+        let result = self.fill_sandbox(spec).await;
+        if result.is_err() && created {
+            self.remove_sandbox(&spec.netns).await?;
+        }
+        result
+    }
+
+    async fn fill_sandbox(&self, spec: &SandboxSpec) -> Result<()> {
+        let sb = self.sandbox(&spec.netns)?;
+        let bridge = match get_link(&sb, BRIDGE).await? {
+            Some(b) => b,
+            None => {
+                let msg = LinkBridge::new(BRIDGE)
+                    .mtu(spec.mtu)
+                    .address(spec.bridge_mac.0.to_vec())
+                    .up()
+                    .build();
+                add_link(
+                    &sb,
+                    msg,
+                    &format!("creating bridge {BRIDGE} in {}", spec.netns.display()),
+                )
+                .await?;
+                require_link(&sb, BRIDGE).await?
+            }
+        };
+        if !bridge.up || bridge.mtu != spec.mtu {
+            set_link(
+                &sb,
+                LinkUnspec::new_with_index(bridge.index)
+                    .mtu(spec.mtu)
+                    .up()
+                    .build(),
+                "bringing up bridge",
+            )
+            .await?;
+        }
+        sb.address()
+            .add(
+                bridge.index,
+                IpAddr::V4(spec.gateway.ip()),
+                spec.gateway.prefix(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                DataplaneError::netlink(format!("adding gateway {} to {BRIDGE}", spec.gateway), e)
+            })?;
+        self.ensure_vxlan(spec, &sb, bridge.index).await
+    }
+
+    async fn ensure_vxlan(&self, spec: &SandboxSpec, sb: &Handle, bridge: u32) -> Result<()> {
+        let existing = get_link(sb, &spec.vxlan).await?;
+        let wanted = |l: &LinkState| {
+            l.vni == Some(spec.vni)
+                && l.learning == Some(false)
+                && l.proxy == Some(true)
+                && l.port == Some(VXLAN_PORT)
+        };
+        let vx = match existing {
+            Some(l) if wanted(&l) => l,
+            other => {
+                if let Some(stale) = other {
+                    del_link(sb, stale.index, &spec.vxlan).await?;
+                }
+                self.create_vxlan(spec).await?;
+                require_link(sb, &spec.vxlan).await?
+            }
+        };
+        if vx.controller != Some(bridge) || !vx.up || vx.mtu != spec.mtu {
+            let msg = LinkUnspec::new_with_index(vx.index)
+                .controller(bridge)
+                .mtu(spec.mtu)
+                .up()
+                .build();
+            set_link(sb, msg, &format!("attaching {} to {BRIDGE}", spec.vxlan)).await?;
+        }
+        Ok(())
+    }
+
+    /// Created from the host namespace straight into the sandbox: the device's UDP socket
+    /// lives in the namespace of the request (the host's), its interface in the sandbox.
+    async fn create_vxlan(&self, spec: &SandboxSpec) -> Result<()> {
+        let sandbox = NetNs::open(&spec.netns)?;
+        let msg = LinkVxlan::new(&spec.vxlan, spec.vni)
+            .local(spec.local)
+            .port(VXLAN_PORT)
+            .learning(false)
+            .proxy(true)
+            .mtu(spec.mtu)
+            .setns_by_fd(sandbox.as_raw_fd())
+            .build();
+        add_link(
+            &self.host,
+            msg,
+            &format!(
+                "creating VXLAN device {} (VNI {}, port {VXLAN_PORT})",
+                spec.vxlan, spec.vni
+            ),
+        )
+        .await
+    }
+
+    /// Remove a sandbox: dropping the namespace tears down its devices in the kernel's own time.
+    pub async fn remove_sandbox(&self, path: &Path) -> Result<()> {
+        self.sandboxes
+            .lock()
+            .expect("sandbox map poisoned")
+            .remove(path);
+        netns::remove(path)?;
+        Ok(())
+    }
+
+    /// Read back a sandbox; None if it does not exist.
+    pub async fn observe_sandbox(&self, path: &Path) -> Result<Option<SandboxState>> {
+        if !netns::is_mounted(path) {
+            return Ok(None);
+        }
+        let sb = self.sandbox(path)?;
+        let links = list_links(&sb).await?;
+        let mut addresses = Vec::new();
+        let mut addrs = sb.address().get().execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing sandbox addresses", e))?
+        {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if let Ok(net) = Ipv4Network::new(*ip, m.header.prefix_len) {
+                        addresses.push((m.header.index, net));
+                    }
+                }
+            }
+        }
+        Ok(Some(SandboxState { links, addresses }))
+    }
+
+    /// Connect a workload namespace to a sandbox's bridge as `ep` says. On failure nothing
+    /// of it is left behind.
+    pub async fn attach(
+        &self,
+        sandbox: &SandboxSpec,
+        ep: &EndpointSpec,
+        workload: &NetNs,
+    ) -> Result<()> {
+        let wl = connect(Some(workload))?;
+        if get_link(&wl, &ep.ifname).await?.is_some() {
+            return Err(DataplaneError::IfaceExists {
+                ifname: ep.ifname.clone(),
+                netns: workload.path().display().to_string(),
+            });
+        }
+        let sb = self.sandbox(&sandbox.netns)?;
+        if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
+            del_link(&sb, stale.index, &ep.host_ifname).await?;
+        }
+        let bridge = require_link(&sb, BRIDGE).await?;
+        add_link(
+            &sb,
+            veth_message(ep, bridge.index, workload),
+            &format!("creating veth {} <-> {}", ep.host_ifname, ep.ifname),
+        )
+        .await?;
+        if let Err(e) = configure_workload(&wl, ep).await {
+            let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Remove an endpoint's veth pair (both ends go together). Absent is fine.
+    pub async fn detach(&self, sandbox: &Path, host_ifname: &str) -> Result<()> {
+        if !netns::is_mounted(sandbox) {
+            return Ok(());
+        }
+        let sb = self.sandbox(sandbox)?;
+        if let Some(link) = get_link(&sb, host_ifname).await? {
+            del_link(&sb, link.index, host_ifname).await?;
+        }
+        Ok(())
+    }
+
+    /// Enslave a sandbox veth to the bridge and bring it up.
+    pub async fn fix_veth(&self, sandbox: &Path, host_ifname: &str) -> Result<()> {
+        let sb = self.sandbox(sandbox)?;
+        let bridge = require_link(&sb, BRIDGE).await?;
+        let link = require_link(&sb, host_ifname).await?;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .controller(bridge.index)
+            .up()
+            .build();
+        set_link(&sb, msg, &format!("attaching {host_ifname} to {BRIDGE}")).await
+    }
+
+    /// Whether the workload side of an endpoint is present and configured.
+    pub async fn observe_workload(
+        &self,
+        workload: &NetNs,
+        ifname: &str,
+    ) -> Result<Option<(LinkState, Vec<Ipv4Network>)>> {
+        let wl = connect(Some(workload))?;
+        let Some(link) = get_link(&wl, ifname).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let mut addrs = wl
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing workload addresses", e))?
+        {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if let Ok(n) = Ipv4Network::new(*ip, m.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(Some((link, out)))
+    }
+}
+
+/// `ip link add HOST mtu M master br0 up type veth peer name IFNAME address MAC mtu M netns FD`:
+/// the workload end is born in its namespace under its final name, so there is no move and
+/// no rename, and a name clash fails before anything exists.
+fn veth_message(ep: &EndpointSpec, bridge: u32, workload: &NetNs) -> LinkMessage {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(ep.ifname.clone())
+        .address(ep.mac.0.to_vec())
+        .mtu(ep.mtu)
+        .setns_by_fd(workload.as_raw_fd())
+        .build();
+    LinkVeth::new(&ep.host_ifname, &ep.ifname)
+        .mtu(ep.mtu)
+        .controller(bridge)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build()
+}
+
+async fn configure_workload(wl: &Handle, ep: &EndpointSpec) -> Result<()> {
+    if let Some(lo) = get_link(wl, "lo").await? {
+        if !lo.up {
+            set_link(
+                wl,
+                LinkUnspec::new_with_index(lo.index).up().build(),
+                "bringing up lo",
+            )
+            .await?;
+        }
+    }
+    let link = require_link(wl, &ep.ifname).await?;
+    wl.address()
+        .add(link.index, IpAddr::V4(ep.address.ip()), ep.address.prefix())
+        .execute()
+        .await
+        .map_err(|e| {
+            DataplaneError::netlink(format!("adding {} to {}", ep.address, ep.ifname), e)
+        })?;
+    set_link(
+        wl,
+        LinkUnspec::new_with_index(link.index).up().build(),
+        &format!("bringing up {}", ep.ifname),
+    )
+    .await?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(ep.gateway)
+        .output_interface(link.index)
+        .build();
+    wl.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(|e| DataplaneError::netlink(format!("adding default route via {}", ep.gateway), e))
+}
+
+async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {
+    let mut out = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(m) = links
+        .try_next()
+        .await
+        .map_err(|e| DataplaneError::netlink("listing links", e))?
+    {
+        out.push(LinkState::from_message(&m));
+    }
+    Ok(out)
+}
+
+async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m.as_ref().map(LinkState::from_message)),
+        Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(DataplaneError::netlink(format!("looking up {name}"), e)),
+    }
+}
+
+async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkState>> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Ok(m) => Ok(m.as_ref().map(LinkState::from_message)),
+        Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(DataplaneError::netlink(
+            format!("looking up link {index}"),
+            e,
+        )),
+    }
+}
+
+async fn require_link(h: &Handle, name: &str) -> Result<LinkState> {
+    get_link(h, name)
+        .await?
+        .ok_or_else(|| DataplaneError::Netlink {
+            op: format!("looking up {name}"),
+            msg: "no such device".into(),
+            errno: Some(libc::ENODEV),
+        })
+}
+
+async fn add_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| DataplaneError::netlink(op, e))
+}
+
+async fn set_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| DataplaneError::netlink(op, e))
+}
+
+async fn del_link(h: &Handle, index: u32, name: &str) -> Result<()> {
+    match h.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(DataplaneError::netlink(format!("deleting {name}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::InfoKind;
+
+    #[test]
+    fn veth_message_carries_peer_in_workload() {
+        let ep = EndpointSpec {
+            host_ifname: "ve0a000002".into(),
+            ifname: "eth0".into(),
+            mac: "02:52:0a:00:00:02".parse().unwrap(),
+            address: "10.0.0.2/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            mtu: 1450,
+        };
+        let ns = NetNs::of_pid(std::process::id()).unwrap();
+        let msg = veth_message(&ep, 7, &ns);
+        assert!(msg.attributes.contains(&LinkAttribute::Controller(7)));
+        assert!(msg.attributes.contains(&LinkAttribute::Mtu(1450)));
+        let peer = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => i.iter().find_map(|x| match x {
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let peer = peer.expect("peer info");
+        assert!(peer
+            .attributes
+            .contains(&LinkAttribute::IfName("eth0".into())));
+        assert!(peer
+            .attributes
+            .contains(&LinkAttribute::Address(ep.mac.0.to_vec())));
+    }
+
+    #[test]
+    fn link_state_reads_vxlan_info() {
+        let msg = LinkVxlan::new("vx-a", 42)
+            .port(4789)
+            .learning(false)
+            .proxy(true)
+            .build();
+        let s = LinkState::from_message(&msg);
+        assert_eq!(s.name, "vx-a");
+        assert_eq!(s.vni, Some(42));
+        assert_eq!(s.learning, Some(false));
+        assert_eq!(s.proxy, Some(true));
+        assert_eq!(s.port, Some(4789));
+        assert_eq!(
+            s.kind.as_deref(),
+            Some(InfoKind::Vxlan.to_string().as_str())
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Pure descriptions of kernel objects, derived from store records.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+
+use crate::model::{Endpoint, Mac, Network, VXLAN_OVERHEAD};
+
+/// The bridge inside every sandbox; sandboxes are separate namespaces, so one name fits all.
+pub const BRIDGE: &str = "br0";
+/// MAC kind byte for sandbox bridges (see `Mac::from_name`).
+const BRIDGE_MAC_KIND: u8 = 0x42;
+
+/// What one network's sandbox namespace should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// Where the sandbox namespace is bind-mounted.
+    pub netns: PathBuf,
+    pub vxlan: String,
+    pub vni: u32,
+    /// VTEP source address (the host's underlay address).
+    pub local: Ipv4Addr,
+    pub bridge_mac: Mac,
+    /// The gateway address with the subnet's prefix, assigned to the bridge.
+    pub gateway: Ipv4Network,
+    pub mtu: u32,
+}
+
+impl SandboxSpec {
+    /// The sandbox of `net` on a host whose run directory is `run_dir`.
+    pub fn for_network(net: &Network, run_dir: &Path, local: Ipv4Addr) -> SandboxSpec {
+        SandboxSpec {
+            netns: sandbox_path(run_dir, net.name.as_str()),
+            vxlan: net.name.vxlan_ifname(),
+            vni: net.vni.get(),
+            local,
+            bridge_mac: Mac::from_name(BRIDGE_MAC_KIND, net.name.as_str()),
+            gateway: Ipv4Network::new(net.gateway, net.subnet.prefix())
+                .expect("subnet prefix is valid"),
+            mtu: net.mtu,
+        }
+    }
+}
+
+/// The directory holding rnet's namespace bind mounts.
+pub fn netns_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("netns")
+}
+
+/// The bind mount of a network's sandbox.
+pub fn sandbox_path(run_dir: &Path, network: &str) -> PathBuf {
+    netns_dir(run_dir).join(format!("sb-{network}"))
+}
+
+/// The network a sandbox bind mount belongs to, if the file name is one of ours.
+pub fn sandbox_network(file_name: &str) -> Option<&str> {
+    file_name.strip_prefix("sb-")
+}
+
+/// What one endpoint's veth pair should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// The sandbox-side veth, enslaved to the bridge.
+    pub host_ifname: String,
+    /// The workload-side name (e.g. eth0).
+    pub ifname: String,
+    pub mac: Mac,
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl EndpointSpec {
+    pub fn for_endpoint(net: &Network, ep: &Endpoint) -> EndpointSpec {
+        EndpointSpec {
+            host_ifname: ep.host_ifname.clone(),
+            ifname: ep.ifname.to_string(),
+            mac: ep.mac,
+            address: ep.ip,
+            gateway: net.gateway,
+            mtu: net.mtu,
+        }
+    }
+}
+
+/// The sandbox-side veth name of the endpoint with address `ip`: unique within the sandbox
+/// because addresses are, and stable, so a restarted daemon finds it again.
+pub fn host_ifname(ip: Ipv4Addr) -> String {
+    format!("ve{:08x}", u32::from(ip))
+}
+
+/// The overlay MTU for an underlay MTU.
+pub fn overlay_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Vni;
+
+    #[test]
+    fn sandbox_spec_from_network() {
+        let net = Network {
+            name: "blue".parse().unwrap(),
+            vni: Vni::new(7).unwrap(),
+            subnet: "10.9.0.0/16".parse().unwrap(),
+            gateway: "10.9.0.1".parse().unwrap(),
+            mtu: 1450,
+            encryption: Default::default(),
+            allow_overlap: false,
+        };
+        let s =
+            SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
+        assert_eq!(s.netns, PathBuf::from("/run/rnet/netns/sb-blue"));
+        assert_eq!(s.vxlan, "vx-blue");
+        assert_eq!(s.gateway.to_string(), "10.9.0.1/16");
+        assert_eq!(sandbox_network("sb-blue"), Some("blue"));
+    }
+
+    #[test]
+    fn derived_names_fit_ifnamsiz() {
+        assert_eq!(host_ifname("10.0.0.2".parse().unwrap()), "ve0a000002");
+        assert!(host_ifname("255.255.255.255".parse().unwrap()).len() <= 15);
+        assert_eq!(overlay_mtu(1500), 1450);
+    }
+}

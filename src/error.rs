@@ -1,0 +1,82 @@
+//! The daemon's error type: every failure a request can meet, each with the class that
+//! decides how a front door reports it (HTTP status, CNI code, CLI exit).
+
+use crate::dataplane::DataplaneError;
+use crate::ipam::PlanError;
+use crate::model::Invalid;
+use crate::netns::NetnsError;
+use crate::store::StoreError;
+
+/// A request-level failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (bad CIDR, name, address, missing namespace...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// It contradicts what exists (name with other options, VNI or address in use...).
+    #[error("{0}")]
+    Conflict(String),
+    /// No address left.
+    #[error("{0}")]
+    Exhausted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The class name used on the wire (`ErrorBody::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::Exhausted(_) => "exhausted",
+            Error::Store(StoreError::Unavailable(_)) => "unavailable",
+            Error::Dataplane(DataplaneError::IfaceExists { .. }) => "conflict",
+            Error::Dataplane(DataplaneError::Netns(NetnsError::NotFound { .. }))
+            | Error::Dataplane(DataplaneError::Netns(NetnsError::NotNetns { .. }))
+            | Error::Dataplane(DataplaneError::Netns(NetnsError::NoSuchPid { .. })) => "invalid",
+            _ => "internal",
+        }
+    }
+
+    /// The HTTP status for this class.
+    pub fn http_status(&self) -> u16 {
+        match self.kind() {
+            "invalid" => 400,
+            "not_found" => 404,
+            "conflict" | "exhausted" => 409,
+            "unavailable" => 503,
+            _ => 500,
+        }
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Invalid(e.0)
+    }
+}
+
+impl From<NetnsError> for Error {
+    fn from(e: NetnsError) -> Self {
+        Error::Dataplane(DataplaneError::Netns(e))
+    }
+}
+
+impl From<PlanError> for Error {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Invalid(i) => Error::Invalid(i.0),
+            PlanError::Conflict(c) => Error::Conflict(c),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,355 @@
+//! Pure address and network planning: validating a network request against the networks
+//! that exist, choosing a VNI, and choosing addresses. No I/O; the store makes the choices
+//! stick (compare-and-swap on the address key).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::model::{Encryption, Invalid, Network, NetworkName, Vni, VNI_MAX};
+
+/// Automatically assigned VNIs start here (low VNIs are often taken by hand-made devices).
+pub const AUTO_VNI_BASE: u32 = 4096;
+/// The smallest MTU IPv4 allows.
+pub const MIN_MTU: u32 = 68;
+
+/// A request to create a network, as it arrives (strings not yet parsed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkRequest {
+    pub name: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub vni: Option<u32>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub allow_overlap: bool,
+}
+
+/// Why a network request cannot be granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn bad<T>(msg: String) -> Result<T, PlanError> {
+    Err(PlanError::Invalid(Invalid(msg)))
+}
+
+/// Parse a subnet: an IPv4 network address with a prefix of at most /30.
+pub fn parse_subnet(s: &str) -> Result<Ipv4Network, PlanError> {
+    let net: Ipv4Network = match s.parse() {
+        Ok(n) if s.contains('/') => n,
+        _ => return bad(format!("subnet {s:?} is not an IPv4 CIDR like 10.1.0.0/24")),
+    };
+    if net.ip() != net.network() {
+        return bad(format!(
+            "subnet {s} has host bits set; did you mean {}/{}?",
+            net.network(),
+            net.prefix()
+        ));
+    }
+    if net.prefix() > 30 {
+        return bad(format!(
+            "subnet {s} is too small: it needs room for a gateway and an endpoint (at most /30)"
+        ));
+    }
+    Ok(net)
+}
+
+/// Parse an IPv4 address given as a string, naming what it is for.
+pub fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, Invalid> {
+    s.parse()
+        .map_err(|_| Invalid(format!("{what} {s:?} is not an IPv4 address")))
+}
+
+/// Whether `ip` is a usable host address of `subnet` (not its network or broadcast address).
+fn is_host_address(subnet: Ipv4Network, ip: Ipv4Addr) -> bool {
+    subnet.contains(ip) && ip != subnet.network() && ip != subnet.broadcast()
+}
+
+/// Turn a request into a network record, given the networks that exist and the MTU the
+/// underlay allows. An identical request for an existing network returns that network.
+pub fn plan_network(
+    req: &NetworkRequest,
+    existing: &[Network],
+    max_mtu: u32,
+) -> Result<Network, PlanError> {
+    let name: NetworkName = req.name.parse()?;
+    let subnet = parse_subnet(&req.subnet)?;
+    let same_name = existing.iter().find(|n| n.name == name);
+    let gateway = match &req.gateway {
+        Some(g) => parse_ip("gateway", g)?,
+        None => same_name
+            .filter(|n| n.subnet == subnet)
+            .map(|n| n.gateway)
+            .unwrap_or_else(|| first_host(subnet)),
+    };
+    if !is_host_address(subnet, gateway) {
+        return bad(format!(
+            "gateway {gateway} is not a host address of subnet {subnet}"
+        ));
+    }
+    let mtu = req.mtu.or(same_name.map(|n| n.mtu)).unwrap_or(max_mtu);
+    if !(MIN_MTU..=max_mtu).contains(&mtu) {
+        return bad(format!(
+            "MTU {mtu} is out of range {MIN_MTU}..={max_mtu} (the underlay MTU minus the 50-byte VXLAN overhead)"
+        ));
+    }
+    let vni = match req.vni {
+        Some(v) => Vni::new(v)?,
+        None => match same_name {
+            Some(n) => n.vni,
+            None => pick_vni(existing)?,
+        },
+    };
+    let net = Network {
+        name,
+        vni,
+        subnet,
+        gateway,
+        mtu,
+        encryption: Encryption::None,
+        allow_overlap: req.allow_overlap,
+    };
+    if let Some(old) = same_name {
+        return if old.same_options(&net) {
+            Ok(old.clone())
+        } else {
+            Err(PlanError::Conflict(format!(
+                "network {} already exists with other options ({}); remove it first or use the same options",
+                old.name,
+                describe_differences(old, &net)
+            )))
+        };
+    }
+    check_against_others(&net, existing)?;
+    Ok(net)
+}
+
+fn check_against_others(net: &Network, existing: &[Network]) -> Result<(), PlanError> {
+    if let Some(other) = existing.iter().find(|n| n.vni == net.vni) {
+        return Err(PlanError::Conflict(format!(
+            "VNI {} is already used by network {}",
+            net.vni, other.name
+        )));
+    }
+    if net.allow_overlap {
+        return Ok(());
+    }
+    if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(net.subnet)) {
+        return Err(PlanError::Conflict(format!(
+            "subnet {} overlaps subnet {} of network {} (use --allow-overlap to allow it: networks live in separate sandboxes)",
+            net.subnet, other.subnet, other.name
+        )));
+    }
+    Ok(())
+}
+
+fn describe_differences(old: &Network, new: &Network) -> String {
+    let mut d = Vec::new();
+    if old.subnet != new.subnet {
+        d.push(format!("subnet {} vs {}", old.subnet, new.subnet));
+    }
+    if old.gateway != new.gateway {
+        d.push(format!("gateway {} vs {}", old.gateway, new.gateway));
+    }
+    if old.vni != new.vni {
+        d.push(format!("VNI {} vs {}", old.vni, new.vni));
+    }
+    if old.mtu != new.mtu {
+        d.push(format!("MTU {} vs {}", old.mtu, new.mtu));
+    }
+    if old.allow_overlap != new.allow_overlap {
+        d.push(format!(
+            "allow-overlap {} vs {}",
+            old.allow_overlap, new.allow_overlap
+        ));
+    }
+    d.join(", ")
+}
+
+/// The lowest unused VNI from `AUTO_VNI_BASE` up.
+pub fn pick_vni(existing: &[Network]) -> Result<Vni, PlanError> {
+    let used: BTreeSet<u32> = existing.iter().map(|n| n.vni.get()).collect();
+    (AUTO_VNI_BASE..=VNI_MAX)
+        .find(|v| !used.contains(v))
+        .map(|v| Vni::new(v).expect("in range"))
+        .ok_or_else(|| PlanError::Conflict("every VNI is in use".into()))
+}
+
+fn first_host(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// Check an address a caller asked for.
+pub fn check_requested(net: &Network, ip: Ipv4Addr) -> Result<(), Invalid> {
+    if !net.subnet.contains(ip) {
+        return Err(Invalid(format!(
+            "address {ip} is outside subnet {} of network {}",
+            net.subnet, net.name
+        )));
+    }
+    if ip == net.gateway {
+        return Err(Invalid(format!(
+            "address {ip} is the gateway of network {}",
+            net.name
+        )));
+    }
+    if !is_host_address(net.subnet, ip) {
+        return Err(Invalid(format!(
+            "address {ip} is the network or broadcast address of subnet {}",
+            net.subnet
+        )));
+    }
+    Ok(())
+}
+
+/// Free host addresses of `net`, lowest first, skipping the gateway and `taken`.
+pub fn free_addresses<'a>(
+    net: &'a Network,
+    taken: &'a BTreeSet<Ipv4Addr>,
+) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    let first = u32::from(net.subnet.network()) + 1;
+    let last = u32::from(net.subnet.broadcast()) - 1;
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .filter(move |ip| *ip != net.gateway && !taken.contains(ip))
+}
+
+/// How many endpoint addresses a network has in all.
+pub fn capacity(net: &Network) -> u64 {
+    // network, broadcast and gateway are not endpoints
+    u64::from(u32::from(net.subnet.broadcast()) - u32::from(net.subnet.network())) - 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, subnet: &str) -> NetworkRequest {
+        NetworkRequest {
+            name: name.into(),
+            subnet: subnet.into(),
+            ..Default::default()
+        }
+    }
+
+    fn net(name: &str, subnet: &str, vni: u32) -> Network {
+        let mut r = req(name, subnet);
+        r.vni = Some(vni);
+        plan_network(&r, &[], 1450).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let n = plan_network(&req("blue", "10.1.0.0/24"), &[], 1450).unwrap();
+        assert_eq!(n.gateway, "10.1.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(n.mtu, 1450);
+        assert_eq!(n.vni.get(), AUTO_VNI_BASE);
+    }
+
+    #[test]
+    fn bad_subnets_are_named() {
+        for (s, want) in [
+            ("10.1.0.0", "not an IPv4 CIDR"),
+            ("10.1.0.0/33", "not an IPv4 CIDR"),
+            ("banana", "not an IPv4 CIDR"),
+            ("10.1.0.5/24", "did you mean 10.1.0.0/24"),
+            ("10.1.0.0/31", "too small"),
+        ] {
+            let e = plan_network(&req("a", s), &[], 1450)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn gateway_must_be_inside() {
+        let mut r = req("a", "10.1.0.0/24");
+        r.gateway = Some("10.2.0.1".into());
+        assert!(plan_network(&r, &[], 1450)
+            .unwrap_err()
+            .to_string()
+            .contains("not a host address"));
+        r.gateway = Some("10.1.0.255".into());
+        assert!(plan_network(&r, &[], 1450).is_err());
+        r.gateway = Some("10.1.0.254".into());
+        assert!(plan_network(&r, &[], 1450).is_ok());
+    }
+
+    #[test]
+    fn same_name_same_options_is_idempotent() {
+        let a = net("a", "10.1.0.0/24", 100);
+        let again = plan_network(&req("a", "10.1.0.0/24"), std::slice::from_ref(&a), 1450).unwrap();
+        assert_eq!(again, a);
+        let e = plan_network(&req("a", "10.2.0.0/24"), &[a], 1450).unwrap_err();
+        assert!(
+            matches!(e, PlanError::Conflict(ref m) if m.contains("subnet")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vni_and_overlap_conflicts() {
+        let a = net("a", "10.1.0.0/16", 100);
+        let mut r = req("b", "10.2.0.0/24");
+        r.vni = Some(100);
+        assert!(plan_network(&r, std::slice::from_ref(&a), 1450)
+            .unwrap_err()
+            .to_string()
+            .contains("VNI 100"));
+        let e = plan_network(&req("b", "10.1.5.0/24"), std::slice::from_ref(&a), 1450).unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        let mut r = req("b", "10.1.5.0/24");
+        r.allow_overlap = true;
+        let b = plan_network(&r, std::slice::from_ref(&a), 1450).unwrap();
+        assert_ne!(b.vni, a.vni);
+        r.vni = Some(VNI_MAX + 1);
+        assert!(plan_network(&r, &[a], 1450)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+    }
+
+    #[test]
+    fn mtu_bounds() {
+        let mut r = req("a", "10.1.0.0/24");
+        r.mtu = Some(1500);
+        assert!(plan_network(&r, &[], 1450)
+            .unwrap_err()
+            .to_string()
+            .contains("MTU 1500"));
+        r.mtu = Some(1400);
+        assert_eq!(plan_network(&r, &[], 1450).unwrap().mtu, 1400);
+    }
+
+    #[test]
+    fn addresses() {
+        let n = net("a", "10.1.0.0/29", 5);
+        let taken: BTreeSet<Ipv4Addr> = ["10.1.0.2".parse().unwrap()].into();
+        let free: Vec<String> = free_addresses(&n, &taken).map(|i| i.to_string()).collect();
+        assert_eq!(free, ["10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]);
+        assert_eq!(capacity(&n), 5);
+        assert!(check_requested(&n, "10.1.0.1".parse().unwrap())
+            .unwrap_err()
+            .0
+            .contains("gateway"));
+        assert!(check_requested(&n, "10.1.0.7".parse().unwrap())
+            .unwrap_err()
+            .0
+            .contains("broadcast"));
+        assert!(check_requested(&n, "10.9.0.2".parse().unwrap())
+            .unwrap_err()
+            .0
+            .contains("outside"));
+        assert!(check_requested(&n, "10.1.0.3".parse().unwrap()).is_ok());
+    }
+}

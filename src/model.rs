@@ -1,0 +1,446 @@
+//! Pure domain types: validated names, VNIs, MACs, and the records kept in the store.
+//!
+//! Everything that comes from outside (CLI flags, API bodies, store values) is parsed
+//! into these types once, at the edge; code further in trusts them.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// Linux limits interface names to IFNAMSIZ - 1 = 15 bytes.
+pub const IFNAME_MAX: usize = 15;
+/// VXLAN device names are `vx-<network>`: the prefix leaves this much for the name.
+pub const NETWORK_NAME_MAX: usize = IFNAME_MAX - VXLAN_PREFIX.len();
+const VXLAN_PREFIX: &str = "vx-";
+/// A VXLAN network identifier is 24 bits.
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+/// Encapsulation overhead of VXLAN over IPv4: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The IANA VXLAN port (the kernel's default, 8472, predates it).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// A validation failure, with a message that names the offending input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(msg.into()))
+}
+
+/// The characters CNI allows in names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+fn check_name_chars(what: &str, s: &str) -> Result<(), Invalid> {
+    let mut chars = s.chars();
+    match chars.next() {
+        None => return invalid(format!("{what} is empty")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return invalid(format!("{what} {s:?} must start with a letter or digit"))
+        }
+        _ => {}
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+        return invalid(format!(
+            "{what} {s:?} contains {bad:?}; allowed are letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A network name: CNI's name characters, short enough for the interface names derived from it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NetworkName(String);
+
+impl NetworkName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The VXLAN device of this network (created in the host namespace, so it must be unique there).
+    pub fn vxlan_ifname(&self) -> String {
+        format!("{VXLAN_PREFIX}{}", self.0)
+    }
+}
+
+impl FromStr for NetworkName {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        check_name_chars("network name", s)?;
+        if s.len() > NETWORK_NAME_MAX {
+            return invalid(format!(
+                "network name {s:?} is {} characters; at most {NETWORK_NAME_MAX} fit in the \
+                 derived interface name {VXLAN_PREFIX}NAME (the kernel allows {IFNAME_MAX})",
+                s.len()
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for NetworkName {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<NetworkName> for String {
+    fn from(n: NetworkName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Linux interface name, checked as iproute2 checks it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IfName {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return invalid("interface name is empty");
+        }
+        if s.len() > IFNAME_MAX {
+            return invalid(format!(
+                "interface name {s:?} is {} bytes; the kernel allows at most {IFNAME_MAX}",
+                s.len()
+            ));
+        }
+        if s == "."
+            || s == ".."
+            || s.contains(['/', ':'])
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return invalid(format!(
+                "interface name {s:?} may not be '.', '..' or contain '/', ':', spaces or control characters"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<IfName> for String {
+    fn from(n: IfName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A VXLAN network identifier (24 bits; 0 is reserved here as "unset").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Vni(u32);
+
+impl Vni {
+    pub fn new(v: u32) -> Result<Self, Invalid> {
+        if v == 0 || v > VNI_MAX {
+            return invalid(format!("VNI {v} is out of range 1..={VNI_MAX}"));
+        }
+        Ok(Self(v))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Vni {
+    type Error = Invalid;
+    fn try_from(v: u32) -> Result<Self, Invalid> {
+        Self::new(v)
+    }
+}
+
+impl From<Vni> for u32 {
+    fn from(v: Vni) -> u32 {
+        v.0
+    }
+}
+
+impl fmt::Display for Vni {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// Endpoint MACs are derived from their IPv4 address (locally administered, unicast),
+    /// so a restarted daemon or a peer computes the same MAC without a lookup.
+    pub fn from_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x02, 0x52, o[0], o[1], o[2], o[3]])
+    }
+
+    /// VTEP and bridge MACs are derived from a stable name (host id, network),
+    /// so they survive reboots and peers' entries stay right.
+    pub fn from_name(kind: u8, name: &str) -> Mac {
+        let h = fnv1a(name.as_bytes());
+        let b = h.to_be_bytes();
+        Mac([0x02, kind, b[4], b[5], b[6], b[7]])
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+/// FNV-1a: a tiny stable hash for deriving identifiers (not for security).
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl FromStr for Mac {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || {
+            Invalid(format!(
+                "MAC address {s:?} is not six ':'-separated hex bytes"
+            ))
+        };
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (slot, part) in mac.iter_mut().zip(&parts) {
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// An endpoint id: what a runtime calls the container (CNI's container id, Docker's endpoint id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EndpointId(String);
+
+impl EndpointId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EndpointId {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        check_name_chars("endpoint id", s)?;
+        if s.len() > Self::MAX_LEN {
+            return invalid(format!(
+                "endpoint id is {} characters; at most {} are allowed",
+                s.len(),
+                Self::MAX_LEN
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for EndpointId {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<EndpointId> for String {
+    fn from(n: EndpointId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a network's traffic between hosts is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    #[default]
+    None,
+}
+
+/// A cluster-wide network record (`/rnet/v1/networks/<name>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: NetworkName,
+    pub vni: Vni,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// Whether this network may share address space with others.
+    #[serde(default)]
+    pub allow_overlap: bool,
+}
+
+impl Network {
+    /// The same network asked for twice: name, subnet and every option given explicitly match.
+    pub fn same_options(&self, other: &Network) -> bool {
+        self == other
+    }
+}
+
+/// An endpoint record (`/rnet/v1/networks/<name>/endpoints/<ip>`): the address allocation itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: NetworkName,
+    pub id: EndpointId,
+    /// The address with the subnet's prefix length.
+    pub ip: Ipv4Network,
+    pub mac: Mac,
+    pub host: String,
+    pub ifname: IfName,
+    /// The workload's network namespace as the attacher named it (path).
+    pub netns: String,
+    /// Inode of that namespace: tells a namespace apart from a later one at the same path.
+    #[serde(default)]
+    pub netns_inode: u64,
+    /// The sandbox-side veth name on this host.
+    pub host_ifname: String,
+    /// Unix seconds at creation.
+    pub created: u64,
+}
+
+/// A host record (`/rnet/v1/hosts/<id>`), attached to the host's lease: its presence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: String,
+    pub underlay: Ipv4Addr,
+    pub vtep_mac: Mac,
+    /// Unix seconds of the daemon's start.
+    pub started: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_name_rules() {
+        assert!("blue".parse::<NetworkName>().is_ok());
+        assert!("a.b_c-1".parse::<NetworkName>().is_ok());
+        let long = "abcdefghijklm"; // 13 > 12
+        let e = long.parse::<NetworkName>().unwrap_err().0;
+        assert!(e.contains("at most 12"), "{e}");
+        assert!("-x".parse::<NetworkName>().is_err());
+        assert!("a b".parse::<NetworkName>().is_err());
+        assert!("a/b".parse::<NetworkName>().is_err());
+        assert!("".parse::<NetworkName>().is_err());
+        assert_eq!(
+            "red".parse::<NetworkName>().unwrap().vxlan_ifname(),
+            "vx-red"
+        );
+    }
+
+    #[test]
+    fn ifname_rules() {
+        assert!("eth0".parse::<IfName>().is_ok());
+        assert!("abcdefghijklmnop".parse::<IfName>().is_err());
+        assert!("a/b".parse::<IfName>().is_err());
+        assert!("a b".parse::<IfName>().is_err());
+        assert!("..".parse::<IfName>().is_err());
+    }
+
+    #[test]
+    fn vni_range() {
+        assert!(Vni::new(0).is_err());
+        assert!(Vni::new(1).is_ok());
+        assert!(Vni::new(VNI_MAX).is_ok());
+        assert!(Vni::new(VNI_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn mac_parse_and_derive() {
+        let m = Mac::from_ipv4("10.1.2.3".parse().unwrap());
+        assert_eq!(m.to_string(), "02:52:0a:01:02:03");
+        assert_eq!(m.to_string().parse::<Mac>().unwrap(), m);
+        assert!("02:52:0a:01:02".parse::<Mac>().is_err());
+        assert!("zz:52:0a:01:02:03".parse::<Mac>().is_err());
+        assert_eq!(Mac::from_name(0x56, "h1"), Mac::from_name(0x56, "h1"));
+        assert_ne!(Mac::from_name(0x56, "h1"), Mac::from_name(0x56, "h2"));
+    }
+
+    #[test]
+    fn records_round_trip_json() {
+        let n = Network {
+            name: "blue".parse().unwrap(),
+            vni: Vni::new(42).unwrap(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            mtu: 1450,
+            encryption: Encryption::None,
+            allow_overlap: false,
+        };
+        let s = serde_json::to_string(&n).unwrap();
+        assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
+        assert!(serde_json::from_str::<Network>(&s.replace("42", "0")).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Network namespaces: create (bind-mounted under rnet's run directory, not /run/netns),
+//! open, remove, and run a closure inside one.
+//!
+//! Namespaces belong to threads, not processes. Entering one with setns on a tokio worker
+//! would leave that worker in the wrong namespace for whatever task it runs next, so every
+//! namespace switch happens on a fresh OS thread that exits afterwards.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Errors of namespace handling, each naming the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("{path} is not a network namespace")]
+    NotNetns { path: PathBuf },
+    #[error("process {pid} does not exist")]
+    NoSuchPid { pid: u32 },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} {path}: {source}")]
+    Sys {
+        op: &'static str,
+        path: PathBuf,
+        source: nix::Error,
+    },
+    #[error("namespace worker thread failed: {0}")]
+    Thread(String),
+}
+
+/// An open handle on a network namespace; the namespace lives at least as long as it.
+#[derive(Debug)]
+pub struct NetNs {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl NetNs {
+    /// Open the namespace at `path` (a bind mount or `/proc/PID/ns/net`), checking that it is one.
+    pub fn open(path: &Path) -> Result<NetNs, NetnsError> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NetnsError::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => NetnsError::Io {
+                op: "opening",
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+        let fd = OwnedFd::from(file);
+        check_is_netns(&fd, path)?;
+        Ok(NetNs {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The network namespace of process `pid`.
+    pub fn of_pid(pid: u32) -> Result<NetNs, NetnsError> {
+        if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(NetnsError::NoSuchPid { pid });
+        }
+        Self::open(&pid_netns_path(pid)).map_err(|e| match e {
+            NetnsError::NotFound { .. } => NetnsError::NoSuchPid { pid },
+            other => other,
+        })
+    }
+
+    /// Create a new namespace and bind-mount it at `path` (whose parent must exist).
+    pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
+        let target = path.to_path_buf();
+        on_thread(move || create_on_this_thread(&target))??;
+        Self::open(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The namespace's inode: the same namespace has the same inode whatever path reaches it.
+    pub fn inode(&self) -> u64 {
+        nix::sys::stat::fstat(&self.fd)
+            .map(|st| st.st_ino)
+            .unwrap_or(0)
+    }
+
+    /// Run `f` on a fresh OS thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        let fd = self.fd.try_clone().map_err(|e| NetnsError::Io {
+            op: "duplicating handle of",
+            path: self.path.clone(),
+            source: e,
+        })?;
+        let path = self.path.clone();
+        on_thread(move || {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
+                op: "entering",
+                path,
+                source: e,
+            })?;
+            Ok(f())
+        })?
+    }
+}
+
+impl std::os::fd::AsRawFd for NetNs {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for NetNs {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `/proc/PID/ns/net`.
+pub fn pid_netns_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/net"))
+}
+
+/// Unmount and remove a namespace bind mount. Absent is fine (idempotent).
+pub fn remove(path: &Path) -> Result<(), NetnsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => {
+            return Err(NetnsError::Sys {
+                op: "unmounting",
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetnsError::Io {
+            op: "removing",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Whether `path` is a mounted namespace (not just a leftover file).
+pub fn is_mounted(path: &Path) -> bool {
+    NetNs::open(path).is_ok()
+}
+
+fn create_on_this_thread(path: &Path) -> Result<(), NetnsError> {
+    let sys = |op: &'static str| {
+        let path = path.to_path_buf();
+        move |source| NetnsError::Sys { op, path, source }
+    };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| NetnsError::Io {
+            op: "creating mount point",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    let result = unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(sys("creating namespace for"))
+        .and_then(|()| {
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys("bind-mounting namespace at"))
+        });
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn check_is_netns(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
+    // The namespace type is not visible through fstat; ask the kernel which kind it is.
+    // NS_GET_NSTYPE = _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and only reads the descriptor we own.
+    let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind == libc::CLONE_NEWNET {
+        Ok(())
+    } else {
+        Err(NetnsError::NotNetns {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+    std::thread::Builder::new()
+        .name("rnet-netns".into())
+        .spawn(f)
+        .map_err(|e| NetnsError::Thread(e.to_string()))?
+        .join()
+        .map_err(|_| NetnsError::Thread("panicked".into()))
+}

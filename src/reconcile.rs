@@ -1,0 +1,427 @@
+//! Pure reconciliation: desired kernel state (from store records) against observed kernel
+//! state (read back through netlink) gives a list of findings, each a line for a person
+//! (`rnet doctor`) and, where the daemon can fix it, the repair to apply.
+//!
+//! The same diff runs at start-up, periodically, and on demand, so a daemon restart, a
+//! device deleted by hand, or a crash halfway through an attach all end the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::api::types::DriftLine;
+use crate::dataplane::netlink::{LinkState, SandboxState};
+use crate::dataplane::spec::{EndpointSpec, SandboxSpec, BRIDGE};
+use crate::model::{Endpoint, VXLAN_PORT};
+
+/// One network as it should be on this host.
+#[derive(Clone, Debug)]
+pub struct DesiredNetwork {
+    pub name: String,
+    pub sandbox: SandboxSpec,
+    /// This host's endpoints of the network.
+    pub endpoints: Vec<(Endpoint, EndpointSpec)>,
+}
+
+/// What the kernel has, as read back.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// State of each sandbox that exists, by bind-mount path.
+    pub sandboxes: BTreeMap<PathBuf, SandboxState>,
+}
+
+/// How the daemon can set a finding right.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// Create or re-configure the network's sandbox, bridge and VXLAN device.
+    EnsureSandbox { network: String },
+    /// Remove a sandbox no network wants.
+    RemoveSandbox { path: PathBuf },
+    /// Delete a veth no endpoint owns.
+    RemoveVeth {
+        sandbox: PathBuf,
+        host_ifname: String,
+    },
+    /// Enslave a veth to the bridge and bring it up.
+    FixVeth {
+        sandbox: PathBuf,
+        host_ifname: String,
+    },
+    /// Re-create an endpoint's veth pair (if its workload namespace is still there).
+    Reattach {
+        network: String,
+        ip: std::net::Ipv4Addr,
+    },
+}
+
+/// One difference, with its repair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub line: DriftLine,
+    pub repair: Repair,
+}
+
+fn finding(network: &str, kind: &str, object: String, detail: String, repair: Repair) -> Finding {
+    Finding {
+        line: DriftLine {
+            network: network.to_string(),
+            kind: kind.to_string(),
+            object,
+            detail,
+        },
+        repair,
+    }
+}
+
+/// Compare desired with observed. `known_networks` are all networks in the store: a
+/// sandbox of one of them is never stray, even with no local endpoint.
+pub fn diff(
+    desired: &[DesiredNetwork],
+    observed: &Observed,
+    known_networks: &BTreeSet<String>,
+    sandbox_of: impl Fn(&str) -> PathBuf,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for want in desired {
+        match observed.sandboxes.get(&want.sandbox.netns) {
+            None => {
+                out.push(finding(
+                    &want.name,
+                    "missing",
+                    "sandbox".into(),
+                    want.sandbox.netns.display().to_string(),
+                    Repair::EnsureSandbox {
+                        network: want.name.clone(),
+                    },
+                ));
+                for (ep, _) in &want.endpoints {
+                    out.push(reattach(want, ep, "missing", "sandbox is missing".into()));
+                }
+            }
+            Some(have) => diff_sandbox(want, have, &mut out),
+        }
+    }
+    for path in observed.sandboxes.keys() {
+        let wanted = desired.iter().any(|d| &d.sandbox.netns == path)
+            || known_networks.iter().any(|n| &sandbox_of(n) == path);
+        if !wanted {
+            out.push(finding(
+                "-",
+                "stray",
+                "sandbox".into(),
+                format!("{} (no such network)", path.display()),
+                Repair::RemoveSandbox { path: path.clone() },
+            ));
+        }
+    }
+    out
+}
+
+fn reattach(want: &DesiredNetwork, ep: &Endpoint, kind: &str, detail: String) -> Finding {
+    finding(
+        &want.name,
+        kind,
+        format!("veth {} ({} {})", ep.host_ifname, ep.id, ep.ip),
+        detail,
+        Repair::Reattach {
+            network: want.name.clone(),
+            ip: ep.ip.ip(),
+        },
+    )
+}
+
+fn diff_sandbox(want: &DesiredNetwork, have: &SandboxState, out: &mut Vec<Finding>) {
+    let ensure = || Repair::EnsureSandbox {
+        network: want.name.clone(),
+    };
+    let spec = &want.sandbox;
+    let bridge = have.link(BRIDGE);
+    match bridge {
+        None => out.push(finding(
+            &want.name,
+            "missing",
+            format!("bridge {BRIDGE}"),
+            String::new(),
+            ensure(),
+        )),
+        Some(b) => {
+            if let Some(why) = bridge_problem(b, spec) {
+                out.push(finding(
+                    &want.name,
+                    "wrong",
+                    format!("bridge {BRIDGE}"),
+                    why,
+                    ensure(),
+                ));
+            }
+            if !have.addresses.contains(&(b.index, spec.gateway)) {
+                out.push(finding(
+                    &want.name,
+                    "missing",
+                    format!("address {} on {BRIDGE}", spec.gateway),
+                    String::new(),
+                    ensure(),
+                ));
+            }
+        }
+    }
+    match have.link(&spec.vxlan) {
+        None => out.push(finding(
+            &want.name,
+            "missing",
+            format!("vxlan {}", spec.vxlan),
+            format!("VNI {}", spec.vni),
+            ensure(),
+        )),
+        Some(v) => {
+            if let Some(why) = vxlan_problem(v, spec, bridge.map(|b| b.index)) {
+                out.push(finding(
+                    &want.name,
+                    "wrong",
+                    format!("vxlan {}", spec.vxlan),
+                    why,
+                    ensure(),
+                ));
+            }
+        }
+    }
+    diff_veths(want, have, bridge.map(|b| b.index), out);
+}
+
+fn bridge_problem(b: &LinkState, spec: &SandboxSpec) -> Option<String> {
+    if !b.up {
+        return Some("down".into());
+    }
+    (b.mtu != spec.mtu).then(|| format!("MTU {} (want {})", b.mtu, spec.mtu))
+}
+
+fn vxlan_problem(v: &LinkState, spec: &SandboxSpec, bridge: Option<u32>) -> Option<String> {
+    let mut p = Vec::new();
+    if v.vni != Some(spec.vni) {
+        p.push(format!("VNI {:?} (want {})", v.vni, spec.vni));
+    }
+    if v.learning != Some(false) {
+        p.push("learning on".into());
+    }
+    if v.proxy != Some(true) {
+        p.push("ARP proxy off".into());
+    }
+    if v.port != Some(VXLAN_PORT) {
+        p.push(format!("port {:?} (want {VXLAN_PORT})", v.port));
+    }
+    if bridge.is_some() && v.controller != bridge {
+        p.push(format!("not enslaved to {BRIDGE}"));
+    }
+    if !v.up {
+        p.push("down".into());
+    }
+    if v.mtu != spec.mtu {
+        p.push(format!("MTU {} (want {})", v.mtu, spec.mtu));
+    }
+    (!p.is_empty()).then(|| p.join(", "))
+}
+
+fn diff_veths(
+    want: &DesiredNetwork,
+    have: &SandboxState,
+    bridge: Option<u32>,
+    out: &mut Vec<Finding>,
+) {
+    let path = &want.sandbox.netns;
+    for (ep, _) in &want.endpoints {
+        match have.link(&ep.host_ifname) {
+            None => out.push(reattach(want, ep, "missing", "veth pair is gone".into())),
+            Some(l) if !l.up || (bridge.is_some() && l.controller != bridge) => out.push(finding(
+                &want.name,
+                "wrong",
+                format!("veth {}", ep.host_ifname),
+                if l.up {
+                    format!("not enslaved to {BRIDGE}")
+                } else {
+                    "down".into()
+                },
+                Repair::FixVeth {
+                    sandbox: path.clone(),
+                    host_ifname: ep.host_ifname.clone(),
+                },
+            )),
+            Some(_) => {}
+        }
+    }
+    let owned: BTreeSet<&str> = want
+        .endpoints
+        .iter()
+        .map(|(e, _)| e.host_ifname.as_str())
+        .collect();
+    for l in &have.links {
+        if l.kind.as_deref() == Some("veth") && !owned.contains(l.name.as_str()) {
+            out.push(finding(
+                &want.name,
+                "stray",
+                format!("veth {}", l.name),
+                "no endpoint owns it".into(),
+                Repair::RemoveVeth {
+                    sandbox: path.clone(),
+                    host_ifname: l.name.clone(),
+                },
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::spec::host_ifname;
+    use crate::model::{Mac, Network, Vni};
+    use std::path::Path;
+
+    fn network() -> Network {
+        Network {
+            name: "blue".parse().unwrap(),
+            vni: Vni::new(42).unwrap(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            mtu: 1450,
+            encryption: Default::default(),
+            allow_overlap: false,
+        }
+    }
+
+    fn desired(n_eps: u8) -> DesiredNetwork {
+        let net = network();
+        let sandbox =
+            SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
+        let endpoints = (0..n_eps)
+            .map(|i| {
+                let ip: std::net::Ipv4Addr = format!("10.1.0.{}", i + 2).parse().unwrap();
+                let ep = Endpoint {
+                    network: net.name.clone(),
+                    id: format!("w{i}").parse().unwrap(),
+                    ip: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
+                    mac: Mac::from_ipv4(ip),
+                    host: "h1".into(),
+                    ifname: "eth0".parse().unwrap(),
+                    netns: "/x".into(),
+                    netns_inode: 1,
+                    host_ifname: host_ifname(ip),
+                    created: 0,
+                };
+                let spec = EndpointSpec::for_endpoint(&net, &ep);
+                (ep, spec)
+            })
+            .collect();
+        DesiredNetwork {
+            name: "blue".into(),
+            sandbox,
+            endpoints,
+        }
+    }
+
+    fn link(index: u32, name: &str, kind: &str) -> LinkState {
+        LinkState {
+            index,
+            name: name.into(),
+            up: true,
+            mtu: 1450,
+            kind: Some(kind.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The kernel state a correct sandbox has.
+    fn healthy(d: &DesiredNetwork) -> SandboxState {
+        let mut links = vec![link(2, BRIDGE, "bridge")];
+        links.push(LinkState {
+            vni: Some(42),
+            learning: Some(false),
+            proxy: Some(true),
+            port: Some(4789),
+            controller: Some(2),
+            ..link(3, "vx-blue", "vxlan")
+        });
+        for (i, (ep, _)) in d.endpoints.iter().enumerate() {
+            links.push(LinkState {
+                controller: Some(2),
+                ..link(10 + i as u32, &ep.host_ifname, "veth")
+            });
+        }
+        SandboxState {
+            links,
+            addresses: vec![(2, d.sandbox.gateway)],
+        }
+    }
+
+    fn run(
+        d: &DesiredNetwork,
+        state: Option<SandboxState>,
+        extra: Option<(PathBuf, SandboxState)>,
+    ) -> Vec<Finding> {
+        let mut observed = Observed::default();
+        if let Some(s) = state {
+            observed.sandboxes.insert(d.sandbox.netns.clone(), s);
+        }
+        if let Some((p, s)) = extra {
+            observed.sandboxes.insert(p, s);
+        }
+        let known: BTreeSet<String> = ["blue".to_string()].into();
+        diff(std::slice::from_ref(d), &observed, &known, |n| {
+            PathBuf::from(format!("/run/rnet/netns/sb-{n}"))
+        })
+    }
+
+    #[test]
+    fn healthy_sandbox_has_no_findings() {
+        let d = desired(2);
+        assert_eq!(run(&d, Some(healthy(&d)), None), vec![]);
+    }
+
+    #[test]
+    fn missing_sandbox_needs_sandbox_and_every_endpoint() {
+        let d = desired(2);
+        let f = run(&d, None, None);
+        assert_eq!(f.len(), 3);
+        assert_eq!(
+            f[0].repair,
+            Repair::EnsureSandbox {
+                network: "blue".into()
+            }
+        );
+        assert!(matches!(f[1].repair, Repair::Reattach { .. }));
+    }
+
+    #[test]
+    fn wrong_vxlan_and_stray_veth_and_missing_veth() {
+        let d = desired(2);
+        let mut s = healthy(&d);
+        s.links[1].learning = Some(true);
+        s.links.retain(|l| l.name != d.endpoints[1].0.host_ifname);
+        s.links.push(link(99, "ve0a0000ff", "veth"));
+        let f = run(&d, Some(s), None);
+        let kinds: Vec<(&str, &str)> = f
+            .iter()
+            .map(|x| (x.line.kind.as_str(), x.line.object.as_str()))
+            .collect();
+        assert!(kinds.contains(&("wrong", "vxlan vx-blue")), "{kinds:?}");
+        assert!(f
+            .iter()
+            .any(|x| x.line.kind == "missing" && matches!(x.repair, Repair::Reattach { .. })));
+        assert!(f.iter().any(|x| x.repair
+            == Repair::RemoveVeth {
+                sandbox: d.sandbox.netns.clone(),
+                host_ifname: "ve0a0000ff".into()
+            }));
+    }
+
+    #[test]
+    fn stray_sandbox_of_unknown_network_is_removed() {
+        let d = desired(0);
+        let stray = PathBuf::from("/run/rnet/netns/sb-gone");
+        let f = run(
+            &d,
+            Some(healthy(&d)),
+            Some((stray.clone(), SandboxState::default())),
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].repair, Repair::RemoveSandbox { path: stray });
+    }
+}
