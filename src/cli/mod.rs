@@ -65,7 +65,11 @@ pub enum Command {
     /// Show the daemon's status.
     Status,
     /// Compare the kernel with the records; exit 1 on any drift.
-    Doctor,
+    Doctor {
+        /// Repair what differs now (the daemon also does so periodically).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,7 +172,7 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Detach(a) => detach(&client, fmt, a).await,
         Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
         Command::Status => status(&client, fmt).await,
-        Command::Doctor => doctor(&client, fmt).await,
+        Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
         Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
     }
 }
@@ -347,7 +351,26 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn doctor(client: &Client, fmt: Format) -> Result<(), Failure> {
+async fn doctor(client: &Client, fmt: Format, repair: bool) -> Result<(), Failure> {
+    if repair {
+        let r: DoctorReport = client.post("/v1/reconcile", &()).await?;
+        match fmt {
+            Format::Json => print_json(&r),
+            Format::Table => {
+                for d in &r.drift {
+                    println!(
+                        "repairing {} {}: {} {}",
+                        d.network, d.kind, d.object, d.detail
+                    );
+                }
+                println!(
+                    "{} difference(s) found and repaired where possible",
+                    r.drift.len()
+                );
+            }
+        }
+        return Ok(());
+    }
     let r: DoctorReport = client.get("/v1/doctor").await?;
     match fmt {
         Format::Json => print_json(&r),

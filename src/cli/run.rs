@@ -103,6 +103,15 @@ fn child(hostname: Option<&str>, argv: &[CString], ready: OwnedFd, go: OwnedFd) 
             None::<&str>,
         )
         .map_err(|e| format!("making mounts private: {e}"))?;
+        // sysfs shows the network namespace of whoever mounted it: a fresh mount lets the
+        // workload see its own interfaces under /sys/class/net. Best effort (e.g. no /sys).
+        let _ = mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
         if let Some(h) = hostname {
             sethostname(h).map_err(|e| format!("setting hostname {h:?}: {e}"))?;
         }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::service::Service;
 use crate::api::types::{AttachRequest, DetachRequest, ErrorBody, NetworkRequest, MAX_BODY_BYTES};
@@ -162,16 +162,12 @@ async fn doctor<S: Store>(
     Ok(Json(s.doctor().await?))
 }
 
-#[derive(Serialize)]
-struct ReconcileResponse {
-    findings: Vec<crate::api::types::DriftLine>,
-}
-
 async fn reconcile<S: Store>(
     State(s): State<Arc<Service<S>>>,
-) -> Result<Json<ReconcileResponse>, ApiError> {
+) -> ApiResult<crate::api::types::DoctorReport> {
     let findings = s.reconcile(true).await?;
-    Ok(Json(ReconcileResponse {
-        findings: findings.into_iter().map(|f| f.line).collect(),
+    Ok(Json(crate::api::types::DoctorReport {
+        networks_checked: s.networks().await?.len(),
+        drift: findings.into_iter().map(|f| f.line).collect(),
     }))
 }

@@ -1,0 +1,516 @@
+//! The single-host overlay end to end: rnetd inside a test-made host namespace with the
+//! embedded store, driven through the `rnet` CLI, checked with real pings and the kernel's
+//! own view (`ip`).
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{links_in, mounts_under, wait_until, Host, Workload};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+fn ip_of(ep: &Value) -> String {
+    ep["ip"]
+        .as_str()
+        .expect("ip")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn attach(h: &Host, net: &str, w: &Workload, id: &str) -> Value {
+    h.rnet_json(&[
+        "attach",
+        net,
+        "--netns",
+        w.path().to_str().unwrap(),
+        "--id",
+        id,
+    ])
+}
+
+/// The one-line error of a failed CLI call; asserts the call failed.
+fn fails(h: &Host, args: &[&str]) -> String {
+    let out = h.rnet(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success(),
+        "`rnet {}` should fail but succeeded: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "error should be one line: {stderr:?}"
+    );
+    stderr
+}
+
+fn started_host(tag: &str) -> Host {
+    let mut h = Host::new(tag);
+    h.start_daemon();
+    h
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn workloads_on_one_network_talk_and_networks_are_isolated() {
+    let h = started_host("iso");
+    h.rnet_ok(&["create", "blue", "--subnet", "10.20.0.0/24"]);
+    h.rnet_ok(&[
+        "create",
+        "red",
+        "--subnet",
+        "10.20.0.0/24",
+        "--allow-overlap",
+    ]);
+    let (a, b, c) = (Workload::new("a"), Workload::new("b"), Workload::new("c"));
+    let ea = attach(&h, "blue", &a, "a");
+    let eb = attach(&h, "blue", &b, "b");
+    let ec = attach(&h, "red", &c, "c");
+    assert_eq!(ea["network"], "blue");
+    assert_eq!(ea["ip"], "10.20.0.2/24");
+    assert_eq!(ea["mac"], "02:52:0a:14:00:02");
+    assert_eq!(ea["ifname"], "eth0");
+    assert_eq!(ea["netns"], a.path().to_str().unwrap());
+    assert_eq!(
+        ec["ip"], "10.20.0.2/24",
+        "overlapping networks allocate independently"
+    );
+    assert!(a.ping(&ip_of(&eb), 2), "a -> b on the same network");
+    assert!(b.ping(&ip_of(&ea), 2), "b -> a");
+    // c has a's address on another network: its ping must stay inside red's sandbox.
+    assert!(!c.ping("10.20.0.3", 2), "red must not reach blue's b");
+    let link = a.exec(&["ip", "-o", "link", "show", "eth0"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains(" mtu 1450 "),
+        "underlay 1500 - 50: {link:?}"
+    );
+    let listed = h.rnet_json(&["endpoints", "blue"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    h.rnet_ok(&["detach", "blue", "--id", "b"]);
+    assert!(
+        !b.links().contains(&"eth0".to_string()),
+        "detach removes the workload's eth0"
+    );
+    assert!(!a.ping("10.20.0.3", 1));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn attach_by_pid_and_detach_by_pid_and_netns() {
+    let h = started_host("pid");
+    h.rnet_ok(&["create", "net1", "--subnet", "10.21.0.0/24"]);
+    let mut sleeper = Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn unshare");
+    let pid = sleeper.id().to_string();
+    // unshare execs sleep after creating the namespace; wait until the pid's netns differs.
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_until("sleeper in its own netns", Duration::from_secs(5), || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .map(|l| l != own)
+            .unwrap_or(false)
+    });
+    let ep = h.rnet_json(&["attach", "net1", "--pid", &pid, "--ifname", "net0"]);
+    assert_eq!(ep["ifname"], "net0");
+    let w = Workload::new("peer");
+    let ew = attach(&h, "net1", &w, "peer");
+    assert!(
+        w.ping(&ip_of(&ep), 2),
+        "workload reaches the pid-attached process"
+    );
+    h.rnet_ok(&["detach", "net1", "--pid", &pid]);
+    h.rnet_ok(&["detach", "net1", "--netns", w.path().to_str().unwrap()]);
+    assert_eq!(h.rnet_json(&["endpoints", "net1"]), serde_json::json!([]));
+    assert!(!w.links().contains(&"eth0".to_string()));
+    let _ = ew;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn run_passes_exit_codes_and_cleans_up() {
+    let h = started_host("run");
+    h.rnet_ok(&["create", "runnet", "--subnet", "10.22.0.0/24"]);
+    let w = Workload::new("target");
+    let ew = attach(&h, "runnet", &w, "target");
+    let target = ip_of(&ew);
+    let script =
+        format!("test \"$(hostname)\" = web1 && ping -c1 -W2 {target} >/dev/null && exit 7");
+    let out = h.rnet(&[
+        "run",
+        "runnet",
+        "--hostname",
+        "web1",
+        "--name",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "workload's exit code passes through: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = h.rnet(&["run", "runnet", "--", "/nonexistent/binary"]);
+    assert_eq!(out.status.code(), Some(127));
+    // stdout passes through
+    let out = h.rnet(&[
+        "run",
+        "runnet",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/class/net/eth0/address",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("02:52:0a:16:00:"),
+        "{out:?}"
+    );
+    // A workload killed by a signal: rnet reports 128+signal and still detaches.
+    let out = h.rnet(&["run", "runnet", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137));
+    let eps = h.rnet_json(&["endpoints", "runnet"]);
+    assert_eq!(
+        eps.as_array().unwrap().len(),
+        1,
+        "only the attached target remains: {eps}"
+    );
+    // A failed attach (address in use) never runs the workload.
+    let out = h.rnet(&[
+        "run", "runnet", "--ip", &target, "--", "sh", "-c", "echo ran",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn kill_9_and_restart_lose_no_ping() {
+    let mut h = started_host("k9");
+    h.rnet_ok(&["create", "k9", "--subnet", "10.23.0.0/24"]);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    attach(&h, "k9", &a, "a");
+    let eb = attach(&h, "k9", &b, "b");
+    let before = h.rnet_json(&["endpoints"]);
+    // 5 pings a second across the kill and restart.
+    let pinger = Command::new("nsenter")
+        .arg(format!("--net={}", a.path().display()))
+        .args([
+            "--",
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.2",
+            "-c",
+            "25",
+            "-W",
+            "1",
+            &ip_of(&eb),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    h.kill_daemon(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(1000));
+    h.start_daemon();
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "pings lost across kill -9 and restart:\n{text}"
+    );
+    assert_eq!(
+        h.rnet_json(&["endpoints"]),
+        before,
+        "same endpoints after restart"
+    );
+    let status = h.rnet_json(&["status"]);
+    assert_eq!(
+        status["last_reconcile_changes"], 0,
+        "restart reconcile changed nothing: {status}"
+    );
+    h.rnet_ok(&["doctor"]);
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn doctor_reports_and_repairs_drift() {
+    let h = started_host("doc");
+    h.rnet_ok(&["create", "doc", "--subnet", "10.24.0.0/24"]);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    attach(&h, "doc", &a, "a");
+    let eb = attach(&h, "doc", &b, "b");
+    let sandbox = h.run_dir().join("netns/sb-doc");
+    // Break things by hand: learning on the VXLAN device, a stray veth.
+    let ns = format!("--net={}", sandbox.display());
+    for argv in [
+        vec!["ip", "link", "set", "vx-doc", "type", "vxlan", "learning"],
+        vec![
+            "ip", "link", "add", "vestray", "type", "veth", "peer", "name", "vestray1",
+        ],
+    ] {
+        let st = Command::new("nsenter")
+            .arg(&ns)
+            .arg("--")
+            .args(&argv)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{argv:?}");
+    }
+    let out = h.rnet(&["doctor"]);
+    assert_eq!(out.status.code(), Some(1), "drift means exit 1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stray: veth vestray"), "{text}");
+    assert!(text.contains("wrong: vxlan vx-doc"), "{text}");
+    h.rnet_ok(&["doctor", "--repair"]);
+    h.rnet_ok(&["doctor"]);
+    assert!(a.ping(&ip_of(&eb), 1));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn bad_input_is_refused_and_changes_nothing() {
+    let h = started_host("bad");
+    h.rnet_ok(&["create", "good", "--subnet", "10.25.0.0/24", "--vni", "500"]);
+    h.rnet_ok(&["create", "tiny", "--subnet", "10.26.0.0/30"]);
+    let w = Workload::new("w");
+    attach(&h, "tiny", &w, "only");
+    let w3 = Workload::new("w3");
+    attach(&h, "good", &w3, "w3");
+    let snapshot = |h: &Host| {
+        (
+            h.rnet_json(&["ls"]),
+            h.rnet_json(&["endpoints"]),
+            links_in(&h.netns_path()),
+            links_in(&h.run_dir().join("netns/sb-good")),
+            links_in(&h.run_dir().join("netns/sb-tiny")),
+        )
+    };
+    let before = snapshot(&h);
+    let w2 = Workload::new("w2");
+    let w2p = w2.path().to_str().unwrap().to_string();
+    let wp = w.path().to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["create", "x", "--subnet", "10.27.0.0/33"],
+            "not an IPv4 CIDR",
+        ),
+        (
+            vec!["create", "x", "--subnet", "banana"],
+            "not an IPv4 CIDR",
+        ),
+        (
+            vec![
+                "create",
+                "x",
+                "--subnet",
+                "10.27.0.0/24",
+                "--gateway",
+                "10.28.0.1",
+            ],
+            "not a host address of subnet",
+        ),
+        (
+            vec!["create", "x", "--subnet", "10.25.0.0/16"],
+            "overlaps subnet 10.25.0.0/24 of network good",
+        ),
+        (
+            vec!["create", "good", "--subnet", "10.29.0.0/24"],
+            "already exists with other options",
+        ),
+        (
+            vec!["create", "x", "--subnet", "10.27.0.0/24", "--vni", "500"],
+            "VNI 500 is already used by network good",
+        ),
+        (
+            vec![
+                "create",
+                "x",
+                "--subnet",
+                "10.27.0.0/24",
+                "--vni",
+                "16777216",
+            ],
+            "out of range",
+        ),
+        (
+            vec!["create", "waytoolongname", "--subnet", "10.27.0.0/24"],
+            "at most 12",
+        ),
+        (
+            vec!["create", "bad/name", "--subnet", "10.27.0.0/24"],
+            "contains '/'",
+        ),
+        (
+            vec!["attach", "good", "--netns", "/run/netns/rnt-does-not-exist"],
+            "does not exist",
+        ),
+        (
+            vec!["attach", "good", "--netns", "/etc/hostname"],
+            "is not a network namespace",
+        ),
+        (
+            vec!["attach", "good", "--pid", "4000000"],
+            "process 4000000 does not exist",
+        ),
+        (
+            vec!["attach", "good", "--netns", &w2p, "--ip", "10.99.0.2"],
+            "outside subnet",
+        ),
+        (
+            vec!["attach", "good", "--netns", &w2p, "--ip", "10.25.0.1"],
+            "is the gateway",
+        ),
+        (
+            vec!["attach", "tiny", "--netns", &w2p, "--ip", "10.26.0.2"],
+            "already in use",
+        ),
+        (vec!["attach", "tiny", "--netns", &w2p], "no free address"),
+        (
+            vec![
+                "attach",
+                "good",
+                "--netns",
+                &w2p,
+                "--ifname",
+                "averyveryverylongifname",
+            ],
+            "at most 15",
+        ),
+        (
+            vec!["attach", "nonet", "--netns", &w2p],
+            "network nonet does not exist",
+        ),
+        (
+            vec!["attach", "good", "--netns", &wp],
+            "interface eth0 already exists",
+        ),
+        (vec!["rm", "tiny"], "still has 1 endpoint"),
+        (
+            vec!["detach", "good", "--id", "nobody"],
+            "no endpoint with id nobody",
+        ),
+    ];
+    for (args, want) in &cases {
+        let err = fails(&h, args);
+        assert!(
+            err.contains(want),
+            "`rnet {}`: expected {want:?} in {err:?}",
+            args.join(" ")
+        );
+    }
+    // Idempotent: the same network with the same options.
+    h.rnet_ok(&["create", "good", "--subnet", "10.25.0.0/24", "--vni", "500"]);
+    h.rnet_ok(&["create", "good", "--subnet", "10.25.0.0/24"]);
+    assert_eq!(snapshot(&h), before, "failed requests changed state");
+    assert_eq!(
+        w2.links(),
+        vec!["lo".to_string()],
+        "no half-built interface in the workload"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn api_rejects_malformed_and_huge_bodies_and_cli_names_a_dead_daemon() {
+    let h = started_host("api");
+    let client = rnet::api::Client::new(h.socket());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt
+        .block_on(client.raw(
+            hyper::Method::POST,
+            "/v1/networks",
+            Some(b"{\"name\": \"x\", ".to_vec()),
+        ))
+        .unwrap();
+    assert_eq!(status.as_u16(), 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("malformed JSON request body"),
+        "{body:?}"
+    );
+    let (status, body) = rt
+        .block_on(client.raw(
+            hyper::Method::POST,
+            "/v1/attach",
+            Some(br#"{"network":"x","bogus":1}"#.to_vec()),
+        ))
+        .unwrap();
+    assert_eq!(status.as_u16(), 400, "{body:?}");
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    let (status, body) = rt
+        .block_on(client.raw(hyper::Method::POST, "/v1/networks", Some(huge)))
+        .unwrap();
+    assert_eq!(status.as_u16(), 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("larger than"),
+        "{body:?}"
+    );
+    let (status, _) = rt
+        .block_on(client.raw(hyper::Method::GET, "/v2/whatever", None))
+        .unwrap();
+    assert_eq!(status.as_u16(), 404);
+    assert_eq!(h.rnet_json(&["ls"]), serde_json::json!([]));
+    // A socket nobody serves.
+    let out = Command::new(env!("CARGO_BIN_EXE_rnet"))
+        .args(["--socket", "/tmp/rnet-no-such.sock", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rnetd is not running") && err.contains("start it"),
+        "{err}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn rm_and_stop_leave_nothing_behind() {
+    let mut h = started_host("clean");
+    let host_links_before = links_in(&h.netns_path());
+    h.rnet_ok(&["create", "c1", "--subnet", "10.30.0.0/24"]);
+    h.rnet_ok(&["create", "c2", "--subnet", "10.31.0.0/24"]);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    attach(&h, "c1", &a, "a");
+    attach(&h, "c2", &b, "b");
+    assert_eq!(
+        mounts_under(&h.run_dir()).len(),
+        2,
+        "one sandbox per network"
+    );
+    h.rnet_ok(&["rm", "c1", "--force"]);
+    h.rnet_ok(&["detach", "c2", "--id", "b"]);
+    h.rnet_ok(&["rm", "c2"]);
+    let status = h.kill_daemon(Signal::SIGTERM);
+    assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+    assert_eq!(mounts_under(&h.run_dir()), Vec::<std::path::PathBuf>::new());
+    let leftover: Vec<_> = std::fs::read_dir(h.run_dir().join("netns"))
+        .unwrap()
+        .collect();
+    assert!(leftover.is_empty(), "no namespace files left: {leftover:?}");
+    assert_eq!(
+        links_in(&h.netns_path()),
+        host_links_before,
+        "no links left in the host namespace"
+    );
+    assert_eq!(a.links(), vec!["lo".to_string()]);
+    assert_eq!(b.links(), vec!["lo".to_string()]);
+    assert!(!h.socket().exists(), "socket removed on shutdown");
+}
