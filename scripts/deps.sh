@@ -12,6 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 # it also accepts a tool installed some other way); dpkg is asked only when the command is absent.
 readonly REQUIRED=(
     "protobuf-compiler:protoc" # etcd-client's build script compiles etcd's .proto files
+    "libprotobuf-dev:-"        # google/protobuf/descriptor.proto, imported by etcd's .proto files (no command: dpkg decides)
     "iproute2:ip"              # netns, links, fdb/neigh inspection in tests and the demo
     "iproute2:bridge"
     "iputils-ping:ping" # connectivity checks
@@ -65,7 +66,7 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     cat >&2 <<'EOF'
 deps.sh: no Rust toolchain found (cargo is neither on PATH nor in ~/.cargo/bin).
-rnet needs Rust 1.85 or newer; Debian 12's own cargo/rustc packages (1.63) are too old.
+rnet needs Rust 1.88 or newer; Debian 12's own cargo/rustc packages (1.63) are too old.
 Install it with rustup (see https://rustup.rs), for example:
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
 then open a new shell (or `source ~/.cargo/env`) and re-run this command.

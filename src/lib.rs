@@ -23,6 +23,7 @@ pub mod error;
 pub mod ipam;
 pub mod model;
 pub mod netns;
+pub mod peers;
 pub mod reconcile;
 pub mod store;
 

@@ -377,6 +377,9 @@ pub struct HostRecord {
     pub vtep_mac: Mac,
     /// Unix seconds of the daemon's start.
     pub started: u64,
+    /// Unix seconds of the daemon's last renewal of this record.
+    #[serde(default)]
+    pub renewed: u64,
 }
 
 #[cfg(test)]

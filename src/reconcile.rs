@@ -51,6 +51,45 @@ pub enum Repair {
         network: String,
         ip: std::net::Ipv4Addr,
     },
+    /// Re-program the network's FDB and neighbour entries from the kernel's actual state.
+    SyncPeers { network: String },
+}
+
+/// One line per missing or stray peer-table entry of `network`.
+pub fn peer_findings(network: &str, d: &crate::peers::TableDiff) -> Vec<Finding> {
+    let repair = || Repair::SyncPeers {
+        network: network.to_string(),
+    };
+    let fdb = |e: &crate::peers::FdbEntry| {
+        if e.is_flood() {
+            format!("fdb flood -> {}", e.dst)
+        } else {
+            format!("fdb {} -> {}", e.mac, e.dst)
+        }
+    };
+    let neigh = |e: &crate::peers::NeighEntry| format!("neigh {} -> {}", e.ip, e.mac);
+    let mut out = Vec::new();
+    out.extend(
+        d.add_fdb
+            .iter()
+            .map(|e| finding(network, "missing", fdb(e), String::new(), repair())),
+    );
+    out.extend(
+        d.del_fdb
+            .iter()
+            .map(|e| finding(network, "stray", fdb(e), String::new(), repair())),
+    );
+    out.extend(
+        d.add_neigh
+            .iter()
+            .map(|e| finding(network, "missing", neigh(e), String::new(), repair())),
+    );
+    out.extend(
+        d.del_neigh
+            .iter()
+            .map(|e| finding(network, "stray", neigh(e), String::new(), repair())),
+    );
+    out
 }
 
 /// One difference, with its repair.

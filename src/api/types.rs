@@ -120,3 +120,32 @@ pub struct ErrorBody {
     pub kind: String,
     pub error: String,
 }
+
+/// One row of `GET /v1/peers`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub host: String,
+    pub underlay: Ipv4Addr,
+    pub vtep_mac: crate::model::Mac,
+    pub state: crate::peers::PeerState,
+    /// Seconds since the host's daemon last renewed its presence (None: no presence record).
+    pub renewed_ago: Option<u64>,
+    pub endpoints: usize,
+}
+
+/// `POST /v1/gc`: release the endpoints of a host that is gone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    pub host: String,
+    /// Also when the host still answers probes (its daemon is down but it may be running).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/gc` result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcResponse {
+    pub host: String,
+    pub released: Vec<Endpoint>,
+}

@@ -22,7 +22,7 @@ struct Flags {
     /// Runtime state: namespace bind mounts live under RUN_DIR/netns (never /run/netns).
     #[arg(long, env = "RNET_RUN_DIR", default_value = "/run/rnet")]
     run_dir: PathBuf,
-    /// The store: `embedded` (single host, on local disk).
+    /// The store: `embedded` (single host, on local disk) or `etcd://HOST:PORT[,HOST:PORT...]`.
     #[arg(long, env = "RNET_STORE", default_value = "embedded")]
     store: String,
     /// This host's id (default: the hostname).
@@ -37,6 +37,9 @@ struct Flags {
     /// Seconds between full reconciles of kernel state with the records.
     #[arg(long, env = "RNET_RESYNC", default_value_t = 30)]
     resync: u64,
+    /// Seconds a host whose presence expired may stay silent to probes before its entries go.
+    #[arg(long, env = "RNET_PROBE_WINDOW", default_value_t = 3)]
+    probe_window: u64,
     /// Directory for Docker's plugin socket, or `none` (Docker support comes with the libnetwork driver).
     #[arg(
         long,
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         underlay: flags.underlay,
         lease_ttl: Duration::from_secs(flags.lease_ttl),
         resync_interval: Duration::from_secs(flags.resync.max(1)),
+        probe_window: Duration::from_secs(flags.probe_window),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::types::{
-    AttachRequest, DetachRequest, DetachResponse, DoctorReport, NetworkDetail, NetworkRequest,
-    NetworkSummary, RemoveResponse, Status,
+    AttachRequest, DetachRequest, DetachResponse, DoctorReport, GcRequest, GcResponse,
+    NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
 };
 use crate::api::{Client, ClientError, DEFAULT_SOCKET};
 use crate::model::{Endpoint, Network};
@@ -64,6 +64,17 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show the daemon's status.
     Status,
+    /// List the hosts this daemon knows, with their state.
+    Peers,
+    /// Release the endpoints of a host that is gone.
+    Gc {
+        /// The host whose endpoints to release.
+        #[arg(long)]
+        host: String,
+        /// Also if the host still answers probes (its daemon is down, its workloads may run).
+        #[arg(long)]
+        force: bool,
+    },
     /// Compare the kernel with the records; exit 1 on any drift.
     Doctor {
         /// Repair what differs now (the daemon also does so periodically).
@@ -172,6 +183,8 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Detach(a) => detach(&client, fmt, a).await,
         Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
         Command::Status => status(&client, fmt).await,
+        Command::Peers => peers(&client, fmt).await,
+        Command::Gc { host, force } => gc(&client, fmt, host, *force).await,
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
         Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
     }
@@ -402,4 +415,52 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
+    let peers: Vec<PeerInfo> = client.get("/v1/peers").await?;
+    match fmt {
+        Format::Json => print_json(&peers),
+        Format::Table => {
+            let mut t = Table::new(&[
+                "HOST",
+                "STATE",
+                "UNDERLAY",
+                "VTEP MAC",
+                "RENEWED",
+                "ENDPOINTS",
+            ]);
+            for p in peers {
+                t.row(vec![
+                    p.host,
+                    p.state.to_string(),
+                    p.underlay.to_string(),
+                    p.vtep_mac.to_string(),
+                    p.renewed_ago
+                        .map(|s| format!("{s}s ago"))
+                        .unwrap_or_else(|| "-".into()),
+                    p.endpoints.to_string(),
+                ]);
+            }
+            t.print()
+        }
+    }
+    Ok(())
+}
+
+async fn gc(client: &Client, fmt: Format, host: &str, force: bool) -> Result<(), Failure> {
+    let req = GcRequest {
+        host: host.to_string(),
+        force,
+    };
+    let r: GcResponse = client.post("/v1/gc", &req).await?;
+    match fmt {
+        Format::Json => print_json(&r),
+        Format::Table => println!(
+            "released {} endpoint(s) of host {}",
+            r.released.len(),
+            r.host
+        ),
+    }
+    Ok(())
 }

@@ -75,6 +75,8 @@ pub fn router<S: Store>(service: Arc<Service<S>>) -> Router {
         .route("/v1/attach", post(attach::<S>))
         .route("/v1/detach", post(detach::<S>))
         .route("/v1/doctor", get(doctor::<S>))
+        .route("/v1/peers", get(peers::<S>))
+        .route("/v1/gc", post(gc::<S>))
         .route("/v1/reconcile", post(reconcile::<S>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -159,15 +161,25 @@ async fn detach<S: Store>(
 async fn doctor<S: Store>(
     State(s): State<Arc<Service<S>>>,
 ) -> ApiResult<crate::api::types::DoctorReport> {
-    Ok(Json(s.doctor().await?))
+    Ok(Json(s.doctor(false).await?))
 }
 
 async fn reconcile<S: Store>(
     State(s): State<Arc<Service<S>>>,
 ) -> ApiResult<crate::api::types::DoctorReport> {
-    let findings = s.reconcile(true).await?;
-    Ok(Json(crate::api::types::DoctorReport {
-        networks_checked: s.networks().await?.len(),
-        drift: findings.into_iter().map(|f| f.line).collect(),
-    }))
+    Ok(Json(s.doctor(true).await?))
+}
+
+async fn peers<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+) -> ApiResult<Vec<crate::api::types::PeerInfo>> {
+    Ok(Json(s.peers()))
+}
+
+async fn gc<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<crate::api::types::GcResponse> {
+    let req: crate::api::types::GcRequest = decode_body(body)?;
+    Ok(Json(s.gc(&req).await?))
 }

@@ -4,7 +4,9 @@
 //! workloads keep talking while no daemon runs.
 
 pub mod http;
+pub mod liveness;
 pub mod service;
+pub mod sync;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -37,6 +39,8 @@ pub struct DaemonConfig {
     pub underlay: Option<Ipv4Addr>,
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
+    /// How long a host whose presence expired may stay silent before its entries go.
+    pub probe_window: Duration,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -59,8 +63,13 @@ pub async fn run(
             let store = EmbeddedStore::open(&cfg.state_dir.join("store.redb"))?;
             run_with_store(cfg, store, shutdown).await
         }
+        url if url.starts_with("etcd://") => {
+            let endpoints = crate::store::etcd::EtcdStore::parse_url(url)?;
+            let store = crate::store::etcd::EtcdStore::connect(&endpoints).await?;
+            run_with_store(cfg, store, shutdown).await
+        }
         other => Err(Error::Invalid(format!(
-            "unknown store {other:?}: this build supports \"embedded\" (etcd:// comes with multi-host support)"
+            "unknown store {other:?}: use \"embedded\" or etcd://HOST:PORT[,HOST:PORT...]"
         ))),
     }
 }
@@ -86,22 +95,31 @@ async fn run_with_store<S: Store>(
         underlay,
         store_name: cfg.store.clone(),
     };
-    let service = Arc::new(Service::new(store.clone(), dp, host));
+    let shared = Arc::new(sync::Shared::default());
+    let liveness = Arc::new(liveness::Liveness::new(cfg.probe_window));
+    let service = Arc::new(Service::new(
+        store.clone(),
+        dp,
+        host,
+        shared.clone(),
+        liveness.clone(),
+    ));
     let record = HostRecord {
         id: cfg.host_id.clone(),
         underlay: address,
         vtep_mac: Mac::from_name(VTEP_MAC_KIND, &cfg.host_id),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started: now_secs(),
+        renewed: now_secs(),
     };
-    tokio::spawn(keep_presence(store, record, cfg.lease_ttl));
+    tokio::spawn(keep_presence(store.clone(), record, cfg.lease_ttl));
+    tokio::spawn(sync::run(store, shared.clone()));
+    liveness::spawn_prober(cfg.host_id.clone(), liveness, shared.clone());
     match service.reconcile(true).await {
         Ok(f) => tracing::info!(findings = f.len(), "start-up reconcile done"),
         Err(e) => tracing::warn!(error = %e, "start-up reconcile failed; will retry"),
     }
     tokio::spawn(periodic_reconcile(service.clone(), cfg.resync_interval));
+    tokio::spawn(program_peers(service.clone(), shared, cfg.resync_interval));
     let listener = bind_socket(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
     axum::serve(listener, http::router(service))
@@ -133,21 +151,29 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Keep the host record alive under a lease; when the lease is lost (store restarted,
-/// expired during an outage), grant a new one and publish the record again.
-async fn keep_presence<S: Store>(store: S, record: HostRecord, ttl: Duration) {
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Keep the host's presence alive under a lease, renewing the record (with the time) every
+/// third of the TTL. When the lease is lost (expired during a store outage, store
+/// restarted) grant a new one and publish everything this host owns again: the presence
+/// record and the durable host record (endpoints are durable and need nothing).
+async fn keep_presence<S: Store>(store: S, mut record: HostRecord, ttl: Duration) {
     let ttl_secs = ttl.as_secs().max(1) as i64;
-    let value = serde_json::to_vec(&record).expect("host record serializes");
-    let key = keys::host(&record.id);
     let mut lease: Option<LeaseId> = None;
     loop {
+        record.renewed = now_secs();
         lease = match lease {
-            None => publish(&store, &key, &value, ttl_secs).await,
+            None => publish(&store, &record, ttl_secs).await,
             Some(id) => match store.lease_keep_alive(id).await {
-                Ok(_) => Some(id),
+                Ok(_) => renew(&store, &record, id).await,
                 Err(StoreError::LeaseNotFound(_)) => {
                     tracing::warn!("host lease lost; registering again");
-                    publish(&store, &key, &value, ttl_secs).await
+                    publish(&store, &record, ttl_secs).await
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing host lease failed");
@@ -159,7 +185,20 @@ async fn keep_presence<S: Store>(store: S, record: HostRecord, ttl: Duration) {
     }
 }
 
-async fn publish<S: Store>(store: &S, key: &str, value: &[u8], ttl: i64) -> Option<LeaseId> {
+async fn renew<S: Store>(store: &S, record: &HostRecord, lease: LeaseId) -> Option<LeaseId> {
+    let value = serde_json::to_vec(record).expect("host record serializes");
+    match store.put(&keys::host(&record.id), value, Some(lease)).await {
+        Ok(_) => Some(lease),
+        Err(StoreError::LeaseNotFound(_)) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing host record failed");
+            Some(lease)
+        }
+    }
+}
+
+async fn publish<S: Store>(store: &S, record: &HostRecord, ttl: i64) -> Option<LeaseId> {
+    let value = serde_json::to_vec(record).expect("host record serializes");
     let id = match store.lease_grant(ttl).await {
         Ok(id) => id,
         Err(e) => {
@@ -167,11 +206,50 @@ async fn publish<S: Store>(store: &S, key: &str, value: &[u8], ttl: i64) -> Opti
             return None;
         }
     };
-    match store.put(key, value.to_vec(), Some(id)).await {
-        Ok(_) => Some(id),
+    let durable = store
+        .put(&keys::host_info(&record.id), value.clone(), None)
+        .await;
+    match durable.and(store.put(&keys::host(&record.id), value, Some(id)).await) {
+        Ok(_) => {
+            tracing::info!(host = %record.id, lease = id, "host registered");
+            Some(id)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "publishing host record failed");
             None
+        }
+    }
+}
+
+/// Program peer tables whenever the store's view or a peer's liveness changes, reading the
+/// kernel back every `resync`.
+async fn program_peers<S: Store>(
+    service: Arc<Service<S>>,
+    shared: Arc<sync::Shared>,
+    resync: Duration,
+) {
+    let mut last_full = std::time::Instant::now();
+    let mut last_reachable = None;
+    let mut dirty = true;
+    loop {
+        tokio::select! {
+            _ = shared.changed.notified() => dirty = true,
+            _ = tokio::time::sleep(liveness::PROBE_INTERVAL) => {}
+        }
+        let full = last_full.elapsed() >= resync;
+        let reachable = service.reachable();
+        if !dirty && !full && last_reachable.as_ref() == Some(&reachable) {
+            continue;
+        }
+        match service.sync_peers(full).await {
+            Ok(_) => {
+                dirty = false;
+                last_reachable = Some(reachable);
+                if full {
+                    last_full = std::time::Instant::now();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
         }
     }
 }

@@ -15,9 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnetwork::Ipv4Network;
 use tokio::sync::RwLock;
 
+use super::liveness::Liveness;
+use super::sync::{Cache, Shared};
 use crate::api::types::{
-    AttachRequest, DetachRequest, DetachResponse, DoctorReport, NetworkDetail, NetworkRequest,
-    NetworkSummary, RemoveResponse, Status,
+    AttachRequest, DetachRequest, DetachResponse, DoctorReport, GcRequest, GcResponse,
+    NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
 };
 use crate::dataplane::netlink::Underlay;
 use crate::dataplane::spec::{self, EndpointSpec, SandboxSpec};
@@ -26,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{fnv1a, Endpoint, EndpointId, IfName, Mac, Network, NetworkName};
 use crate::netns::{self, NetNs};
+use crate::peers::{self, PeerState, Tables};
 use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
 use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
 
@@ -50,6 +53,12 @@ pub struct Service<S: Store> {
     ensured: Mutex<HashSet<String>>,
     sandbox_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     last_reconcile: Mutex<(usize, u64)>,
+    /// The store as the watch sees it, and who is alive.
+    shared: std::sync::Arc<Shared>,
+    liveness: std::sync::Arc<Liveness>,
+    /// Per network: the VXLAN device index and the tables last programmed into it, so a
+    /// change costs only its difference (the kernel is read back on full passes).
+    programmed: tokio::sync::Mutex<HashMap<String, (u32, Tables)>>,
 }
 
 fn now_secs() -> u64 {
@@ -83,7 +92,13 @@ fn generate_id() -> EndpointId {
 }
 
 impl<S: Store> Service<S> {
-    pub fn new(store: S, dp: Netlink, cfg: HostConfig) -> Self {
+    pub fn new(
+        store: S,
+        dp: Netlink,
+        cfg: HostConfig,
+        shared: std::sync::Arc<Shared>,
+        liveness: std::sync::Arc<Liveness>,
+    ) -> Self {
         Service {
             store,
             dp,
@@ -92,6 +107,9 @@ impl<S: Store> Service<S> {
             ensured: Mutex::new(HashSet::new()),
             sandbox_locks: Mutex::new(HashMap::new()),
             last_reconcile: Mutex::new((0, 0)),
+            shared,
+            liveness,
+            programmed: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -503,9 +521,32 @@ impl<S: Store> Service<S> {
     // ----- reconcile -----
 
     /// Compare the kernel with the records; with `apply`, repair what differs. Returns the
-    /// findings (before repair).
+    /// findings (before repair). Sandboxes and veths are compared with the store itself
+    /// (authoritative, never behind an attach); peer tables with the watched cache. While
+    /// the store is unreachable only the peer tables are checked.
     pub async fn reconcile(&self, apply: bool) -> Result<Vec<Finding>> {
         let _guard = self.kernel.write().await;
+        let mut findings = match self.sandbox_pass(apply).await {
+            Ok(f) => f,
+            Err(Error::Store(e)) => {
+                tracing::warn!(error = %e, "store unreachable: checking peer tables only");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let peer_findings = self.peer_pass(true, apply).await?;
+        if apply {
+            let repaired = findings.len() + peer_findings.len();
+            if repaired > 0 {
+                tracing::info!(findings = repaired, "reconciled");
+            }
+            *self.last_reconcile.lock().expect("poisoned") = (repaired, now_secs());
+        }
+        findings.extend(peer_findings);
+        Ok(findings)
+    }
+
+    async fn sandbox_pass(&self, apply: bool) -> Result<Vec<Finding>> {
         let networks = self.networks().await?;
         let local = self.local_endpoints().await?;
         let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
@@ -515,26 +556,143 @@ impl<S: Store> Service<S> {
             spec::sandbox_path(&run_dir, n)
         });
         if apply {
-            let mut repaired = 0;
             for f in &findings {
-                match self.repair(&f.repair, &networks, &local).await {
-                    Ok(true) => repaired += 1,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, finding = ?f.line, "repair failed"),
+                if let Err(e) = self.repair(&f.repair, &networks, &local).await {
+                    tracing::warn!(error = %e, finding = ?f.line, "repair failed");
                 }
             }
-            if !findings.is_empty() {
-                tracing::info!(findings = findings.len(), repaired, "reconciled");
-            }
-            *self.last_reconcile.lock().expect("poisoned") = (repaired, now_secs());
         }
         Ok(findings)
     }
 
-    pub async fn doctor(&self) -> Result<DoctorReport> {
-        let findings = self.reconcile(false).await?;
+    /// Program every local network's peer tables from the cache (called on store changes
+    /// and liveness changes). `full` reads the kernel back instead of trusting what was
+    /// last programmed.
+    pub async fn sync_peers(&self, full: bool) -> Result<usize> {
+        let _guard = self.kernel.read().await;
+        Ok(self.peer_pass(full, true).await?.len())
+    }
+
+    /// Compare (and with `apply`, program) the peer tables of every local network.
+    async fn peer_pass(&self, full: bool, apply: bool) -> Result<Vec<Finding>> {
+        let cache = self.shared.snapshot();
+        if !cache.synced {
+            return Ok(Vec::new());
+        }
+        let me = self.cfg.host_id.as_str();
+        let reachable = self.liveness.reachable(me, &cache);
+        let hosts = known_hosts(&cache);
+        let local: BTreeSet<String> = cache
+            .endpoints
+            .values()
+            .filter(|e| e.host == me)
+            .map(|e| e.network.to_string())
+            .collect();
+        let mut programmed = self.programmed.lock().await;
+        programmed.retain(|n, _| local.contains(n));
+        let mut findings = Vec::new();
+        for name in &local {
+            let Some(net) = cache.networks.get(name) else {
+                continue;
+            };
+            let desired = peers::desired(me, cache.endpoints_of(name), &hosts, &reachable);
+            let sandbox = self.sandbox_spec(net).netns;
+            let (ifindex, observed) = match programmed.get(name) {
+                Some(p) if !full => p.clone(),
+                _ => match self
+                    .dp
+                    .observe_tables(&sandbox, &net.name.vxlan_ifname())
+                    .await?
+                {
+                    Some(o) => o,
+                    None => continue,
+                },
+            };
+            let diff = peers::diff(&desired, &observed);
+            if !diff.is_empty() {
+                findings.extend(reconcile::peer_findings(name, &diff));
+                if !apply {
+                    continue;
+                }
+                if self.dp.apply_tables(&sandbox, ifindex, &diff).await? > 0 {
+                    programmed.remove(name); // read the kernel back next time
+                    continue;
+                }
+                tracing::debug!(network = %name, changes = diff.len(), "peer tables programmed");
+            }
+            programmed.insert(name.clone(), (ifindex, desired));
+        }
+        Ok(findings)
+    }
+
+    /// The hosts whose entries are programmed now.
+    pub fn reachable(&self) -> BTreeSet<String> {
+        self.liveness
+            .reachable(&self.cfg.host_id, &self.shared.snapshot())
+    }
+
+    /// Every known peer with its state, as `rnet peers` shows them.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let cache = self.shared.snapshot();
+        let now = now_secs();
+        known_hosts(&cache)
+            .into_values()
+            .map(|h| PeerInfo {
+                state: self.liveness.state(&self.cfg.host_id, &h.id, &cache),
+                renewed_ago: cache
+                    .presence
+                    .get(&h.id)
+                    .map(|p| now.saturating_sub(p.renewed)),
+                endpoints: cache.endpoints.values().filter(|e| e.host == h.id).count(),
+                host: h.id,
+                underlay: h.underlay,
+                vtep_mac: h.vtep_mac,
+            })
+            .collect()
+    }
+
+    /// Release the endpoints of a host that is gone, and forget the host.
+    pub async fn gc(&self, req: &GcRequest) -> Result<GcResponse> {
+        if req.host == self.cfg.host_id {
+            return Err(Error::Conflict(format!(
+                "host {} is this host; detach its endpoints instead",
+                req.host
+            )));
+        }
+        if self.store.get(&keys::host(&req.host)).await?.is_some() {
+            return Err(Error::Conflict(format!("host {} is live (its daemon holds its presence record); gc only releases hosts that are gone", req.host)));
+        }
+        let state = self
+            .liveness
+            .state(&self.cfg.host_id, &req.host, &self.shared.snapshot());
+        if state == PeerState::DaemonDown && !req.force {
+            return Err(Error::Conflict(format!(
+                "host {} still answers on its underlay (its daemon is down but its workloads may run); use --force to release its addresses anyway",
+                req.host
+            )));
+        }
+        let released: Vec<Endpoint> = self
+            .endpoints(None)
+            .await?
+            .into_iter()
+            .filter(|e| e.host == req.host)
+            .collect();
+        for ep in &released {
+            self.release(ep).await;
+        }
+        self.store.delete(&keys::host_info(&req.host)).await?;
+        tracing::info!(host = %req.host, released = released.len(), "garbage-collected host");
+        Ok(GcResponse {
+            host: req.host.clone(),
+            released,
+        })
+    }
+
+    /// `rnet doctor`: the findings of a reconcile; with `repair`, also applied.
+    pub async fn doctor(&self, repair: bool) -> Result<DoctorReport> {
+        let findings = self.reconcile(repair).await?;
         Ok(DoctorReport {
-            networks_checked: self.networks().await?.len(),
+            networks_checked: self.shared.snapshot().networks.len(),
             drift: findings.into_iter().map(|f| f.line).collect(),
         })
     }
@@ -605,7 +763,10 @@ impl<S: Store> Service<S> {
                     .lock()
                     .expect("poisoned")
                     .insert(network.clone());
+                self.programmed.lock().await.remove(network);
             }
+            // Peer tables are programmed by the peer pass that follows.
+            Repair::SyncPeers { .. } => return Ok(false),
             Repair::RemoveSandbox { path } => self.dp.remove_sandbox(path).await?,
             Repair::RemoveVeth {
                 sandbox,
@@ -666,4 +827,11 @@ fn open_workload(netns: Option<&str>, pid: Option<u32>) -> Result<(NetNs, String
             "attach needs exactly one of netns (a path) or pid".into(),
         )),
     }
+}
+
+/// Every host ever registered (durable records), updated by live presence records.
+fn known_hosts(cache: &Cache) -> std::collections::BTreeMap<String, crate::model::HostRecord> {
+    let mut hosts = cache.host_info.clone();
+    hosts.extend(cache.presence.iter().map(|(k, v)| (k.clone(), v.clone())));
+    hosts
 }

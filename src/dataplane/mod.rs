@@ -11,6 +11,7 @@
 
 pub mod netlink;
 pub mod spec;
+pub mod tables;
 
 pub use netlink::{DataplaneError, Netlink};
 pub use spec::{EndpointSpec, SandboxSpec};

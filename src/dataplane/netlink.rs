@@ -25,8 +25,10 @@ use rtnetlink::{
 };
 
 use super::spec::{EndpointSpec, SandboxSpec, BRIDGE};
+use super::tables;
 use crate::model::VXLAN_PORT;
 use crate::netns::{self, NetNs, NetnsError};
+use crate::peers::{TableDiff, Tables};
 
 /// A dataplane failure, naming the object and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -459,6 +461,37 @@ impl Netlink {
             del_link(&sb, link.index, host_ifname).await?;
         }
         Ok(())
+    }
+
+    /// The peer tables of a sandbox's VXLAN device, with the device's index; None if the
+    /// sandbox or device does not exist.
+    pub async fn observe_tables(
+        &self,
+        sandbox: &Path,
+        vxlan: &str,
+    ) -> Result<Option<(u32, Tables)>> {
+        if !netns::is_mounted(sandbox) {
+            return Ok(None);
+        }
+        let sb = self.sandbox(sandbox)?;
+        let Some(dev) = get_link(&sb, vxlan).await? else {
+            return Ok(None);
+        };
+        let t = tables::observe(&sb, dev.index)
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("reading the tables of {vxlan}"), e))?;
+        Ok(Some((dev.index, t)))
+    }
+
+    /// Apply a table diff to the VXLAN device `ifindex` of a sandbox; returns the failures.
+    pub async fn apply_tables(
+        &self,
+        sandbox: &Path,
+        ifindex: u32,
+        diff: &TableDiff,
+    ) -> Result<usize> {
+        let sb = self.sandbox(sandbox)?;
+        Ok(tables::apply(&sb, ifindex, diff).await)
     }
 
     /// Enslave a sandbox veth to the bridge and bring it up.

@@ -8,6 +8,7 @@
 //! deleted when the lease expires.
 
 pub mod embedded;
+pub mod etcd;
 pub mod keys;
 
 use std::future::Future;
