@@ -223,6 +223,19 @@ pub fn free_addresses<'a>(
         .filter(move |ip| *ip != net.gateway && !taken.contains(ip))
 }
 
+/// The order in which to try `len` free addresses: the lowest first (sequential addresses
+/// in the common, uncontended case), then, after losing a race for it, from a point chosen
+/// by `seed`, so concurrent allocators spread out instead of all fighting over the next one.
+pub fn probe_order(len: usize, seed: u64) -> impl Iterator<Item = usize> {
+    let start = if len > 1 {
+        1 + (seed % (len as u64 - 1)) as usize
+    } else {
+        0
+    };
+    let rest = (0..len.saturating_sub(1)).map(move |k| 1 + (start - 1 + k) % (len - 1));
+    (0..len.min(1)).chain(rest)
+}
+
 /// How many endpoint addresses a network has in all.
 pub fn capacity(net: &Network) -> u64 {
     // network, broadcast and gateway are not endpoints
@@ -329,6 +342,30 @@ mod tests {
             .contains("MTU 1500"));
         r.mtu = Some(1400);
         assert_eq!(plan_network(&r, &[], 1450).unwrap().mtu, 1400);
+    }
+
+    #[test]
+    fn probe_order_visits_every_index_once_lowest_first() {
+        for len in [0usize, 1, 2, 7, 100] {
+            for seed in [0u64, 3, 99, u64::MAX] {
+                let order: Vec<usize> = probe_order(len, seed).collect();
+                let mut sorted = order.clone();
+                sorted.sort();
+                assert_eq!(
+                    sorted,
+                    (0..len).collect::<Vec<_>>(),
+                    "len {len} seed {seed}"
+                );
+                if len > 0 {
+                    assert_eq!(order[0], 0);
+                }
+            }
+        }
+        assert_ne!(
+            probe_order(100, 1).nth(1),
+            probe_order(100, 2).nth(1),
+            "seeds spread the second try"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;
+pub mod icmp;
 pub mod ipam;
 pub mod model;
 pub mod netns;

@@ -382,10 +382,11 @@ impl<S: Store> Service<S> {
                     .iter()
                     .map(|e| e.ip.ip())
                     .collect();
-                ipam::free_addresses(net, &taken).take(4096).collect()
+                ipam::free_addresses(net, &taken).collect()
             }
         };
-        for ip in candidates {
+        let seed = fnv1a(format!("{}/{}", self.cfg.host_id, ep.id).as_bytes());
+        for ip in ipam::probe_order(candidates.len(), seed).map(|i| candidates[i]) {
             ep.ip = Ipv4Network::new(ip, net.subnet.prefix()).expect("valid prefix");
             ep.mac = Mac::from_ipv4(ip);
             ep.host_ifname = spec::host_ifname(ip);
