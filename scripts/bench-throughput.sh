@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Throughput of rnet's overlay between two lab hosts, next to the same datapath built by hand
+# (kernel VXLAN, sandbox bridge, veth: the Docker-overlay floor) and the raw underlay, all
+# measured in this run with iperf3 (1 and 4 TCP streams). Prints a markdown section.
+#
+# Needs root and release binaries in target/release. Everything lives in namespaces this
+# script makes (rnet lab + hb-* namespaces); nothing is configured in the root namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RNET=${RNET:-target/release/rnet}
+SECS=${RNET_BENCH_SECS:-5}
+LAB=bt$$
+HB=hb$$
+export PATH="$PWD/target/release:$PATH"
+
+cleanup() {
+    "$RNET" lab down --name "$LAB" >/dev/null 2>&1 || true
+    for n in sw h1 h2 s1 s2 w1 w2; do ip netns del "$HB-$n" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# iperf3 client JSON -> Gbit/s received.
+gbps() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
+
+# in NS CMD...: run in a namespace under /run/netns.
+in() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
+
+# Wait until something listens on TCP 5201 at $2, seen from namespace path $1.
+wait_port() {
+    for _ in $(seq 100); do
+        nsenter --net="$1" -- bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "iperf3 server at $2 did not come up" >&2
+    return 1
+}
+
+# --- rnet -----------------------------------------------------------------------------------
+"$RNET" lab up --hosts 2 --name "$LAB" >/dev/null
+"$RNET" lab exec h1 -- rnet create tput --subnet 10.60.0.0/24 >/dev/null
+"$RNET" lab exec h1 -- rnet run tput --name srv --ip 10.60.0.10 -- iperf3 -s >/dev/null 2>&1 &
+server=$!
+labdir=/run/rnet/lab/$LAB
+# The client runs as an rnet workload on h2; probe the server from it.
+rnet_client() {
+    "$RNET" lab exec h2 -- rnet run tput -- iperf3 -c 10.60.0.10 -t "$SECS" -J "$@" | gbps
+}
+for _ in $(seq 100); do
+    "$RNET" lab exec h2 -- rnet run tput -- bash -c 'exec 3<>/dev/tcp/10.60.0.10/5201' 2>/dev/null && break
+    sleep 0.1
+done
+rnet1=$(rnet_client)
+rnet4=$(rnet_client -P 4)
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+"$RNET" lab down --name "$LAB" >/dev/null
+
+# --- hand-built: the same datapath with ip commands -----------------------------------------
+for n in sw h1 h2 s1 s2 w1 w2; do ip netns add "$HB-$n"; in "$HB-$n" ip link set lo up; done
+in "$HB-sw" ip link add br0 type bridge
+in "$HB-sw" ip link set br0 up
+for i in 1 2; do
+    h=$HB-h$i s=$HB-s$i w=$HB-w$i
+    in "$h" ip link add ul0 type veth peer name p$i netns "$HB-sw"
+    in "$HB-sw" ip link set p$i master br0 up
+    in "$h" ip addr add 198.18.1.1$i/24 dev ul0
+    in "$h" ip link set ul0 up
+    # VXLAN created in the host namespace (its socket binds there), moved into the sandbox.
+    in "$h" ip link add vx type vxlan id 42 local 198.18.1.1$i dstport 4789 nolearning proxy
+    in "$h" ip link set vx netns "$s"
+    in "$s" ip link add br0 type bridge
+    in "$s" ip link set br0 mtu 1450 up
+    in "$s" ip link set vx mtu 1450 master br0 up
+    in "$s" ip link add ve type veth peer name eth0 netns "$w"
+    in "$s" ip link set ve mtu 1450 master br0 up
+    in "$w" ip link set eth0 mtu 1450 address 02:52:0a:3d:00:1$i up
+    in "$w" ip addr add 10.61.0.1$i/24 dev eth0
+done
+for i in 1 2; do
+    j=$((3 - i))
+    in "$HB-s$i" bridge fdb append 00:00:00:00:00:00 dev vx dst 198.18.1.1$j self permanent
+    in "$HB-s$i" bridge fdb replace 02:52:0a:3d:00:1$j dev vx dst 198.18.1.1$j self permanent
+    in "$HB-s$i" ip neigh replace 10.61.0.1$j lladdr 02:52:0a:3d:00:1$j dev vx nud permanent
+done
+hand() { # $1 server ns, $2 client ns, $3 server address, rest: iperf3 flags
+    local sns=$1 cns=$2 addr=$3; shift 3
+    in "$sns" iperf3 -s -1 >/dev/null 2>&1 &
+    wait_port "/run/netns/$cns" "$addr"
+    in "$cns" iperf3 -c "$addr" -t "$SECS" -J "$@" | gbps
+    wait
+}
+hand1=$(hand "$HB-w1" "$HB-w2" 10.61.0.11)
+hand4=$(hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4)
+raw1=$(hand "$HB-h1" "$HB-h2" 198.18.1.11)
+raw4=$(hand "$HB-h1" "$HB-h2" 198.18.1.11 -P 4)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+cat <<EOF
+### Throughput across two lab hosts (iperf3, ${SECS} s per run)
+
+| path | 1 stream Gbit/s | 4 streams Gbit/s |
+|---|---|---|
+| rnet overlay (workload to workload, \`rnet run\` on two lab hosts) | $rnet1 | $rnet4 |
+| hand-built kernel VXLAN, same datapath (veth, sandbox bridge, VXLAN, MTU 1450) | $hand1 | $hand4 |
+| raw underlay (veth through the lab switch, MTU 1500) | $raw1 | $raw4 |
+
+rnet over the hand-built path: $(ratio "$rnet1" "$hand1")x (1 stream), $(ratio "$rnet4" "$hand4")x (4 streams). Target ≥ 0.95.
+Hand-built VXLAN over the raw underlay: $(ratio "$hand1" "$raw1")x (1 stream).
+EOF
