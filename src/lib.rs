@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod error;
 pub mod icmp;
 pub mod ipam;
+pub mod lab;
 pub mod model;
 pub mod netns;
 pub mod peers;

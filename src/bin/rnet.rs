@@ -9,6 +9,10 @@ fn main() {
         // Forks: must happen before any runtime thread exists.
         std::process::exit(cli::run::exec(&cli, args));
     }
+    if let Command::Lab(args) = &cli.command {
+        // `lab exec` enters a namespace and execs in place: before any runtime exists.
+        std::process::exit(cli::lab::run(&cli, args));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

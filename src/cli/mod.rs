@@ -1,6 +1,7 @@
 //! The `rnet` command line: clap definitions, and one function per subcommand that turns
 //! its flags into an API call and prints the answer (a table, or JSON with `-o json`).
 
+pub mod lab;
 pub mod output;
 pub mod run;
 
@@ -81,6 +82,8 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Simulated multi-host labs on this machine: `rnet lab up|down|status|exec|…`.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +190,7 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Gc { host, force } => gc(&client, fmt, host, *force).await,
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
         Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
+        Command::Lab(_) => unreachable!("`rnet lab` is dispatched before the runtime starts"),
     }
 }
 

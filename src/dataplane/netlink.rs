@@ -74,7 +74,7 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Open a netlink connection in the current namespace (ns = None) or inside `ns`.
-fn connect(ns: Option<&NetNs>) -> Result<Handle> {
+pub fn connect(ns: Option<&NetNs>) -> Result<Handle> {
     let open = || -> std::io::Result<i32> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;

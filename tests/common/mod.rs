@@ -17,6 +17,8 @@
 //! under its run dir must be visible (and outlive the daemon) in the test's mount namespace.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::fs;
 use std::io::Read;
 use std::net::Ipv4Addr;
