@@ -13,9 +13,6 @@ use serde_json::Value;
 
 use super::{output_with_timeout, require_root};
 
-/// The store the lab's daemons use in tests.
-// TODO(etcd store): drop this once rnetd speaks etcd; the lab's default is the lab's etcd.
-pub const LAB_STORE: &str = "embedded";
 /// Upper bound for one `rnet lab` command (up waits for etcd and every daemon itself).
 const LAB_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,7 +53,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// `rnet lab up --hosts N` with the test store and `extra` flags; panics if it fails.
+    /// `rnet lab up --hosts N` (daemons on the lab's etcd) with `extra` flags; panics if it fails.
     pub fn up(hosts: u32, extra: &[&str]) -> Lab {
         require_root();
         let lab = Lab {
@@ -64,7 +61,7 @@ impl Lab {
             down: false,
         };
         let n = hosts.to_string();
-        let mut args = vec!["up", "--hosts", &n, "--store", LAB_STORE];
+        let mut args = vec!["up", "--hosts", &n];
         args.extend_from_slice(extra);
         ok(
             &format!("rnet lab up {}", lab.name),
