@@ -50,8 +50,10 @@ impl Lab {
     }
 
     fn daemon_rss_kib(&self, host: &str) -> u64 {
-        let pid = std::fs::read_to_string(self.dir().join(host).join("rnetd.pid")).unwrap_or_default();
-        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        let pid =
+            std::fs::read_to_string(self.dir().join(host).join("rnetd.pid")).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -62,13 +64,19 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(RNET).args(["lab", "down", "--name", &self.name]).output();
+        let _ = Command::new(RNET)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
     }
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -98,12 +106,27 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("RNET_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    let entries: usize = std::env::var("RNET_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("RNET_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let entries: usize = std::env::var("RNET_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let lab = Lab::up(2);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let req = NetworkRequest { name: "conv".into(), subnet: "10.70.0.0/16".into(), ..Default::default() };
-    let _: Network = rt.block_on(lab.client("h1").post("/v1/networks", &req)).expect("create network");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let req = NetworkRequest {
+        name: "conv".into(),
+        subnet: "10.70.0.0/16".into(),
+        ..Default::default()
+    };
+    let _: Network = rt
+        .block_on(lab.client("h1").post("/v1/networks", &req))
+        .expect("create network");
     convergence(&lab, &rt, n);
     programming(&lab, &rt, entries);
 }
@@ -112,25 +135,32 @@ fn main() {
 fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
     let watcher = Ns::new("w2");
     let attach = |client: &Client, ns: &str, id: &str| -> Endpoint {
-        let req = AttachRequest { network: "conv".into(), netns: Some(ns.into()), id: Some(id.into()), ..Default::default() };
-        rt.block_on(client.post("/v1/attach", &req)).expect("attach")
+        let req = AttachRequest {
+            network: "conv".into(),
+            netns: Some(ns.into()),
+            id: Some(id.into()),
+            ..Default::default()
+        };
+        rt.block_on(client.post("/v1/attach", &req))
+            .expect("attach")
     };
     attach(&lab.client("h2"), &watcher.path(), "watcher");
     let (tx, rx) = std::sync::mpsc::channel::<Ipv4Addr>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Duration>();
     let ns = NetNs::open(Path::new(&watcher.path())).unwrap();
-    let pinger = ns
-        .run(move || {
-            let sock = IcmpSocket::open().expect("icmp socket");
-            for ip in rx {
-                let t0 = Instant::now();
-                let mut seq = 0u16;
-                while sock.probe(&[ip], seq, Duration::from_millis(1)).is_empty() && t0.elapsed() < Duration::from_secs(10) {
-                    seq = seq.wrapping_add(1);
-                }
-                done_tx.send(t0.elapsed()).unwrap();
+    let pinger = ns.run(move || {
+        let sock = IcmpSocket::open().expect("icmp socket");
+        for ip in rx {
+            let t0 = Instant::now();
+            let mut seq = 0u16;
+            while sock.probe(&[ip], seq, Duration::from_millis(1)).is_empty()
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                seq = seq.wrapping_add(1);
             }
-        });
+            done_tx.send(t0.elapsed()).unwrap();
+        }
+    });
     let _ = pinger; // the closure runs on its own thread; channels drive it
     let mut samples = Vec::new();
     let h1 = lab.client("h1");
@@ -142,14 +172,22 @@ fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
         let ping = done_rx.recv().unwrap();
         samples.push(t0.elapsed().min(t0.elapsed() - Duration::ZERO));
         let _ = ping;
-        let det = DetachRequest { network: "conv".into(), id: Some(format!("c{i}")), ..Default::default() };
+        let det = DetachRequest {
+            network: "conv".into(),
+            id: Some(format!("c{i}")),
+            ..Default::default()
+        };
         let _: DetachResponse = rt.block_on(h1.post("/v1/detach", &det)).expect("detach");
     }
     drop(tx);
     println!("### Convergence across two lab hosts ({n} endpoints)\n");
     println!("From the attach request on h1 to the first echo reply seen by a workload on h2 (probed every 1 ms):\n");
     println!("| p50 ms | p99 ms | max ms |\n|---|---|---|");
-    let (p50, p99, max) = (pct(&mut samples, 0.5), pct(&mut samples, 0.99), pct(&mut samples, 1.0));
+    let (p50, p99, max) = (
+        pct(&mut samples, 0.5),
+        pct(&mut samples, 0.99),
+        pct(&mut samples, 1.0),
+    );
     println!("| {p50:.1} | {p99:.1} | {max:.1} |\n");
     println!("Target: p99 < 100 ms. (Docker's overlay measured here: first reply 1.0 s after `docker run`.)\n");
 }
@@ -157,13 +195,23 @@ fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
 /// Write `entries` remote endpoints for a fake live host into etcd and time h1's programming.
 fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize) {
     let local = Ns::new("local");
-    let req = AttachRequest { network: "conv".into(), netns: Some(local.path()), id: Some("local".into()), ..Default::default() };
-    let _: Endpoint = rt.block_on(lab.client("h1").post("/v1/attach", &req)).expect("attach local");
+    let req = AttachRequest {
+        network: "conv".into(),
+        netns: Some(local.path()),
+        id: Some("local".into()),
+        ..Default::default()
+    };
+    let _: Endpoint = rt
+        .block_on(lab.client("h1").post("/v1/attach", &req))
+        .expect("attach local");
     let sandbox = lab.dir().join("h1/run/netns/sb-conv");
     let h1 = NetNs::open(&lab.netns("h1")).unwrap();
     let elapsed = h1
         .run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(write_and_wait(entries, &sandbox))
         })
         .unwrap();
@@ -172,7 +220,10 @@ fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize) {
     println!("### Programming rate ({entries} remote endpoints)\n");
     println!("| what | seconds |\n|---|---|");
     println!("| rnet: first etcd write → all {entries} FDB + {entries} neighbour entries programmed on h1 | {:.3} |", elapsed.as_secs_f64());
-    println!("| floor: `bridge -batch` + `ip -batch` adding the same entries | {:.3} |", floor.as_secs_f64());
+    println!(
+        "| floor: `bridge -batch` + `ip -batch` adding the same entries | {:.3} |",
+        floor.as_secs_f64()
+    );
     println!(
         "\nrnet / floor: {:.2}x (target ≤ 1.5x; rnet's time includes the etcd writes and the watch). rnetd RSS on h1 at that size: {:.1} MiB (target < 50 MiB).\n",
         elapsed.as_secs_f64() / floor.as_secs_f64(),
@@ -198,18 +249,44 @@ fn fake_endpoint(i: usize) -> Endpoint {
 
 /// Runs inside h1's namespace (etcd is reachable from there).
 async fn write_and_wait(entries: usize, sandbox: &Path) -> Duration {
-    let store = EtcdStore::connect(&["198.18.0.1:2379".to_string()]).await.expect("etcd");
-    let far = HostRecord { id: "far".into(), underlay: "198.18.0.99".parse().unwrap(), vtep_mac: Mac::from_name(0x56, "far"), started: 0, renewed: 0 };
+    let store = EtcdStore::connect(&["198.18.0.1:2379".to_string()])
+        .await
+        .expect("etcd");
+    let far = HostRecord {
+        id: "far".into(),
+        underlay: "198.18.0.99".parse().unwrap(),
+        vtep_mac: Mac::from_name(0x56, "far"),
+        started: 0,
+        renewed: 0,
+    };
     let lease = store.lease_grant(600).await.unwrap();
     let t0 = Instant::now();
-    store.put(&keys::host_info("far"), serde_json::to_vec(&far).unwrap(), None).await.unwrap();
-    store.put(&keys::host("far"), serde_json::to_vec(&far).unwrap(), Some(lease)).await.unwrap();
+    store
+        .put(
+            &keys::host_info("far"),
+            serde_json::to_vec(&far).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &keys::host("far"),
+            serde_json::to_vec(&far).unwrap(),
+            Some(lease),
+        )
+        .await
+        .unwrap();
     for chunk in (0..entries).collect::<Vec<_>>().chunks(100) {
         let ops = chunk
             .iter()
             .map(|&i| {
                 let ep = fake_endpoint(i);
-                TxnOp::Put { key: keys::endpoint("conv", ep.ip.ip()), value: serde_json::to_vec(&ep).unwrap(), lease: None }
+                TxnOp::Put {
+                    key: keys::endpoint("conv", ep.ip.ip()),
+                    value: serde_json::to_vec(&ep).unwrap(),
+                    lease: None,
+                }
             })
             .collect();
         assert!(store.txn(vec![], ops).await.unwrap().succeeded);
@@ -228,19 +305,50 @@ async fn write_and_wait(entries: usize, sandbox: &Path) -> Duration {
 /// The same entries with one `bridge -batch` and one `ip -batch`, into a fresh VXLAN device.
 fn batch_floor(entries: usize) -> Duration {
     let ns = Ns::new("floor");
-    run(Command::new("ip").args(["-n", &ns.0, "link", "add", "vx", "type", "vxlan", "id", "9", "dstport", "4789", "nolearning", "proxy"]));
+    run(Command::new("ip").args([
+        "-n",
+        &ns.0,
+        "link",
+        "add",
+        "vx",
+        "type",
+        "vxlan",
+        "id",
+        "9",
+        "dstport",
+        "4789",
+        "nolearning",
+        "proxy",
+    ]));
     let dir = tempfile::tempdir().unwrap();
     let (fdb, neigh) = (dir.path().join("fdb"), dir.path().join("neigh"));
     let mut f = std::fs::File::create(&fdb).unwrap();
     let mut g = std::fs::File::create(&neigh).unwrap();
-    writeln!(f, "fdb append 00:00:00:00:00:00 dev vx dst 198.18.0.99 self permanent").unwrap();
+    writeln!(
+        f,
+        "fdb append 00:00:00:00:00:00 dev vx dst 198.18.0.99 self permanent"
+    )
+    .unwrap();
     for i in 0..entries {
         let ep = fake_endpoint(i);
-        writeln!(f, "fdb replace {} dev vx dst 198.18.0.99 self permanent", ep.mac).unwrap();
-        writeln!(g, "neigh replace {} lladdr {} dev vx nud permanent", ep.ip.ip(), ep.mac).unwrap();
+        writeln!(
+            f,
+            "fdb replace {} dev vx dst 198.18.0.99 self permanent",
+            ep.mac
+        )
+        .unwrap();
+        writeln!(
+            g,
+            "neigh replace {} lladdr {} dev vx nud permanent",
+            ep.ip.ip(),
+            ep.mac
+        )
+        .unwrap();
     }
     let t0 = Instant::now();
-    run(Command::new("bridge").args(["-n", &ns.0, "-batch"]).arg(&fdb));
+    run(Command::new("bridge")
+        .args(["-n", &ns.0, "-batch"])
+        .arg(&fdb));
     run(Command::new("ip").args(["-n", &ns.0, "-batch"]).arg(&neigh));
     t0.elapsed()
 }

@@ -41,7 +41,6 @@ wait_port() {
 "$RNET" lab exec h1 -- rnet create tput --subnet 10.60.0.0/24 >/dev/null
 "$RNET" lab exec h1 -- rnet run tput --name srv --ip 10.60.0.10 -- iperf3 -s >/dev/null 2>&1 &
 server=$!
-labdir=/run/rnet/lab/$LAB
 # The client runs as an rnet workload on h2; probe the server from it.
 rnet_client() {
     "$RNET" lab exec h2 -- rnet run tput -- iperf3 -c 10.60.0.10 -t "$SECS" -J "$@" | gbps
@@ -85,10 +84,12 @@ for i in 1 2; do
 done
 hand() { # $1 server ns, $2 client ns, $3 server address, rest: iperf3 flags
     local sns=$1 cns=$2 addr=$3; shift 3
-    in "$sns" iperf3 -s -1 >/dev/null 2>&1 &
+    in "$sns" iperf3 -s >/dev/null 2>&1 &
+    local srv=$!
     wait_port "/run/netns/$cns" "$addr"
     in "$cns" iperf3 -c "$addr" -t "$SECS" -J "$@" | gbps
-    wait
+    kill "$srv"
+    wait "$srv" 2>/dev/null || true
 }
 hand1=$(hand "$HB-w1" "$HB-w2" 10.61.0.11)
 hand4=$(hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4)

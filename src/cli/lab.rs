@@ -63,6 +63,9 @@ pub struct UpArgs {
     /// rnetd's --probe-window in seconds (passed only when given).
     #[arg(long)]
     pub probe_window: Option<u64>,
+    /// rnetd's --resync in seconds (passed only when given).
+    #[arg(long)]
+    pub resync: Option<u64>,
     /// The rnetd binary (default: the one beside this rnet).
     #[arg(long)]
     pub rnetd: Option<PathBuf>,
@@ -154,6 +157,7 @@ fn up(fmt: Format, paths: &LabPaths, a: &UpArgs) -> Result<(), LabError> {
         hosts: a.hosts,
         lease_ttl: a.lease_ttl,
         probe_window: a.probe_window,
+        resync: a.resync,
         rnetd: a.rnetd.clone(),
         etcd: a.etcd.clone(),
         store: a.store.clone(),

@@ -177,7 +177,16 @@ async fn follow<S: Store>(store: &S, shared: &Shared, from: Revision) -> Ended {
     let last = from - 1;
     let mut watch = match store.watch(keys::ROOT, from).await {
         Ok(w) => w,
-        Err(crate::store::StoreError::Compacted { .. }) => return Ended::Compacted,
+        Err(crate::store::StoreError::Compacted {
+            compact_revision, ..
+        }) => {
+            tracing::warn!(
+                compact_revision,
+                from,
+                "watch history compacted; listing again"
+            );
+            return Ended::Compacted;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "watching the store failed; will resume");
             return Ended::Lost(last);

@@ -51,6 +51,9 @@ pub struct LabConfig {
     pub store: String,
     pub lease_ttl: u64,
     pub probe_window: Option<u64>,
+    /// rnetd's `--resync`, passed only when set.
+    #[serde(default)]
+    pub resync: Option<u64>,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -111,6 +114,7 @@ impl LabConfig {
             store: opts.store.clone(),
             lease_ttl: opts.lease_ttl,
             probe_window: opts.probe_window,
+            resync: opts.resync,
             hosts: Vec::new(),
         };
         cfg.hosts = (1..=opts.hosts).map(|i| cfg.plan_host(paths, i)).collect();
@@ -159,6 +163,9 @@ impl LabConfig {
         ];
         if let Some(w) = self.probe_window {
             args.extend(["--probe-window".into(), w.to_string()]);
+        }
+        if let Some(r) = self.resync {
+            args.extend(["--resync".into(), r.to_string()]);
         }
         args
     }
@@ -263,6 +270,7 @@ mod tests {
             hosts,
             lease_ttl: 5,
             probe_window,
+            resync: None,
             rnetd: None,
             etcd: None,
             store: DEFAULT_STORE.into(),

@@ -17,6 +17,8 @@ pub struct UpOptions {
     pub lease_ttl: u64,
     /// rnetd's `--probe-window`, passed only when set.
     pub probe_window: Option<u64>,
+    /// rnetd's `--resync`, passed only when set.
+    pub resync: Option<u64>,
     /// The rnetd binary (default: the one beside the running rnet).
     pub rnetd: Option<PathBuf>,
     /// The etcd binary (default: `etcd` on PATH).
