@@ -1,0 +1,347 @@
+//! The `etcd` store backend: the [`Store`] trait on an etcd v3 cluster, through the
+//! `etcd-client` crate (gRPC over HTTP/2).
+//!
+//! # Mapping
+//!
+//! The trait was modelled on etcd, so most calls are one RPC:
+//!
+//! | trait                | etcd                                                                |
+//! |----------------------|---------------------------------------------------------------------|
+//! | `get` / `list`       | `Range` of one key / of the prefix (etcd sorts by key); `list` returns the header revision |
+//! | `put`                | `Put` (with the lease if any); returns the header revision          |
+//! | `delete`             | `DeleteRange` of one key; `deleted > 0` says whether it existed     |
+//! | `txn`                | `Txn`: compares, `success` = the writes, `failure` = one `Range` per compared key, so a failed txn reports the current value of each compared key, in compare order, read atomically with the compare |
+//! | `watch`              | one `Watch` stream per call, forwarded by a task (see below)        |
+//! | `lease_*`            | `LeaseGrant`, `LeaseKeepAlive` (a stream kept per lease), `LeaseRevoke` |
+//! | `compact`            | `Compact` (not physical: the RPC returns once the compaction is applied, the space is freed in the background) |
+//!
+//! Compares: `Absent(k)` is `create_revision(k) == 0`; `Value(k, v)` is `value(k) == v`
+//! (etcd fails it for a missing key); `ModRevision(k, r)` is `mod_revision(k) == r`, plus
+//! `create_revision(k) > 0` when `r <= 0`, because etcd sees a missing key's mod
+//! revision as 0 while the trait says the compare fails for a missing key.
+//!
+//! Keys are UTF-8 in the trait and bytes in etcd: a key that is not UTF-8 (not
+//! written by rnet) is converted lossily.
+//!
+//! # Watches
+//!
+//! `watch` opens the stream and waits for etcd's "created" answer before returning,
+//! so a watch from revision 0 sees every write made after `watch` returned. A task
+//! then forwards each response: etcd may put several revisions in one response, so
+//! events are split by their `mod_revision` (a delete carries its revision there too)
+//! into one [`WatchMessage::Events`] per revision. A response with a non-zero
+//! `compact_revision` becomes [`WatchMessage::Compacted`]; an error, the end of the
+//! stream or any other cancellation (e.g. "no leader") becomes [`WatchMessage::Lost`].
+//! Either ends the task. Dropping the receiver drops the stream, which cancels the
+//! watch in etcd.
+//!
+//! # Leases
+//!
+//! `lease_keep_alive` keeps one etcd keep-alive stream per lease and sends one request
+//! on it per call. The first call for a lease opens the stream, which etcd-client does
+//! with a renewal of its own (so that call renews twice). A stream that failed in any
+//! way, or answered TTL 0 (then: `LeaseNotFound`), is dropped, so a late answer is
+//! never taken for the answer to a later renewal; a kept stream that broke (etcd
+//! restarted) is replaced once within the same call. `lease_revoke` drops the lease's
+//! stream; an abandoned lease keeps its idle stream until the handle is dropped.
+//!
+//! # Differences from the embedded backend
+//!
+//! etcd refuses a txn that writes one key twice even when its compares fail (the
+//! embedded store only when they hold), and limits a txn to 128 operations and a
+//! request to 1.5 MiB by default. Its minimum lease TTL is about 2 s, and its lease ids
+//! are large, random-looking numbers.
+//!
+//! # Failures
+//!
+//! [`EtcdStore::connect`] does no I/O: the gRPC channel connects lazily, so a daemon
+//! can start while etcd is down. Every call runs under [`CALL_TIMEOUT`]; a timeout, a
+//! refused or broken connection, or a gRPC `Unavailable` / `DeadlineExceeded` /
+//! `Cancelled` status becomes [`StoreError::Unavailable`] naming the endpoints and the
+//! operation, and makes the next call build a fresh client (the channel also
+//! reconnects by itself), so the same handle works again once etcd is back. etcd's
+//! "requested lease not found" becomes [`StoreError::LeaseNotFound`]; everything else
+//! is [`StoreError::Backend`]. HTTP/2 keep-alive pings (only while a stream is open,
+//! as etcd's server policy demands) notice a silently dead connection within
+//! [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`], which ends its watches with `Lost`.
+//!
+//! Calls are not retried: a write that timed out may or may not have been applied,
+//! and only the caller knows whether repeating it is safe.
+
+mod client;
+mod convert;
+mod endpoints;
+mod lease;
+#[cfg(test)]
+mod tests;
+mod txn;
+mod watch;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use tokio::sync::mpsc;
+
+use self::convert::{key_value, put_options, revision_of};
+use self::endpoints::check_endpoint;
+use self::lease::SharedKeeper;
+use self::txn::{current_values, etcd_txn, leases_of};
+use self::watch::{forward, watch_options, WATCH_BUFFER};
+#[cfg(doc)]
+use super::WatchMessage;
+use super::{
+    Compare, KeyValue, LeaseId, Revision, Store, StoreError, StoreResult, TxnOp, TxnResult, Watch,
+};
+
+/// Deadline of every call to etcd (connecting included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of one TCP connection attempt.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle time on a connection with open streams before an HTTP/2 ping is sent.
+/// etcd's server answers pings more often than every 5 s with GOAWAY.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call that names no lease.
+const NO_LEASE: LeaseId = 0;
+/// etcd's message when compacting to (or below) the current compaction revision.
+const ALREADY_COMPACTED: &str = "required revision has been compacted";
+
+/// A [`Store`] on an etcd v3 cluster; cheap to clone (a handle).
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+/// What every handle shares.
+struct Inner {
+    /// The endpoints as given ("host:port").
+    endpoints: Vec<String>,
+    /// The same, joined for error messages.
+    label: String,
+    /// The client, or `None` after a connection failure (rebuilt on the next call).
+    client: Mutex<Option<Client>>,
+    /// One keep-alive stream per lease renewed through this handle.
+    keepers: Mutex<HashMap<LeaseId, SharedKeeper>>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.inner.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// A store on the etcd cluster at `endpoints` ("host:port" each, plain HTTP).
+    ///
+    /// Does no I/O and so succeeds while etcd is down: the connection is made by the
+    /// first call and remade after failures. Must be called inside a tokio runtime
+    /// (the gRPC channel spawns its worker task).
+    ///
+    /// # Errors
+    ///
+    /// `StoreError::Backend` naming the problem when `endpoints` is empty or one is
+    /// not `HOST:PORT`.
+    pub async fn connect(endpoints: &[String]) -> StoreResult<EtcdStore> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Backend("etcd: no endpoint given".into()));
+        }
+        for endpoint in endpoints {
+            check_endpoint(endpoint)
+                .map_err(|why| StoreError::Backend(format!("etcd endpoint {why}")))?;
+        }
+        let inner = Arc::new(Inner {
+            endpoints: endpoints.to_vec(),
+            label: endpoints.join(","),
+            client: Mutex::new(None),
+            keepers: Mutex::new(HashMap::new()),
+        });
+        let store = EtcdStore { inner };
+        // Builds the channel now so that a bad endpoint is reported here.
+        store.client().await?;
+        Ok(store)
+    }
+
+    /// The endpoints this store talks to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+}
+
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        let k = key.to_string();
+        let resp = self
+            .call(
+                &format!("reading {key:?}"),
+                NO_LEASE,
+                move |mut c| async move { c.get(k, None).await },
+            )
+            .await?;
+        Ok(resp.kvs().first().map(key_value))
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
+        let p = prefix.to_string();
+        let resp = self
+            .call(
+                &format!("listing {prefix:?}"),
+                NO_LEASE,
+                move |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await },
+            )
+            .await?;
+        let revision = revision_of(resp.header())?;
+        Ok((resp.kvs().iter().map(key_value).collect(), revision))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> StoreResult<Revision> {
+        let (k, lease) = (key.to_string(), lease.unwrap_or(0));
+        let resp = self
+            .call(
+                &format!("writing {key:?}"),
+                lease,
+                move |mut c| async move { c.put(k, value, put_options(lease)).await },
+            )
+            .await?;
+        revision_of(resp.header())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let k = key.to_string();
+        let resp = self
+            .call(
+                &format!("deleting {key:?}"),
+                NO_LEASE,
+                move |mut c| async move { c.delete(k, None).await },
+            )
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<TxnResult> {
+        let leases = leases_of(&ops);
+        let what = format!(
+            "transaction ({} compares, {} writes)",
+            compares.len(),
+            ops.len()
+        );
+        let txn = etcd_txn(&compares, ops);
+        let result = self
+            .call(
+                &what,
+                NO_LEASE,
+                move |mut c| async move { c.txn(txn).await },
+            )
+            .await;
+        let resp = match result {
+            Err(StoreError::LeaseNotFound(_)) => {
+                return Err(StoreError::LeaseNotFound(self.missing_lease(&leases).await))
+            }
+            other => other?,
+        };
+        let revision = revision_of(resp.header())?;
+        if resp.succeeded() {
+            let current = Vec::new();
+            return Ok(TxnResult {
+                succeeded: true,
+                revision,
+                current,
+            });
+        }
+        let current = current_values(resp.op_responses(), compares.len())?;
+        Ok(TxnResult {
+            succeeded: false,
+            revision,
+            current,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> StoreResult<Watch> {
+        let what = format!("watching {prefix:?} from revision {from_revision}");
+        let (p, options) = (prefix.to_string(), watch_options(from_revision));
+        let (stream, first) = self
+            .call(&what, NO_LEASE, move |mut c| async move {
+                let mut stream = c.watch(p, Some(options)).await?;
+                let first = stream.message().await?;
+                Ok((stream, first))
+            })
+            .await?;
+        let Some(first) = first else {
+            return Err(self
+                .inner
+                .unavailable(&what, "etcd closed the stream before creating the watch"));
+        };
+        if first.canceled() && first.compact_revision() == 0 {
+            let reason = first.cancel_reason();
+            return Err(StoreError::Backend(format!(
+                "etcd {}: {what}: refused: {reason}",
+                self.inner.label
+            )));
+        }
+        let (out, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(forward(self.inner.label.clone(), stream, first, out));
+        Ok(Watch { rx })
+    }
+
+    async fn lease_grant(&self, ttl_secs: i64) -> StoreResult<LeaseId> {
+        // etcd raises a TTL below its minimum (about 2 s) to that minimum.
+        let ttl = ttl_secs.max(1);
+        let resp = self
+            .call("granting a lease", NO_LEASE, move |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> StoreResult<i64> {
+        let what = format!("renewing lease {lease:#x}");
+        if let Some(keeper) = self.inner.keeper(lease) {
+            match self.renew(lease, &keeper, &what).await {
+                // The kept stream may have died with its connection: try a new one.
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::debug!(error = %why, "lease keep-alive stream broken; reopening");
+                }
+                done => return done,
+            }
+        }
+        let keeper = self.open_keeper(lease, &what).await?;
+        self.renew(lease, &keeper, &what).await
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> StoreResult<()> {
+        if let Some(keeper) = self.inner.keeper(lease) {
+            self.inner.drop_keeper(lease, &keeper);
+        }
+        let what = format!("revoking lease {lease:#x}");
+        self.call(&what, lease, move |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        let what = format!("compacting to revision {revision}");
+        let result = self
+            .call(&what, NO_LEASE, move |mut c| async move {
+                c.compact(revision, None).await
+            })
+            .await;
+        match result {
+            // Like the embedded store: compacting what is already compacted is a no-op.
+            Err(StoreError::Backend(msg)) if msg.contains(ALREADY_COMPACTED) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
