@@ -23,8 +23,11 @@ trap cleanup EXIT
 # iperf3 client JSON -> Gbit/s received.
 gbps() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
 
-# in NS CMD...: run in a namespace under /run/netns.
-in() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
+# median3 CMD...: run a measurement three times (two cores make single runs noisy), print the median.
+median3() { for _ in 1 2 3; do "$@"; done | sort -g | sed -n 2p; }
+
+# inns NS CMD...: run in a namespace under /run/netns.
+inns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
 
 # Wait until something listens on TCP 5201 at $2, seen from namespace path $1.
 wait_port() {
@@ -38,67 +41,67 @@ wait_port() {
 
 # --- rnet -----------------------------------------------------------------------------------
 "$RNET" lab up --hosts 2 --name "$LAB" >/dev/null
-"$RNET" lab exec h1 -- rnet create tput --subnet 10.60.0.0/24 >/dev/null
-"$RNET" lab exec h1 -- rnet run tput --name srv --ip 10.60.0.10 -- iperf3 -s >/dev/null 2>&1 &
+"$RNET" lab exec h1 --name "$LAB" -- rnet create tput --subnet 10.60.0.0/24 >/dev/null
+"$RNET" lab exec h1 --name "$LAB" -- rnet run tput --name srv --ip 10.60.0.10 -- iperf3 -s >/dev/null 2>&1 &
 server=$!
 # The client runs as an rnet workload on h2; probe the server from it.
 rnet_client() {
-    "$RNET" lab exec h2 -- rnet run tput -- iperf3 -c 10.60.0.10 -t "$SECS" -J "$@" | gbps
+    "$RNET" lab exec h2 --name "$LAB" -- rnet run tput -- iperf3 -c 10.60.0.10 -t "$SECS" -J "$@" | gbps
 }
 for _ in $(seq 100); do
-    "$RNET" lab exec h2 -- rnet run tput -- bash -c 'exec 3<>/dev/tcp/10.60.0.10/5201' 2>/dev/null && break
+    "$RNET" lab exec h2 --name "$LAB" -- rnet run tput -- bash -c 'exec 3<>/dev/tcp/10.60.0.10/5201' 2>/dev/null && break
     sleep 0.1
 done
-rnet1=$(rnet_client)
-rnet4=$(rnet_client -P 4)
+rnet1=$(median3 rnet_client)
+rnet4=$(median3 rnet_client -P 4)
 kill "$server" 2>/dev/null || true
 wait "$server" 2>/dev/null || true
 "$RNET" lab down --name "$LAB" >/dev/null
 
 # --- hand-built: the same datapath with ip commands -----------------------------------------
-for n in sw h1 h2 s1 s2 w1 w2; do ip netns add "$HB-$n"; in "$HB-$n" ip link set lo up; done
-in "$HB-sw" ip link add br0 type bridge
-in "$HB-sw" ip link set br0 up
+for n in sw h1 h2 s1 s2 w1 w2; do ip netns add "$HB-$n"; inns "$HB-$n" ip link set lo up; done
+inns "$HB-sw" ip link add br0 type bridge
+inns "$HB-sw" ip link set br0 up
 for i in 1 2; do
     h=$HB-h$i s=$HB-s$i w=$HB-w$i
-    in "$h" ip link add ul0 type veth peer name p$i netns "$HB-sw"
-    in "$HB-sw" ip link set p$i master br0 up
-    in "$h" ip addr add 198.18.1.1$i/24 dev ul0
-    in "$h" ip link set ul0 up
+    inns "$h" ip link add ul0 type veth peer name p$i netns "$HB-sw"
+    inns "$HB-sw" ip link set p$i master br0 up
+    inns "$h" ip addr add 198.18.1.1$i/24 dev ul0
+    inns "$h" ip link set ul0 up
     # VXLAN created in the host namespace (its socket binds there), moved into the sandbox.
-    in "$h" ip link add vx type vxlan id 42 local 198.18.1.1$i dstport 4789 nolearning proxy
-    in "$h" ip link set vx netns "$s"
-    in "$s" ip link add br0 type bridge
-    in "$s" ip link set br0 mtu 1450 up
-    in "$s" ip link set vx mtu 1450 master br0 up
-    in "$s" ip link add ve type veth peer name eth0 netns "$w"
-    in "$s" ip link set ve mtu 1450 master br0 up
-    in "$w" ip link set eth0 mtu 1450 address 02:52:0a:3d:00:1$i up
-    in "$w" ip addr add 10.61.0.1$i/24 dev eth0
+    inns "$h" ip link add vx type vxlan id 42 local 198.18.1.1$i dstport 4789 nolearning proxy
+    inns "$h" ip link set vx netns "$s"
+    inns "$s" ip link add br0 type bridge
+    inns "$s" ip link set br0 mtu 1450 up
+    inns "$s" ip link set vx mtu 1450 master br0 up
+    inns "$s" ip link add ve type veth peer name eth0 netns "$w"
+    inns "$s" ip link set ve mtu 1450 master br0 up
+    inns "$w" ip link set eth0 mtu 1450 address 02:52:0a:3d:00:1$i up
+    inns "$w" ip addr add 10.61.0.1$i/24 dev eth0
 done
 for i in 1 2; do
     j=$((3 - i))
-    in "$HB-s$i" bridge fdb append 00:00:00:00:00:00 dev vx dst 198.18.1.1$j self permanent
-    in "$HB-s$i" bridge fdb replace 02:52:0a:3d:00:1$j dev vx dst 198.18.1.1$j self permanent
-    in "$HB-s$i" ip neigh replace 10.61.0.1$j lladdr 02:52:0a:3d:00:1$j dev vx nud permanent
+    inns "$HB-s$i" bridge fdb append 00:00:00:00:00:00 dev vx dst 198.18.1.1$j self permanent
+    inns "$HB-s$i" bridge fdb replace 02:52:0a:3d:00:1$j dev vx dst 198.18.1.1$j self permanent
+    inns "$HB-s$i" ip neigh replace 10.61.0.1$j lladdr 02:52:0a:3d:00:1$j dev vx nud permanent
 done
 hand() { # $1 server ns, $2 client ns, $3 server address, rest: iperf3 flags
     local sns=$1 cns=$2 addr=$3; shift 3
-    in "$sns" iperf3 -s >/dev/null 2>&1 &
+    inns "$sns" iperf3 -s >/dev/null 2>&1 &
     local srv=$!
     wait_port "/run/netns/$cns" "$addr"
-    in "$cns" iperf3 -c "$addr" -t "$SECS" -J "$@" | gbps
-    kill "$srv"
+    inns "$cns" iperf3 -c "$addr" -t "$SECS" -J "$@" | gbps
+    kill "$srv" 2>/dev/null || true
     wait "$srv" 2>/dev/null || true
 }
-hand1=$(hand "$HB-w1" "$HB-w2" 10.61.0.11)
-hand4=$(hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4)
-raw1=$(hand "$HB-h1" "$HB-h2" 198.18.1.11)
-raw4=$(hand "$HB-h1" "$HB-h2" 198.18.1.11 -P 4)
+hand1=$(median3 hand "$HB-w1" "$HB-w2" 10.61.0.11)
+hand4=$(median3 hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4)
+raw1=$(median3 hand "$HB-h1" "$HB-h2" 198.18.1.11)
+raw4=$(median3 hand "$HB-h1" "$HB-h2" 198.18.1.11 -P 4)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
-### Throughput across two lab hosts (iperf3, ${SECS} s per run)
+### Throughput across two lab hosts (iperf3, median of 3 runs of ${SECS} s)
 
 | path | 1 stream Gbit/s | 4 streams Gbit/s |
 |---|---|---|

@@ -15,7 +15,15 @@ trap 'rm -f "$tmp"' EXIT
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)."
   echo "Each rnet figure sits next to a baseline measured in the same run."
   echo
+  echo "## One host"
+  echo
   cargo bench --features root-tests --bench attach 2>/dev/null
+  echo
+  echo "## Two lab hosts over etcd"
+  echo
+  ./scripts/bench-throughput.sh 2>/dev/null
+  echo
+  cargo bench --features root-tests --bench peers 2>/dev/null
 } > "$tmp"
 mkdir -p docs
 mv "$tmp" "$out"

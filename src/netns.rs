@@ -94,6 +94,16 @@ impl NetNs {
             .unwrap_or(0)
     }
 
+    /// Move the calling thread into this namespace, for good. Only for a thread that exists
+    /// for that purpose (never a tokio worker): everything it does afterwards happens there.
+    pub fn enter(&self) -> Result<(), NetnsError> {
+        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
+            op: "entering",
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
     /// Run `f` on a fresh OS thread that has entered this namespace.
     pub fn run<T: Send + 'static>(
         &self,
