@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
@@ -175,6 +175,8 @@ pub struct Underlay {
 pub struct Netlink {
     host: Handle,
     sandboxes: Mutex<HashMap<PathBuf, Handle>>,
+    /// Per sandbox, a raw socket for batched peer-table writes.
+    batch: Mutex<HashMap<PathBuf, Arc<Mutex<Socket>>>>,
 }
 
 impl Netlink {
@@ -183,6 +185,7 @@ impl Netlink {
         Ok(Netlink {
             host: connect(None)?,
             sandboxes: Mutex::new(HashMap::new()),
+            batch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -490,8 +493,28 @@ impl Netlink {
         ifindex: u32,
         diff: &TableDiff,
     ) -> Result<usize> {
-        let sb = self.sandbox(sandbox)?;
-        Ok(tables::apply(&sb, ifindex, diff).await)
+        let sock = self.batch_socket(sandbox)?;
+        let diff = diff.clone();
+        tokio::task::spawn_blocking(move || {
+            let sock = sock.lock().expect("batch socket poisoned");
+            tables::apply(&sock, ifindex, &diff)
+        })
+        .await
+        .map_err(|e| DataplaneError::Socket(std::io::Error::other(e.to_string())))
+    }
+
+    /// The sandbox's raw socket for batched table writes, opened once.
+    fn batch_socket(&self, sandbox: &Path) -> Result<Arc<Mutex<Socket>>> {
+        let mut map = self.batch.lock().expect("batch map poisoned");
+        if let Some(s) = map.get(sandbox) {
+            return Ok(s.clone());
+        }
+        let sock = NetNs::open(sandbox)?
+            .run(tables::open_batch_socket)?
+            .map_err(DataplaneError::Socket)?;
+        let sock = Arc::new(Mutex::new(sock));
+        map.insert(sandbox.to_path_buf(), sock.clone());
+        Ok(sock)
     }
 
     /// Enslave a sandbox veth to the bridge and bring it up.
