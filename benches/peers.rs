@@ -254,6 +254,9 @@ fn fake_endpoint(i: usize) -> Endpoint {
         netns_inode: 0,
         host_ifname: String::new(),
         created: 0,
+        origin: Default::default(),
+        owner: None,
+        mtu: None,
     }
 }
 

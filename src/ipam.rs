@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Encryption, Invalid, Network, NetworkName, Vni, VNI_MAX};
+use crate::model::{Encryption, Invalid, Mac, Network, NetworkName, Vni, VNI_MAX};
 
 /// Automatically assigned VNIs start here (low VNIs are often taken by hand-made devices).
 pub const AUTO_VNI_BASE: u32 = 4096;
@@ -242,9 +242,57 @@ pub fn capacity(net: &Network) -> u64 {
     u64::from(u32::from(net.subnet.broadcast()) - u32::from(net.subnet.network())) - 2
 }
 
+/// Check a MAC a caller asks for: a unicast, non-zero address, and not one rnet derives
+/// for an address of this network (`Mac::from_ipv4`), which a later endpoint would get.
+pub fn check_requested_mac(net: &Network, mac: Mac) -> Result<(), Invalid> {
+    if mac.is_zero() || mac.is_multicast() {
+        return Err(Invalid(format!(
+            "MAC address {mac} is not a unicast address (it is all zeros or has the group bit set)"
+        )));
+    }
+    let derived_ip = Ipv4Addr::new(mac.0[2], mac.0[3], mac.0[4], mac.0[5]);
+    if Mac::from_ipv4(derived_ip) == mac && net.subnet.contains(derived_ip) {
+        return Err(Invalid(format!(
+            "MAC address {mac} is the one rnet derives for {derived_ip} on network {}; choose another",
+            net.name
+        )));
+    }
+    Ok(())
+}
+
+/// Check an interface MTU a caller asks for against the network's.
+pub fn check_requested_mtu(net: &Network, mtu: u32) -> Result<(), Invalid> {
+    if mtu < MIN_MTU || mtu > net.mtu {
+        return Err(Invalid(format!(
+            "MTU {mtu} is out of range for network {}: {MIN_MTU}..={} (the network's MTU)",
+            net.name, net.mtu
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_mac_and_mtu() {
+        let net = plan_network(&req("blue", "10.1.0.0/24"), &[], 1450).unwrap();
+        let ok = |s: &str| check_requested_mac(&net, s.parse().unwrap());
+        assert!(ok("02:00:00:00:00:01").is_ok());
+        assert!(ok("00:00:00:00:00:00").is_err());
+        assert!(ok("ff:ff:ff:ff:ff:ff").is_err());
+        assert!(ok("01:00:5e:00:00:01").is_err());
+        assert!(ok("02:52:0a:01:00:05").is_err(), "derived for 10.1.0.5");
+        assert!(
+            ok("02:52:0a:02:00:05").is_ok(),
+            "derived for another subnet"
+        );
+        assert!(check_requested_mtu(&net, 1400).is_ok());
+        assert!(check_requested_mtu(&net, 1450).is_ok());
+        assert!(check_requested_mtu(&net, 1451).is_err());
+        assert!(check_requested_mtu(&net, 67).is_err());
+    }
 
     fn req(name: &str, subnet: &str) -> NetworkRequest {
         NetworkRequest {

@@ -215,6 +215,11 @@ impl Mac {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
+
+    /// Group (multicast or broadcast) addresses have the lowest bit of the first byte set.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
 }
 
 /// FNV-1a: a tiny stable hash for deriving identifiers (not for security).
@@ -367,6 +372,43 @@ pub struct Endpoint {
     pub host_ifname: String,
     /// Unix seconds at creation.
     pub created: u64,
+    /// Which front door made it; CNI GC only ever releases endpoints that CNI made.
+    #[serde(default)]
+    pub origin: Origin,
+    /// Who made it within that front door (for CNI: the network configuration's name), so
+    /// one runtime's GC leaves another's attachments alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The workload interface's MTU when it was asked below the network's (None: the network's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// The front door an endpoint came through. Records written before this field existed were
+/// all made by the CLI, hence the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `rnet attach` (and any API client that does not say).
+    #[default]
+    Cli,
+    /// `rnet run`.
+    Run,
+    /// The `rnet-cni` plugin.
+    Cni,
+    /// The Docker libnetwork driver.
+    Docker,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Cli => "cli",
+            Origin::Run => "run",
+            Origin::Cni => "cni",
+            Origin::Docker => "docker",
+        })
+    }
 }
 
 /// A host record (`/rnet/v1/hosts/<id>`), attached to the host's lease: its presence.

@@ -179,6 +179,9 @@ mod tests {
             netns_inode: 0,
             host_ifname: String::new(),
             created: 0,
+            origin: Default::default(),
+            owner: None,
+            mtu: None,
         }
     }
 

@@ -344,6 +344,9 @@ mod tests {
                     netns_inode: 1,
                     host_ifname: host_ifname(ip),
                     created: 0,
+                    origin: Default::default(),
+                    owner: None,
+                    mtu: None,
                 };
                 let spec = EndpointSpec::for_endpoint(&net, &ep);
                 (ep, spec)

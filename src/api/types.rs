@@ -67,6 +67,19 @@ pub struct AttachRequest {
     /// The endpoint id (default: generated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// A specific MAC for the workload interface (unicast, not all zeros; default: derived
+    /// from the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The workload interface's MTU, at most the network's (default: the network's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The front door making the request (default: cli).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<crate::model::Origin>,
+    /// Who within that front door (for CNI: the network configuration's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `POST /v1/detach`: disconnect endpoints, chosen by id or by namespace.
@@ -147,5 +160,76 @@ pub struct GcRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GcResponse {
     pub host: String,
+    pub released: Vec<Endpoint>,
+}
+
+// ----- CNI (`/v1/cni/...`): what the rnet-cni plugin needs beyond attach -----
+
+/// `POST /v1/cni/add` result (its body is an [`AttachRequest`]): the endpoint and the network
+/// it is on, everything a CNI result is made of, in one round trip.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniAttachment {
+    pub endpoint: Endpoint,
+    pub network: Network,
+}
+
+/// `POST /v1/cni/del`: release one CNI attachment, idempotently.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CniDelRequest {
+    pub network: String,
+    /// The endpoint id the plugin derives from (container id, ifname).
+    pub id: String,
+    /// CNI_IFNAME: an endpoint with this id but another interface is not this attachment.
+    pub ifname: String,
+    /// CNI_NETNS if the runtime still has it (optional in DEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// `POST /v1/cni/del` result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniDelResponse {
+    /// The endpoint released (None: there was nothing to release).
+    pub released: Option<Endpoint>,
+    /// How the veth pair goes: "none" (nothing left), "background" (its address is free
+    /// now; the daemon deletes the pair right after answering).
+    pub teardown: String,
+}
+
+/// `POST /v1/cni/check`: is the attachment as the daemon made it?
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CniCheckRequest {
+    pub network: String,
+    pub id: String,
+    pub ifname: String,
+    pub netns: String,
+}
+
+/// `GET /v1/cni/status?network=NAME` result: the network can take another attachment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniStatus {
+    pub network: String,
+    /// Usable addresses of the subnet, and how many are taken (cluster-wide).
+    pub capacity: u64,
+    pub used: u64,
+}
+
+/// `POST /v1/cni/gc`: release this host's CNI endpoints of a network that the runtime no
+/// longer knows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CniGcRequest {
+    pub network: String,
+    /// Only endpoints made under this owner (the CNI network configuration's name).
+    pub owner: String,
+    /// Endpoint ids of the attachments that are still valid.
+    pub valid: Vec<String>,
+}
+
+/// `POST /v1/cni/gc` result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniGcResponse {
     pub released: Vec<Endpoint>,
 }

@@ -138,6 +138,9 @@ pub struct AttachArgs {
     /// Endpoint id (default: generated).
     #[arg(long)]
     pub id: Option<String>,
+    /// MAC address of the workload interface (unicast; default: derived from the address).
+    #[arg(long)]
+    pub mac: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +305,8 @@ async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Fail
         ifname: Some(a.ifname.clone()),
         ip: a.ip.clone(),
         id: a.id.clone(),
+        mac: a.mac.clone(),
+        ..Default::default()
     };
     let ep: Endpoint = client.post("/v1/attach", &req).await?;
     match fmt {

@@ -164,6 +164,8 @@ async fn supervise(cli: &Cli, args: &RunArgs, child: Pid, go: OwnedFd) -> i32 {
         ifname: Some(args.ifname.clone()),
         ip: args.ip.clone(),
         id: args.name.clone(),
+        origin: Some(crate::model::Origin::Run),
+        ..Default::default()
     };
     let ep: Endpoint = match client.post("/v1/attach", &req).await {
         Ok(ep) => ep,

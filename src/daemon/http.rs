@@ -78,6 +78,11 @@ pub fn router<S: Store>(service: Arc<Service<S>>) -> Router {
         .route("/v1/peers", get(peers::<S>))
         .route("/v1/gc", post(gc::<S>))
         .route("/v1/reconcile", post(reconcile::<S>))
+        .route("/v1/cni/add", post(cni_add::<S>))
+        .route("/v1/cni/del", post(cni_del::<S>))
+        .route("/v1/cni/check", post(cni_check::<S>))
+        .route("/v1/cni/status", get(cni_status::<S>))
+        .route("/v1/cni/gc", post(cni_gc::<S>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
@@ -182,4 +187,50 @@ async fn gc<S: Store>(
 ) -> ApiResult<crate::api::types::GcResponse> {
     let req: crate::api::types::GcRequest = decode_body(body)?;
     Ok(Json(s.gc(&req).await?))
+}
+
+// ----- CNI: what the rnet-cni plugin calls -----
+
+async fn cni_add<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<crate::api::types::CniAttachment> {
+    let req: AttachRequest = decode_body(body)?;
+    Ok(Json(s.cni_add(&req).await?))
+}
+
+async fn cni_del<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<crate::api::types::CniDelResponse> {
+    let req: crate::api::types::CniDelRequest = decode_body(body)?;
+    Ok(Json(s.cni_del(&req).await?))
+}
+
+async fn cni_check<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<crate::api::types::CniAttachment> {
+    let req: crate::api::types::CniCheckRequest = decode_body(body)?;
+    Ok(Json(s.cni_check(&req).await?))
+}
+
+#[derive(Deserialize)]
+struct CniStatusQuery {
+    network: String,
+}
+
+async fn cni_status<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    Query(q): Query<CniStatusQuery>,
+) -> ApiResult<crate::api::types::CniStatus> {
+    Ok(Json(s.cni_status(&q.network).await?))
+}
+
+async fn cni_gc<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<crate::api::types::CniGcResponse> {
+    let req: crate::api::types::CniGcRequest = decode_body(body)?;
+    Ok(Json(s.cni_gc(&req).await?))
 }

@@ -32,6 +32,8 @@ use crate::peers::{self, PeerState, Tables};
 use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
 use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
 
+mod cni;
+
 /// What the service needs to know about its host.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -59,6 +61,8 @@ pub struct Service<S: Store> {
     /// Per network: the VXLAN device index and the tables last programmed into it, so a
     /// change costs only its difference (the kernel is read back on full passes).
     programmed: tokio::sync::Mutex<HashMap<String, (u32, Tables)>>,
+    /// Veth pairs of released CNI attachments still being deleted in the background.
+    teardowns: cni::Teardowns,
 }
 
 fn now_secs() -> u64 {
@@ -110,6 +114,7 @@ impl<S: Store> Service<S> {
             shared,
             liveness,
             programmed: tokio::sync::Mutex::new(HashMap::new()),
+            teardowns: cni::Teardowns::default(),
         }
     }
 
@@ -306,10 +311,20 @@ impl<S: Store> Service<S> {
             .as_deref()
             .map(|s| ipam::parse_ip("address", s))
             .transpose()?;
+        let requested_mac = req.mac.as_deref().map(str::parse::<Mac>).transpose()?;
+        if req.owner.as_ref().is_some_and(|o| o.len() > 128) {
+            return Err(Error::Invalid("owner is longer than 128 characters".into()));
+        }
         let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid)?;
         let net = self.network(&req.network).await?;
         if let Some(ip) = requested_ip {
             ipam::check_requested(&net, ip)?;
+        }
+        if let Some(mtu) = req.mtu {
+            ipam::check_requested_mtu(&net, mtu)?;
+        }
+        if let Some(mac) = requested_mac {
+            self.check_mac_free(&net, mac).await?;
         }
         let _guard = self.kernel.read().await;
         self.ensure_sandbox(&net).await?;
@@ -317,13 +332,17 @@ impl<S: Store> Service<S> {
             network: net.name.clone(),
             id,
             ip: Ipv4Network::new(net.gateway, net.subnet.prefix()).expect("valid prefix"),
-            mac: Mac([0; 6]),
+            // All zeros: allocate derives it from the address.
+            mac: requested_mac.unwrap_or(Mac([0; 6])),
             host: self.cfg.host_id.clone(),
             ifname,
             netns: netns_name,
             netns_inode: workload.inode(),
             host_ifname: String::new(),
             created: now_secs(),
+            origin: req.origin.unwrap_or_default(),
+            owner: req.owner.clone(),
+            mtu: req.mtu.filter(|m| *m != net.mtu),
         };
         let ep = self.allocate(&net, template, requested_ip).await?;
         let sandbox = self.sandbox_spec(&net);
@@ -386,9 +405,10 @@ impl<S: Store> Service<S> {
             }
         };
         let seed = fnv1a(format!("{}/{}", self.cfg.host_id, ep.id).as_bytes());
+        let requested_mac = (!ep.mac.is_zero()).then_some(ep.mac);
         for ip in ipam::probe_order(candidates.len(), seed).map(|i| candidates[i]) {
             ep.ip = Ipv4Network::new(ip, net.subnet.prefix()).expect("valid prefix");
-            ep.mac = Mac::from_ipv4(ip);
+            ep.mac = requested_mac.unwrap_or_else(|| Mac::from_ipv4(ip));
             ep.host_ifname = spec::host_ifname(ip);
             let txn = self
                 .store

@@ -314,6 +314,9 @@ mod tests {
                 netns_inode: 0,
                 host_ifname: String::new(),
                 created: 0,
+                origin: Default::default(),
+                owner: None,
+                mtu: None,
             };
             kv(keys::endpoint(net, ip), serde_json::to_vec(&e).unwrap())
         };

@@ -17,7 +17,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, TokioSocket};
 use rtnetlink::{
@@ -26,7 +26,7 @@ use rtnetlink::{
 
 use super::spec::{EndpointSpec, SandboxSpec, BRIDGE};
 use super::tables;
-use crate::model::VXLAN_PORT;
+use crate::model::{Mac, VXLAN_PORT};
 use crate::netns::{self, NetNs, NetnsError};
 use crate::peers::{TableDiff, Tables};
 
@@ -107,6 +107,7 @@ pub struct LinkState {
     pub learning: Option<bool>,
     pub proxy: Option<bool>,
     pub port: Option<u16>,
+    pub mac: Option<Mac>,
 }
 
 impl LinkState {
@@ -121,6 +122,9 @@ impl LinkState {
                 LinkAttribute::IfName(n) => s.name = n.clone(),
                 LinkAttribute::Mtu(v) => s.mtu = *v,
                 LinkAttribute::Controller(c) => s.controller = Some(*c),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    s.mac = Some(Mac([a[0], a[1], a[2], a[3], a[4], a[5]]))
+                }
                 LinkAttribute::LinkInfo(infos) => s.read_info(infos),
                 _ => {}
             }
@@ -605,15 +609,157 @@ async fn configure_workload(wl: &Handle, ep: &EndpointSpec) -> Result<()> {
         &format!("bringing up {}", ep.ifname),
     )
     .await?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(ep.gateway)
         .output_interface(link.index)
         .build();
+    // What `ip route add default via GW mtu M advmss M-40` sets: the values a CNI 1.1 result
+    // reports for the route, so they are true in the kernel too.
+    route.attributes.push(RouteAttribute::Metrics(vec![
+        RouteMetric::Mtu(ep.mtu),
+        RouteMetric::Advmss(advmss(ep.mtu)),
+    ]));
     wl.route()
         .add(route)
         .execute()
         .await
         .map_err(|e| DataplaneError::netlink(format!("adding default route via {}", ep.gateway), e))
+}
+
+/// The TCP MSS to advertise for an MTU: minus the IPv4 and TCP headers (20 + 20).
+pub fn advmss(mtu: u32) -> u32 {
+    mtu.saturating_sub(40)
+}
+
+/// A workload interface as read back for a CNI CHECK.
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadLink {
+    pub link: LinkState,
+    pub addresses: Vec<Ipv4Network>,
+    /// Gateways of the IPv4 default routes (main table) through this interface.
+    pub default_gateways: Vec<Ipv4Addr>,
+}
+
+impl Netlink {
+    /// The interface `ifname` of a workload namespace with its addresses and default routes;
+    /// None if it does not exist.
+    pub async fn inspect_workload(
+        &self,
+        workload: &NetNs,
+        ifname: &str,
+    ) -> Result<Option<WorkloadLink>> {
+        let wl = connect(Some(workload))?;
+        let Some(link) = get_link(&wl, ifname).await? else {
+            return Ok(None);
+        };
+        let mut out = WorkloadLink {
+            addresses: addresses_of(&wl, link.index).await?,
+            link,
+            ..Default::default()
+        };
+        let mut routes = wl
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(m) = routes
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("listing workload routes", e))?
+        {
+            let oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let gw = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            if m.header.destination_prefix_length == 0 && oif == Some(out.link.index) {
+                out.default_gateways.extend(gw);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The index of link `name` in a sandbox, if both exist.
+    pub async fn sandbox_link(&self, sandbox: &Path, name: &str) -> Result<Option<LinkState>> {
+        if !netns::is_mounted(sandbox) {
+            return Ok(None);
+        }
+        get_link(&self.sandbox(sandbox)?, name).await
+    }
+
+    /// The index of interface `ifname` in a workload namespace, if it exists.
+    pub async fn workload_link(&self, workload: &NetNs, ifname: &str) -> Result<Option<LinkState>> {
+        get_link(&connect(Some(workload))?, ifname).await
+    }
+}
+
+/// Delete link `index` of the namespace at `netns`, blocking: `ip -n NS link del dev INDEX`.
+/// Deleting a veth makes the kernel wait for an RCU grace period (tens of milliseconds) inside
+/// the netlink call, so this runs on a thread of its own over a raw socket, never on a tokio
+/// worker. An absent namespace or link is fine.
+pub fn delete_link_blocking(netns: &Path, index: u32) -> Result<()> {
+    let ns = match NetNs::open(netns) {
+        Ok(ns) => ns,
+        Err(NetnsError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let what = format!("deleting link {index} in {}", netns.display());
+    ns.run(move || -> std::io::Result<Option<i32>> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let mut nl = netlink_packet_core::NetlinkMessage::from(
+            netlink_packet_route::RouteNetlinkMessage::DelLink(msg),
+        );
+        nl.header.flags = netlink_packet_core::NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+        nl.header.sequence_number = 1;
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        sock.send(&buf, 0)?;
+        let mut answer = Vec::with_capacity(4096);
+        sock.recv(&mut answer, 0)?;
+        let reply = netlink_packet_core::NetlinkMessage::<
+            netlink_packet_route::RouteNetlinkMessage,
+        >::deserialize(&answer)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(match reply.payload {
+            netlink_packet_core::NetlinkPayload::Error(e) => e.code.map(|c| -c.get()),
+            _ => None,
+        })
+    })?
+    .map_err(DataplaneError::Socket)
+    .and_then(|errno| match errno {
+        None | Some(libc::ENODEV) => Ok(()),
+        Some(code) => Err(DataplaneError::Netlink {
+            op: what,
+            msg: std::io::Error::from_raw_os_error(code).to_string(),
+            errno: Some(code),
+        }),
+    })
+}
+
+async fn addresses_of(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> {
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().set_link_index_filter(index).execute();
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(|e| DataplaneError::netlink("listing addresses", e))?
+    {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if let Ok(n) = Ipv4Network::new(*ip, m.header.prefix_len) {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {

@@ -79,7 +79,7 @@ impl EndpointSpec {
             mac: ep.mac,
             address: ep.ip,
             gateway: net.gateway,
-            mtu: net.mtu,
+            mtu: ep.mtu.unwrap_or(net.mtu),
         }
     }
 }
