@@ -3,20 +3,21 @@
 //! # Layout
 //!
 //! ```text
-//! bins (rnetd, rnet)
-//!   └─ daemon (service: the one orchestrator; http: the API server) · cli · api (types, client)
+//! bins (rnetd, rnet, rnet-cni)
+//!   └─ daemon (service: the one orchestrator; http: the API server) · cli · cni · api (types, client)
 //!        └─ reconcile (pure diff) · ipam (pure planning) · dataplane (spec: pure; netlink: kernel)
 //!           · store (trait, keys, embedded backend) · netns
 //!             └─ model (validated names, VNIs, MACs, records)
 //! ```
 //!
-//! A request (CLI, later CNI and Docker) becomes an `api::types::AttachRequest`; the
+//! A request (CLI, CNI, later Docker) becomes an `api::types::AttachRequest`; the
 //! daemon's `Service::attach` allocates the address in the store (create-if-absent on the
 //! address key), makes sure the network's sandbox exists, and builds the veth pair through
 //! netlink. A reconcile compares records with what the kernel holds and repairs the rest.
 
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;

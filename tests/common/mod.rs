@@ -17,6 +17,7 @@
 //! under its run dir must be visible (and outlive the daemon) in the test's mount namespace.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod lab;
 
 use std::fs;
