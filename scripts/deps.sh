@@ -26,6 +26,12 @@ readonly REQUIRED=(
     "procps:ps"
     "procps:pgrep"
     "jq:jq" # the demo parses `rnet -o json`
+    "binutils:nm" # the CNI tests check which crates rnet-cni links
+    # A real CNI runtime for the tests, and the reference plugins for the CNI benchmark.
+    "podman:podman"
+    "runc:runc"                         # podman's runtime here (crun fails on these machines)
+    "containernetworking-plugins:-"     # /usr/lib/cni: bridge, host-local, loopback (not on PATH)
+    "busybox-static:-"                  # the test image's only binary (the dynamic busybox won't do)
 )
 
 have_package() {

@@ -569,3 +569,25 @@ fn plugin_spec_examples_validate_and_run() {
         cni.del(&c, "ex", Some(&w.path()), "eth0").ok();
     }
 }
+
+/// The plugin is a thin client: no etcd client, no store, no netlink in the binary.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn plugin_links_no_store_or_kernel_code() {
+    let out = std::process::Command::new("nm")
+        .arg("-C")
+        .arg(common::cni::rnet_cni())
+        .output()
+        .expect("run nm (binutils)");
+    assert!(out.status.success(), "nm: {out:?}");
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    assert!(symbols.lines().count() > 1000, "nm listed the symbols");
+    for crate_name in ["etcd_client", "tonic::", "redb::", "rtnetlink::", "axum::"] {
+        let hits: Vec<&str> = symbols.lines().filter(|l| l.contains(crate_name)).collect();
+        assert!(
+            hits.is_empty(),
+            "rnet-cni links {crate_name}: {:?}",
+            &hits[..hits.len().min(3)]
+        );
+    }
+}
