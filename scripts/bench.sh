@@ -19,6 +19,8 @@ trap 'rm -f "$tmp"' EXIT
   echo
   cargo bench --features root-tests --bench attach 2>/dev/null
   echo
+  cargo bench --features root-tests --bench cni 2>/dev/null
+  echo
   echo "## Two lab hosts over etcd"
   echo
   ./scripts/bench-throughput.sh 2>/dev/null
