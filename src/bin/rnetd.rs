@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rnet::daemon::docker::PluginConfig;
 use rnet::daemon::{self, DaemonConfig};
 
 /// The rnet per-host daemon: keeps this host's overlay networks in the kernel in line
 /// with the store, and serves the rnet API.
 #[derive(Parser, Debug)]
-#[command(name = "rnetd", version, about)]
+#[command(name = "rnetd", version, about, args_override_self = true)]
 struct Flags {
     /// API socket (mode 0660).
     #[arg(long, env = "RNET_SOCKET", default_value = rnet::api::DEFAULT_SOCKET)]
@@ -40,13 +41,21 @@ struct Flags {
     /// Seconds a host whose presence expired may stay silent to probes before its entries go.
     #[arg(long, env = "RNET_PROBE_WINDOW", default_value_t = 3)]
     probe_window: u64,
-    /// Directory for Docker's plugin socket, or `none` (Docker support comes with the libnetwork driver).
+    /// Directory for the Docker plugin socket (libnetwork remote network driver and IPAM
+    /// driver), created if missing; `none` turns the plugin off.
     #[arg(
         long,
         env = "RNET_DOCKER_PLUGIN_DIR",
         default_value = "/run/docker/plugins"
     )]
     docker_plugin_dir: String,
+    /// The plugin's name: the socket is DIR/NAME.sock and Docker's driver is `-d NAME --ipam-driver NAME`.
+    #[arg(
+        long,
+        env = "RNET_DOCKER_PLUGIN_NAME",
+        default_value = rnet::daemon::docker::DEFAULT_NAME
+    )]
+    docker_plugin_name: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +84,11 @@ fn main() -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(flags.lease_ttl),
         resync_interval: Duration::from_secs(flags.resync.max(1)),
         probe_window: Duration::from_secs(flags.probe_window),
+        docker_plugin: PluginConfig::from_flags(
+            &flags.docker_plugin_dir,
+            &flags.docker_plugin_name,
+        )
+        .context("--docker-plugin-name")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

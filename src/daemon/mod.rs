@@ -3,6 +3,7 @@
 //! periodically), and serves the API until told to stop. Stopping leaves the datapath alone:
 //! workloads keep talking while no daemon runs.
 
+pub mod docker;
 pub mod http;
 pub mod liveness;
 pub mod service;
@@ -41,6 +42,8 @@ pub struct DaemonConfig {
     pub resync_interval: Duration,
     /// How long a host whose presence expired may stay silent before its entries go.
     pub probe_window: Duration,
+    /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
+    pub docker_plugin: Option<docker::PluginConfig>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -111,6 +114,22 @@ async fn run_with_store<S: Store>(
         started: now_secs(),
         renewed: now_secs(),
     };
+    // Docker waits for its plugins: answer on the plugin socket before anything slow.
+    let plugin_socket = match &cfg.docker_plugin {
+        Some(p) => {
+            let socket = p.socket();
+            let listener = bind_socket(&socket).await?;
+            let plugin = Arc::new(docker::Plugin::open(service.clone(), &cfg.state_dir));
+            tracing::info!(socket = %socket.display(), name = %p.name, "serving Docker's network and IPAM driver protocols");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, docker::router(plugin)).await {
+                    tracing::error!(error = %e, "Docker plugin server stopped");
+                }
+            });
+            Some(socket)
+        }
+        None => None,
+    };
     tokio::spawn(keep_presence(store.clone(), record, cfg.lease_ttl));
     tokio::spawn(sync::run(store, shared.clone()));
     liveness::spawn_prober(cfg.host_id.clone(), liveness, shared.clone());
@@ -127,6 +146,9 @@ async fn run_with_store<S: Store>(
         .await
         .map_err(|e| Error::Internal(format!("serving the API: {e}")))?;
     let _ = std::fs::remove_file(&cfg.socket);
+    if let Some(socket) = plugin_socket {
+        let _ = std::fs::remove_file(socket);
+    }
     tracing::info!("rnetd stopped; the datapath is left as it is");
     Ok(())
 }

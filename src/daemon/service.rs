@@ -33,6 +33,8 @@ use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
 use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
 
 mod cni;
+mod docker;
+pub use docker::Versioned;
 
 /// What the service needs to know about its host.
 #[derive(Clone, Debug)]
@@ -732,9 +734,11 @@ impl<S: Store> Service<S> {
         let mut desired = Vec::new();
         for net in networks {
             let sandbox = self.sandbox_spec(net);
+            // A record with no namespace is an address held for a runtime that has not
+            // joined it yet (Docker's IPAM): nothing of it is in the kernel.
             let endpoints: Vec<(Endpoint, EndpointSpec)> = local
                 .iter()
-                .filter(|e| e.network == net.name)
+                .filter(|e| e.network == net.name && !e.netns.is_empty())
                 .map(|e| (e.clone(), EndpointSpec::for_endpoint(net, e)))
                 .collect();
             if !endpoints.is_empty() || observed.sandboxes.contains_key(&sandbox.netns) {

@@ -458,6 +458,35 @@ impl Netlink {
         Ok(())
     }
 
+    /// Build an endpoint's veth pair for a runtime that moves the workload end itself (Docker):
+    /// the sandbox end enslaved to the bridge and up, the other end named `peer`, with the
+    /// endpoint's MAC and MTU, left in this daemon's own network namespace for the runtime to
+    /// move into the container. Stale links of either name are replaced.
+    pub async fn attach_for_move(
+        &self,
+        sandbox: &SandboxSpec,
+        ep: &EndpointSpec,
+        peer: &str,
+    ) -> Result<()> {
+        let own = NetNs::of_pid(std::process::id())?;
+        if let Some(stale) = get_link(&self.host, peer).await? {
+            del_link(&self.host, stale.index, peer).await?;
+        }
+        let sb = self.sandbox(&sandbox.netns)?;
+        if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
+            del_link(&sb, stale.index, &ep.host_ifname).await?;
+        }
+        let bridge = require_link(&sb, BRIDGE).await?;
+        let mut movable = ep.clone();
+        movable.ifname = peer.to_string();
+        add_link(
+            &sb,
+            veth_message(&movable, bridge.index, &own),
+            &format!("creating veth {} <-> {peer}", ep.host_ifname),
+        )
+        .await
+    }
+
     /// Remove an endpoint's veth pair (both ends go together). Absent is fine.
     pub async fn detach(&self, sandbox: &Path, host_ifname: &str) -> Result<()> {
         if !netns::is_mounted(sandbox) {
@@ -467,6 +496,27 @@ impl Netlink {
         if let Some(link) = get_link(&sb, host_ifname).await? {
             del_link(&sb, link.index, host_ifname).await?;
         }
+        Ok(())
+    }
+
+    /// As `detach`, without waiting for the kernel to finish: deleting a veth holds the caller
+    /// for tens of milliseconds of RCU grace periods. The link is found now (by name) and
+    /// deleted by index in the background, so a veth created later under the same name is
+    /// never the one deleted.
+    pub async fn detach_in_background(&self, sandbox: &Path, host_ifname: &str) -> Result<()> {
+        if !netns::is_mounted(sandbox) {
+            return Ok(());
+        }
+        let sb = self.sandbox(sandbox)?;
+        let Some(link) = get_link(&sb, host_ifname).await? else {
+            return Ok(());
+        };
+        let name = host_ifname.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = del_link(&sb, link.index, &name).await {
+                tracing::warn!(error = %e, veth = %name, "deleting a veth in the background failed; the reconcile removes it");
+            }
+        });
         Ok(())
     }
 
