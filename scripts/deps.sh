@@ -25,13 +25,14 @@ readonly REQUIRED=(
     "util-linux:findmnt"
     "procps:ps"
     "procps:pgrep"
-    "jq:jq" # the demo parses `rnet -o json`
+    "jq:jq"       # the demo parses `rnet -o json`
     "binutils:nm" # the CNI tests check which crates rnet-cni links
-    # A real CNI runtime for the tests, and the reference plugins for the CNI benchmark.
+    # Real runtimes for the front-door tests, and the reference plugins for the CNI benchmark.
     "podman:podman"
-    "runc:runc"                         # podman's runtime here (crun fails on these machines)
-    "containernetworking-plugins:-"     # /usr/lib/cni: bridge, host-local, loopback (not on PATH)
-    "busybox-static:-"                  # the test image's only binary (the dynamic busybox won't do)
+    "runc:runc"                     # podman's runtime here (crun fails on these machines)
+    "containernetworking-plugins:-" # /usr/lib/cni: bridge, host-local, loopback (not on PATH)
+    "docker.io:dockerd"             # a real Docker engine for the libnetwork driver tests and benchmark
+    "busybox-static:-"              # the test images' only binary (no registry: podman/docker import)
 )
 
 have_package() {

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cni;
+pub mod docker;
 pub mod lab;
 
 use std::fs;
