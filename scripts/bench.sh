@@ -21,6 +21,8 @@ trap 'rm -f "$tmp"' EXIT
   echo
   cargo bench --features root-tests --bench cni 2>/dev/null
   echo
+  cargo bench --features root-tests --bench docker 2>/dev/null
+  echo
   echo "## Two lab hosts over etcd"
   echo
   ./scripts/bench-throughput.sh 2>/dev/null
