@@ -24,6 +24,7 @@ pub mod error;
 pub mod icmp;
 pub mod ipam;
 pub mod lab;
+pub mod libnetwork;
 pub mod model;
 pub mod netns;
 pub mod peers;
