@@ -774,6 +774,9 @@ mod tests {
             netns_inode: 0,
             host_ifname: "ve0a010005".into(),
             created: 0,
+            origin: crate::model::Origin::Docker,
+            owner: None,
+            mtu: None,
         }
     }
 

@@ -85,7 +85,7 @@ impl<S: Store> Service<S> {
     }
 
     /// The endpoint record with id `id` on `network`.
-    pub async fn endpoint_by_id(&self, network: &str, id: &str) -> Result<Option<Versioned>> {
+    pub async fn docker_endpoint(&self, network: &str, id: &str) -> Result<Option<Versioned>> {
         let Some(kv) = self.store.get(&keys::endpoint_id(network, id)).await? else {
             return Ok(None);
         };
@@ -120,6 +120,9 @@ impl<S: Store> Service<S> {
             netns_inode: 0,
             host_ifname: String::new(),
             created: now_secs(),
+            origin: crate::model::Origin::Docker,
+            owner: None,
+            mtu: None,
         };
         let ep = self.allocate(net, template, requested).await?;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "address held for Docker");
