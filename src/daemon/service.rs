@@ -397,11 +397,14 @@ impl<S: Store> Service<S> {
         let candidates: Vec<Ipv4Addr> = match requested {
             Some(ip) => vec![ip],
             None => {
-                let taken: BTreeSet<Ipv4Addr> = self
-                    .endpoints(Some(name))
-                    .await?
+                // The addresses are the keys: no need to decode the records.
+                let (kvs, _) = self.store.list(&keys::endpoints_of(name)).await?;
+                let taken: BTreeSet<Ipv4Addr> = kvs
                     .iter()
-                    .map(|e| e.ip.ip())
+                    .filter_map(|kv| match keys::classify(&kv.key) {
+                        keys::Key::Endpoint(_, ip) => Some(ip),
+                        _ => None,
+                    })
                     .collect();
                 ipam::free_addresses(net, &taken).collect()
             }

@@ -17,7 +17,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, TokioSocket};
 use rtnetlink::{
@@ -433,25 +433,37 @@ impl Netlink {
         ep: &EndpointSpec,
         workload: &NetNs,
     ) -> Result<()> {
-        let wl = connect(Some(workload))?;
-        if get_link(&wl, &ep.ifname).await?.is_some() {
-            return Err(DataplaneError::IfaceExists {
-                ifname: ep.ifname.clone(),
-                netns: workload.path().display().to_string(),
-            });
-        }
         let sb = self.sandbox(&sandbox.netns)?;
         if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
             del_link(&sb, stale.index, &ep.host_ifname).await?;
         }
         let bridge = require_link(&sb, BRIDGE).await?;
-        add_link(
+        // The sandbox-side name is this endpoint's alone (derived from its address, a stale
+        // one just removed), so EEXIST can only be the workload side's name.
+        match add_link(
             &sb,
             veth_message(ep, bridge.index, workload),
             &format!("creating veth {} <-> {}", ep.host_ifname, ep.ifname),
         )
-        .await?;
-        if let Err(e) = configure_workload(&wl, ep).await {
+        .await
+        {
+            Err(DataplaneError::Netlink {
+                errno: Some(libc::EEXIST),
+                ..
+            }) => {
+                return Err(DataplaneError::IfaceExists {
+                    ifname: ep.ifname.clone(),
+                    netns: workload.path().display().to_string(),
+                })
+            }
+            other => other?,
+        }
+        let spec = ep.clone();
+        let configured =
+            super::workload::in_netns(workload, move || super::workload::configure(&spec))
+                .await
+                .and_then(|r| r);
+        if let Err(e) = configured {
             let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
             return Err(e);
         }
@@ -632,48 +644,6 @@ fn veth_message(ep: &EndpointSpec, bridge: u32, workload: &NetNs) -> LinkMessage
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build()
-}
-
-async fn configure_workload(wl: &Handle, ep: &EndpointSpec) -> Result<()> {
-    if let Some(lo) = get_link(wl, "lo").await? {
-        if !lo.up {
-            set_link(
-                wl,
-                LinkUnspec::new_with_index(lo.index).up().build(),
-                "bringing up lo",
-            )
-            .await?;
-        }
-    }
-    let link = require_link(wl, &ep.ifname).await?;
-    wl.address()
-        .add(link.index, IpAddr::V4(ep.address.ip()), ep.address.prefix())
-        .execute()
-        .await
-        .map_err(|e| {
-            DataplaneError::netlink(format!("adding {} to {}", ep.address, ep.ifname), e)
-        })?;
-    set_link(
-        wl,
-        LinkUnspec::new_with_index(link.index).up().build(),
-        &format!("bringing up {}", ep.ifname),
-    )
-    .await?;
-    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(ep.gateway)
-        .output_interface(link.index)
-        .build();
-    // What `ip route add default via GW mtu M advmss M-40` sets: the values a CNI 1.1 result
-    // reports for the route, so they are true in the kernel too.
-    route.attributes.push(RouteAttribute::Metrics(vec![
-        RouteMetric::Mtu(ep.mtu),
-        RouteMetric::Advmss(advmss(ep.mtu)),
-    ]));
-    wl.route()
-        .add(route)
-        .execute()
-        .await
-        .map_err(|e| DataplaneError::netlink(format!("adding default route via {}", ep.gateway), e))
 }
 
 /// The TCP MSS to advertise for an MTU: minus the IPv4 and TCP headers (20 + 20).

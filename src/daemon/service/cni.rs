@@ -104,9 +104,12 @@ impl<S: Store> Service<S> {
         if let (Some(netns), Some(ifname)) = (&req.netns, &req.ifname) {
             self.teardowns.wait(netns, ifname).await;
         }
-        let endpoint = self.attach(req).await?;
-        let network = self.network(endpoint.network.as_str()).await?;
-        Ok(CniAttachment { endpoint, network })
+        // The network record's gateway and MTU never change: read it alongside.
+        let (endpoint, network) = tokio::join!(self.attach(req), self.network(&req.network));
+        Ok(CniAttachment {
+            endpoint: endpoint?,
+            network: network?,
+        })
     }
 
     /// The endpoint with id `id` on `net`, with its record's revision.
