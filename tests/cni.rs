@@ -591,3 +591,41 @@ fn plugin_links_no_store_or_kernel_code() {
         );
     }
 }
+
+/// VERSION, and the classes a runtime meets before rnetd is asked anything, through the binary.
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn version_and_early_errors_through_the_binary() {
+    let cni = Plugin::rnet(Path::new("/nonexistent/rnetd.sock"));
+    for v in VERSIONS {
+        let out = cni
+            .call(
+                &[("CNI_COMMAND", "VERSION")],
+                &json!({"cniVersion": v}).to_string(),
+            )
+            .ok();
+        assert_eq!(out["cniVersion"], v);
+        assert_eq!(out["supportedVersions"], json!(VERSIONS));
+    }
+    let w = Workload::new("e");
+    let ns = w.path().display().to_string();
+    let add = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "e1"),
+        ("CNI_NETNS", ns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    cni.call(&add, "not json").err(6);
+    cni.call(&add, r#"{"cniVersion": "1.1.0", "name": 5}"#)
+        .err(6);
+    let msg = cni.call(&add, &conf("0.2.0", "x").to_string()).err(1);
+    assert!(msg.contains("0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{msg}");
+    cni.call(&[("CNI_COMMAND", "NOPE")], &conf("1.1.0", "x").to_string())
+        .err(4);
+    cni.call(&add[..3], &conf("1.1.0", "x").to_string()).err(4);
+    let msg = cni.call(&add, &conf("1.1.0", "x").to_string()).err(11);
+    assert!(msg.contains("not running"), "{msg}");
+    // The error names the configuration's version when it has one.
+    let e = cni.call(&add, &conf("0.4.0", "x").to_string()).json();
+    assert_eq!(e["cniVersion"], "0.4.0");
+}
