@@ -87,7 +87,9 @@ for i in 1 2; do
 done
 hand() { # $1 server ns, $2 client ns, $3 server address, rest: iperf3 flags
     local sns=$1 cns=$2 addr=$3; shift 3
-    inns "$sns" iperf3 -s >/dev/null 2>&1 &
+    # nsenter execs iperf3 in place, so $! is the server itself (a backgrounded shell
+    # function would be a subshell, and killing it would leave the server running).
+    nsenter --net="/run/netns/$sns" -- iperf3 -s >/dev/null 2>&1 &
     local srv=$!
     wait_port "/run/netns/$cns" "$addr"
     inns "$cns" iperf3 -c "$addr" -t "$SECS" -J "$@" | gbps
