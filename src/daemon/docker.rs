@@ -217,7 +217,7 @@ impl<S: Store> Plugin<S> {
         );
         self.bounded(
             "looking up the endpoint",
-            async move { service.docker_endpoint(&net, &id).await },
+            async move { service.endpoint_by_id(&net, &id).await },
             None,
         )
         .await

@@ -385,6 +385,33 @@ impl<S: Store> Service<S> {
         Ok(())
     }
 
+    /// The endpoint with id `id` on `network`, with its record's revision (through the id
+    /// index; an index left without its record is dropped). Shared by every front door.
+    pub async fn endpoint_by_id(&self, network: &str, id: &str) -> Result<Option<Versioned>> {
+        let Some(kv) = self.store.get(&keys::endpoint_id(network, id)).await? else {
+            return Ok(None);
+        };
+        let ip: Ipv4Addr = String::from_utf8_lossy(&kv.value).parse().map_err(|_| {
+            Error::Internal(format!("undecodable record {}: not an address", kv.key))
+        })?;
+        match self.store.get(&keys::endpoint(network, ip)).await? {
+            Some(kv) => {
+                let ep: Endpoint = decode(&kv)?;
+                Ok((ep.id.as_str() == id).then_some(Versioned {
+                    ep,
+                    rev: kv.mod_revision,
+                }))
+            }
+            None => {
+                let del = TxnOp::Delete {
+                    key: keys::endpoint_id(network, id),
+                };
+                self.store.txn(vec![], vec![del]).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Take an address: the requested one, or the lowest free one, by create-if-absent on
     /// its key (and on the endpoint id's key), so no two callers anywhere get the same.
     async fn allocate(

@@ -16,8 +16,8 @@
 //! runtime that reuses a namespace never sees "interface exists". `rnet detach` (the CLI)
 //! keeps deleting synchronously.
 
+use super::Versioned;
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -112,35 +112,6 @@ impl<S: Store> Service<S> {
         })
     }
 
-    /// The endpoint with id `id` on `net`, with its record's revision.
-    async fn endpoint_by_id(
-        &self,
-        net: &Network,
-        id: &str,
-    ) -> Result<Option<(Endpoint, Revision)>> {
-        let name = net.name.as_str();
-        let Some(kv) = self.store.get(&keys::endpoint_id(name, id)).await? else {
-            return Ok(None);
-        };
-        let ip: Ipv4Addr = String::from_utf8_lossy(&kv.value).parse().map_err(|_| {
-            Error::Internal(format!("undecodable record {}: not an address", kv.key))
-        })?;
-        match self.store.get(&keys::endpoint(name, ip)).await? {
-            Some(kv) => {
-                let ep: Endpoint = decode(&kv)?;
-                Ok((ep.id.as_str() == id).then_some((ep, kv.mod_revision)))
-            }
-            // An id index without its record: drop the index, nothing else is left.
-            None => {
-                let del = TxnOp::Delete {
-                    key: keys::endpoint_id(name, id),
-                };
-                self.store.txn(vec![], vec![del]).await?;
-                Ok(None)
-            }
-        }
-    }
-
     /// Delete an endpoint's records if the record is still the one read at `rev`; false if
     /// it changed in between (then it is no longer this endpoint to release).
     async fn release_at(&self, ep: &Endpoint, rev: Revision) -> Result<bool> {
@@ -204,7 +175,8 @@ impl<S: Store> Service<S> {
             Err(Error::NotFound(_)) => return Ok(nothing()),
             Err(e) => return Err(e),
         };
-        let Some((ep, rev)) = self.endpoint_by_id(&net, &req.id).await? else {
+        let Some(Versioned { ep, rev }) = self.endpoint_by_id(net.name.as_str(), &req.id).await?
+        else {
             return Ok(nothing());
         };
         if ep.ifname.as_str() != req.ifname {
@@ -245,8 +217,8 @@ impl<S: Store> Service<S> {
     /// of the pair exists. The error names everything that is wrong.
     pub async fn cni_check(&self, req: &CniCheckRequest) -> Result<CniAttachment> {
         let net = self.network(&req.network).await?;
-        let ep = match self.endpoint_by_id(&net, &req.id).await? {
-            Some((ep, _)) if ep.ifname.as_str() == req.ifname => ep,
+        let ep = match self.endpoint_by_id(net.name.as_str(), &req.id).await? {
+            Some(Versioned { ep, .. }) if ep.ifname.as_str() == req.ifname => ep,
             _ => {
                 return Err(Error::NotFound(format!(
                     "rnetd has no record of attachment {} ({}) on network {}",

@@ -84,20 +84,6 @@ impl<S: Store> Service<S> {
         }
     }
 
-    /// The endpoint record with id `id` on `network`.
-    pub async fn docker_endpoint(&self, network: &str, id: &str) -> Result<Option<Versioned>> {
-        let Some(kv) = self.store.get(&keys::endpoint_id(network, id)).await? else {
-            return Ok(None);
-        };
-        let ip: Ipv4Addr = String::from_utf8_lossy(&kv.value)
-            .parse()
-            .map_err(|_| Error::Internal(format!("undecodable record {}", kv.key)))?;
-        Ok(self
-            .endpoint_at(network, ip)
-            .await?
-            .filter(|v| v.ep.id.as_str() == id))
-    }
-
     /// Take an address for Docker with no container yet: `requested`, or the lowest free one,
     /// by the same create-if-absent as every attach, so no two hosts hold one address.
     pub async fn hold_address(
