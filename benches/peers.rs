@@ -272,6 +272,7 @@ async fn write_and_wait(entries: usize, sandbox: &Path) -> (Duration, Duration) 
         vtep_mac: Mac::from_name(0x56, "far"),
         started: 0,
         renewed: 0,
+        wireguard: None,
     };
     let lease = store.lease_grant(600).await.unwrap();
     let t0 = Instant::now();

@@ -25,6 +25,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// This host cannot do what is asked (e.g. an encrypted network where WireGuard cannot run).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -37,6 +40,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Exhausted(_) => "exhausted",
+            Error::Unsupported(_) => "unsupported",
             Error::Store(StoreError::Unavailable(_)) => "unavailable",
             Error::Dataplane(DataplaneError::IfaceExists { .. }) => "conflict",
             Error::Dataplane(DataplaneError::Netns(NetnsError::NotFound { .. }))
@@ -53,6 +57,7 @@ impl Error {
             "not_found" => 404,
             "conflict" | "exhausted" => 409,
             "unavailable" => 503,
+            "unsupported" => 501,
             _ => 500,
         }
     }

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Encryption, Invalid, Mac, Network, NetworkName, Vni, VNI_MAX};
+use crate::model::{
+    Encryption, Invalid, Mac, Network, NetworkName, Vni, VNI_MAX, WIREGUARD_OVERHEAD,
+};
 
 /// Automatically assigned VNIs start here (low VNIs are often taken by hand-made devices).
 pub const AUTO_VNI_BASE: u32 = 4096;
@@ -27,6 +29,9 @@ pub struct NetworkRequest {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub allow_overlap: bool,
+    /// None: `none` for a new network, the existing network's for a repeated request.
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
 }
 
 /// Why a network request cannot be granted.
@@ -96,10 +101,21 @@ pub fn plan_network(
             "gateway {gateway} is not a host address of subnet {subnet}"
         ));
     }
+    let encryption = req
+        .encryption
+        .or(same_name.map(|n| n.encryption))
+        .unwrap_or_default();
+    let (max_mtu, overhead) = match encryption {
+        Encryption::None => (max_mtu, "the 50-byte VXLAN overhead"),
+        Encryption::Wireguard => (
+            max_mtu.saturating_sub(WIREGUARD_OVERHEAD),
+            "the 50-byte VXLAN and 60-byte WireGuard overheads",
+        ),
+    };
     let mtu = req.mtu.or(same_name.map(|n| n.mtu)).unwrap_or(max_mtu);
     if !(MIN_MTU..=max_mtu).contains(&mtu) {
         return bad(format!(
-            "MTU {mtu} is out of range {MIN_MTU}..={max_mtu} (the underlay MTU minus the 50-byte VXLAN overhead)"
+            "MTU {mtu} is out of range {MIN_MTU}..={max_mtu} (the underlay MTU minus {overhead})"
         ));
     }
     let vni = match req.vni {
@@ -115,7 +131,7 @@ pub fn plan_network(
         subnet,
         gateway,
         mtu,
-        encryption: Encryption::None,
+        encryption,
         allow_overlap: req.allow_overlap,
     };
     if let Some(old) = same_name {
@@ -162,6 +178,12 @@ fn describe_differences(old: &Network, new: &Network) -> String {
     }
     if old.vni != new.vni {
         d.push(format!("VNI {} vs {}", old.vni, new.vni));
+    }
+    if old.encryption != new.encryption {
+        d.push(format!(
+            "encryption {} vs {} (a network's encryption cannot change)",
+            old.encryption, new.encryption
+        ));
     }
     if old.mtu != new.mtu {
         d.push(format!("MTU {} vs {}", old.mtu, new.mtu));

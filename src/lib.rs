@@ -30,5 +30,6 @@ pub mod netns;
 pub mod peers;
 pub mod reconcile;
 pub mod store;
+pub mod wireguard;
 
 pub use error::{Error, Result};

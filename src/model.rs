@@ -329,7 +329,34 @@ impl fmt::Display for EndpointId {
 pub enum Encryption {
     #[default]
     None,
+    /// Every frame between hosts travels inside WireGuard (rnetd's userspace tunnel).
+    Wireguard,
 }
+
+impl fmt::Display for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encryption::None => "none",
+            Encryption::Wireguard => "wireguard",
+        })
+    }
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "none" => Ok(Encryption::None),
+            "wireguard" => Ok(Encryption::Wireguard),
+            other => Err(Invalid(format!(
+                "unknown encryption {other:?}: use \"none\" or \"wireguard\""
+            ))),
+        }
+    }
+}
+
+/// Bytes WireGuard adds on an IPv4 underlay: IP and UDP headers plus its own 32.
+pub const WIREGUARD_OVERHEAD: u32 = 60;
 
 /// A cluster-wide network record (`/rnet/v1/networks/<name>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +449,20 @@ pub struct HostRecord {
     /// Unix seconds of the daemon's last renewal of this record.
     #[serde(default)]
     pub renewed: u64,
+    /// The host's WireGuard endpoint; absent where its tunnel could not be set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardInfo>,
+}
+
+/// What peers need to reach a host's tunnel. Public material only: no secret enters the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardInfo {
+    /// X25519 public key, base64.
+    pub public_key: String,
+    /// UDP port on the host's underlay address.
+    pub port: u16,
+    /// Unix seconds when the key was made.
+    pub key_created: u64,
 }
 
 #[cfg(test)]

@@ -194,6 +194,7 @@ mod tests {
                 vtep_mac: Mac::from_name(0x56, id),
                 started: 0,
                 renewed: 0,
+                wireguard: None,
             },
         )
     }

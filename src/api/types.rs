@@ -30,6 +30,25 @@ pub struct Status {
     /// Changes the last reconcile applied, and when (unix seconds).
     pub last_reconcile_changes: usize,
     pub last_reconcile_at: u64,
+    #[serde(default)]
+    pub wireguard: WireguardStatus,
+}
+
+/// This host's WireGuard tunnel in `GET /v1/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireguardStatus {
+    /// Whether encrypted networks can be used here.
+    pub available: bool,
+    /// Why not, when they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Datagrams and packets the tunnel dropped, by reason.
+    #[serde(default)]
+    pub drops: crate::wireguard::DropCounters,
 }
 
 /// One row of `GET /v1/networks`.
@@ -129,13 +148,13 @@ pub struct DoctorReport {
 /// What the daemon answers instead of a result.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
-    /// One of: invalid, not_found, conflict, exhausted, unavailable, internal.
+    /// One of: invalid, not_found, conflict, exhausted, unavailable, unsupported, internal.
     pub kind: String,
     pub error: String,
 }
 
 /// One row of `GET /v1/peers`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PeerInfo {
     pub host: String,
     pub underlay: Ipv4Addr,
@@ -144,6 +163,9 @@ pub struct PeerInfo {
     /// Seconds since the host's daemon last renewed its presence (None: no presence record).
     pub renewed_ago: Option<u64>,
     pub endpoints: usize,
+    /// The WireGuard tunnel to it (None: this host runs no tunnel, or it is this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::wireguard::TunnelStatus>,
 }
 
 /// `POST /v1/gc`: release the endpoints of a host that is gone.

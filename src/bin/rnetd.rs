@@ -56,6 +56,9 @@ struct Flags {
         default_value = rnet::daemon::docker::DEFAULT_NAME
     )]
     docker_plugin_name: String,
+    /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
+    #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
+    wireguard_port: u16,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(flags.lease_ttl),
         resync_interval: Duration::from_secs(flags.resync.max(1)),
         probe_window: Duration::from_secs(flags.probe_window),
+        wireguard_port: flags.wireguard_port,
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

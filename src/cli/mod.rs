@@ -14,7 +14,7 @@ use crate::api::types::{
     NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
 };
 use crate::api::{Client, ClientError, DEFAULT_SOCKET};
-use crate::model::{Endpoint, Network};
+use crate::model::{Encryption, Endpoint, Network, WireguardInfo};
 use output::{print_json, Table};
 
 /// Container overlay networking: manage networks and attach workloads through rnetd.
@@ -82,6 +82,8 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Replace this host's WireGuard key; peers pick up the new public key from the store.
+    RotateKey,
     /// Simulated multi-host labs on this machine: `rnet lab up|down|status|exec|…`.
     Lab(lab::LabArgs),
 }
@@ -98,6 +100,10 @@ pub enum NetworkCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    s.parse().map_err(|e: crate::model::Invalid| e.0)
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +124,9 @@ pub struct CreateArgs {
     /// Allow this subnet to overlap other networks' (each network has its own sandbox).
     #[arg(long)]
     pub allow_overlap: bool,
+    /// Encrypt traffic between hosts: `none` or `wireguard` (fixed for the network's life).
+    #[arg(long, value_name = "none|wireguard", value_parser = parse_encryption)]
+    pub encrypt: Option<Encryption>,
 }
 
 #[derive(Args, Debug)]
@@ -190,6 +199,7 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
         Command::Status => status(&client, fmt).await,
         Command::Peers => peers(&client, fmt).await,
+        Command::RotateKey => rotate_key(&client, fmt).await,
         Command::Gc { host, force } => gc(&client, fmt, host, *force).await,
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
         Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
@@ -205,6 +215,7 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
         vni: a.vni,
         mtu: a.mtu,
         allow_overlap: a.allow_overlap,
+        encryption: a.encrypt,
     };
     let net: Network = client.post("/v1/networks", &req).await?;
     match fmt {
@@ -367,7 +378,20 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                 s.local_endpoints.to_string(),
                 s.version,
             ]);
-            t.print()
+            t.print();
+            let wg = &s.wireguard;
+            match (&wg.public_key, &wg.error) {
+                (Some(key), _) => println!(
+                    "WireGuard: port {}, public key {key}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                    wg.port.unwrap_or_default(),
+                    wg.drops.malformed,
+                    wg.drops.rejected,
+                    wg.drops.spoofed,
+                    wg.drops.no_peer
+                ),
+                (None, Some(why)) => println!("WireGuard: unavailable ({why})"),
+                (None, None) => {}
+            }
         }
     }
     Ok(())
@@ -435,24 +459,59 @@ async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
                 "HOST",
                 "STATE",
                 "UNDERLAY",
-                "VTEP MAC",
                 "RENEWED",
                 "ENDPOINTS",
+                "TUNNEL",
+                "HANDSHAKE",
+                "TX",
+                "RX",
+                "KEY AGE",
             ]);
-            for p in peers {
+            let ago = |s: Option<u64>| s.map(|s| format!("{s}s ago")).unwrap_or_else(|| "-".into());
+            let mut problems = Vec::new();
+            for p in &peers {
+                let tunnel = p.tunnel.as_ref();
+                if let Some(problem) = tunnel.and_then(|t| t.problem.as_ref()) {
+                    problems.push(format!("{}: {problem}", p.host));
+                }
                 t.row(vec![
-                    p.host,
+                    p.host.clone(),
                     p.state.to_string(),
                     p.underlay.to_string(),
-                    p.vtep_mac.to_string(),
-                    p.renewed_ago
-                        .map(|s| format!("{s}s ago"))
-                        .unwrap_or_else(|| "-".into()),
+                    ago(p.renewed_ago),
                     p.endpoints.to_string(),
+                    match tunnel {
+                        None => "-".into(),
+                        Some(t) if t.up => "up".into(),
+                        Some(_) => "down".into(),
+                    },
+                    ago(tunnel.and_then(|t| t.since_handshake)),
+                    tunnel
+                        .map(|t| t.tx_bytes.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    tunnel
+                        .map(|t| t.rx_bytes.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    tunnel
+                        .and_then(|t| t.key_age)
+                        .map(|s| format!("{s}s"))
+                        .unwrap_or_else(|| "-".into()),
                 ]);
             }
-            t.print()
+            t.print();
+            for p in problems {
+                println!("{p}");
+            }
         }
+    }
+    Ok(())
+}
+
+async fn rotate_key(client: &Client, fmt: Format) -> Result<(), Failure> {
+    let info: WireguardInfo = client.post("/v1/wireguard/rotate-key", &()).await?;
+    match fmt {
+        Format::Json => print_json(&info),
+        Format::Table => println!("new public key {}", info.public_key),
     }
     Ok(())
 }

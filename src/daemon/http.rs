@@ -77,6 +77,7 @@ pub fn router<S: Store>(service: Arc<Service<S>>) -> Router {
         .route("/v1/doctor", get(doctor::<S>))
         .route("/v1/peers", get(peers::<S>))
         .route("/v1/gc", post(gc::<S>))
+        .route("/v1/wireguard/rotate-key", post(rotate_key::<S>))
         .route("/v1/reconcile", post(reconcile::<S>))
         .route("/v1/cni/add", post(cni_add::<S>))
         .route("/v1/cni/del", post(cni_del::<S>))
@@ -179,6 +180,12 @@ async fn peers<S: Store>(
     State(s): State<Arc<Service<S>>>,
 ) -> ApiResult<Vec<crate::api::types::PeerInfo>> {
     Ok(Json(s.peers()))
+}
+
+async fn rotate_key<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+) -> ApiResult<crate::model::WireguardInfo> {
+    Ok(Json(s.rotate_key()?))
 }
 
 async fn gc<S: Store>(

@@ -140,6 +140,7 @@ mod tests {
             vtep_mac: Mac([2, 0, 0, 0, 0, 1]),
             started: 0,
             renewed: 0,
+            wireguard: None,
         };
         c.host_info.insert("h2".into(), rec.clone());
         c.presence.insert("h2".into(), rec);

@@ -22,7 +22,8 @@ use crate::dataplane::spec::netns_dir;
 use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::model::{HostRecord, Mac};
-use crate::store::{keys, EmbeddedStore, LeaseId, Store, StoreError};
+use crate::store::{keys, Compare, EmbeddedStore, LeaseId, Revision, Store, StoreError, TxnOp};
+use crate::wireguard::{self, WgConfig, WireGuard};
 pub use service::{HostConfig, Service};
 
 /// MAC kind byte for VTEPs (see `Mac::from_name`).
@@ -42,6 +43,8 @@ pub struct DaemonConfig {
     pub resync_interval: Duration,
     /// How long a host whose presence expired may stay silent before its entries go.
     pub probe_window: Duration,
+    /// UDP port of the WireGuard tunnel.
+    pub wireguard_port: u16,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
 }
@@ -92,13 +95,23 @@ async fn run_with_store<S: Store>(
         })?,
     };
     let underlay = dp.underlay(address).await?;
+    let shared = Arc::new(sync::Shared::default());
+    let wireguard = start_wireguard(&cfg, &dp, address, underlay.mtu, shared.clone()).await;
+    let record = HostRecord {
+        id: cfg.host_id.clone(),
+        underlay: address,
+        vtep_mac: Mac::from_name(VTEP_MAC_KIND, &cfg.host_id),
+        started: now_secs(),
+        renewed: now_secs(),
+        wireguard: wireguard.as_ref().ok().map(|w| w.info()),
+    };
+    let (record_tx, record_rx) = tokio::sync::watch::channel(record);
     let host = HostConfig {
         host_id: cfg.host_id.clone(),
         run_dir: cfg.run_dir.clone(),
         underlay,
         store_name: cfg.store.clone(),
     };
-    let shared = Arc::new(sync::Shared::default());
     let liveness = Arc::new(liveness::Liveness::new(cfg.probe_window));
     let service = Arc::new(Service::new(
         store.clone(),
@@ -106,14 +119,11 @@ async fn run_with_store<S: Store>(
         host,
         shared.clone(),
         liveness.clone(),
+        service::Tunnel {
+            wireguard,
+            record: record_tx,
+        },
     ));
-    let record = HostRecord {
-        id: cfg.host_id.clone(),
-        underlay: address,
-        vtep_mac: Mac::from_name(VTEP_MAC_KIND, &cfg.host_id),
-        started: now_secs(),
-        renewed: now_secs(),
-    };
     // Docker waits for its plugins: answer on the plugin socket before anything slow.
     let plugin_socket = match &cfg.docker_plugin {
         Some(p) => {
@@ -130,7 +140,7 @@ async fn run_with_store<S: Store>(
         }
         None => None,
     };
-    tokio::spawn(keep_presence(store.clone(), record, cfg.lease_ttl));
+    tokio::spawn(keep_presence(store.clone(), record_rx, cfg.lease_ttl));
     tokio::spawn(sync::run(store, shared.clone()));
     liveness::spawn_prober(cfg.host_id.clone(), liveness, shared.clone());
     match service.reconcile(true).await {
@@ -180,61 +190,153 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Start the WireGuard tunnel. Where it cannot run (no TUN, port taken) the daemon still
+/// serves plain networks; creating or attaching to an encrypted one then fails with the reason.
+async fn start_wireguard(
+    cfg: &DaemonConfig,
+    dp: &Netlink,
+    address: Ipv4Addr,
+    mtu: u32,
+    shared: Arc<sync::Shared>,
+) -> std::result::Result<WireGuard, String> {
+    let wg_cfg = WgConfig {
+        key_file: cfg.state_dir.join(wireguard::KEY_FILE),
+        netns: wireguard::tunnel_netns(&cfg.run_dir),
+        underlay: address,
+        underlay_mtu: mtu,
+        port: cfg.wireguard_port,
+    };
+    let configure = |ns: PathBuf, ifname: String, addr: Ipv4Addr, mtu: u32| async move {
+        dp.configure_tunnel(&ns, &ifname, addr, mtu)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let on_change = Box::new(move || shared.changed.notify_one());
+    WireGuard::start(wg_cfg, configure, on_change)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "WireGuard is unavailable: encrypted networks cannot be used on this host");
+            e.to_string()
+        })
+}
+
 /// Keep the host's presence alive under a lease, renewing the record (with the time) every
-/// third of the TTL. When the lease is lost (expired during a store outage, store
-/// restarted) grant a new one and publish everything this host owns again: the presence
-/// record and the durable host record (endpoints are durable and need nothing).
-async fn keep_presence<S: Store>(store: S, mut record: HostRecord, ttl: Duration) {
+/// third of the TTL, and publishing it again when it changes (a rotated key). When the lease
+/// is lost (expired during a store outage, store restarted) grant a new one and publish
+/// everything this host owns again: the presence record and the durable host record
+/// (endpoints are durable and need nothing).
+///
+/// A renewal only overwrites the record this daemon wrote last: if someone else changed it
+/// (a tampered key, a second daemon with this host id), rnetd says so and leaves it, since
+/// it cannot tell who is right; a restart or `rnet rotate-key` publishes it again.
+async fn keep_presence<S: Store>(
+    store: S,
+    mut records: tokio::sync::watch::Receiver<HostRecord>,
+    ttl: Duration,
+) {
     let ttl_secs = ttl.as_secs().max(1) as i64;
-    let mut lease: Option<LeaseId> = None;
+    let mut lease: Option<(LeaseId, Revision)> = None;
+    let mut reported = false;
+    let mut changed = false;
     loop {
+        let mut record = records.borrow_and_update().clone();
         record.renewed = now_secs();
         lease = match lease {
-            None => publish(&store, &record, ttl_secs).await,
-            Some(id) => match store.lease_keep_alive(id).await {
-                Ok(_) => renew(&store, &record, id).await,
+            None => publish(&store, &record, ttl_secs, None).await,
+            // A new record (rotated key) replaces whatever is there, under the same lease,
+            // so peers never see this host vanish.
+            Some((id, _)) if changed => publish(&store, &record, ttl_secs, Some(id)).await,
+            Some((id, rev)) => match store.lease_keep_alive(id).await {
+                Ok(_) => renew(&store, &record, id, rev, &mut reported).await,
                 Err(StoreError::LeaseNotFound(_)) => {
                     tracing::warn!("host lease lost; registering again");
-                    publish(&store, &record, ttl_secs).await
+                    publish(&store, &record, ttl_secs, None).await
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing host lease failed");
-                    Some(id)
+                    Some((id, rev))
                 }
             },
         };
-        tokio::time::sleep(ttl / 3).await;
+        changed = false;
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            result = records.changed() => {
+                changed = result.is_ok();
+                reported = false;
+            }
+        }
     }
 }
 
-async fn renew<S: Store>(store: &S, record: &HostRecord, lease: LeaseId) -> Option<LeaseId> {
+async fn renew<S: Store>(
+    store: &S,
+    record: &HostRecord,
+    lease: LeaseId,
+    rev: Revision,
+    reported: &mut bool,
+) -> Option<(LeaseId, Revision)> {
+    let key = keys::host(&record.id);
     let value = serde_json::to_vec(record).expect("host record serializes");
-    match store.put(&keys::host(&record.id), value, Some(lease)).await {
-        Ok(_) => Some(lease),
+    let put = TxnOp::Put {
+        key: key.clone(),
+        value,
+        lease: Some(lease),
+    };
+    match store
+        .txn(vec![Compare::ModRevision(key, rev)], vec![put])
+        .await
+    {
+        Ok(t) if t.succeeded => Some((lease, t.revision)),
+        Ok(t) => match t.current.into_iter().next().flatten() {
+            None => None, // deleted: publish again
+            Some(kv) => {
+                if !*reported {
+                    let theirs: Option<HostRecord> = serde_json::from_slice(&kv.value).ok();
+                    let what = match theirs {
+                        Some(t) if t.wireguard != record.wireguard => "its WireGuard public key is not this host's: peers will refuse this host's tunnel",
+                        Some(_) => "it differs from what this daemon published",
+                        None => "it is not a host record any more",
+                    };
+                    tracing::error!(host = %record.id, "this host's record in the store was changed by someone else ({what}); leaving it as it is: restart rnetd or run `rnet rotate-key` to publish this host's record again");
+                    *reported = true;
+                }
+                Some((lease, rev))
+            }
+        },
         Err(StoreError::LeaseNotFound(_)) => None,
         Err(e) => {
             tracing::warn!(error = %e, "renewing host record failed");
-            Some(lease)
+            Some((lease, rev))
         }
     }
 }
 
-async fn publish<S: Store>(store: &S, record: &HostRecord, ttl: i64) -> Option<LeaseId> {
+/// Write both host records; under `lease` when given, else under a new one.
+async fn publish<S: Store>(
+    store: &S,
+    record: &HostRecord,
+    ttl: i64,
+    lease: Option<LeaseId>,
+) -> Option<(LeaseId, Revision)> {
     let value = serde_json::to_vec(record).expect("host record serializes");
-    let id = match store.lease_grant(ttl).await {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::warn!(error = %e, "granting host lease failed");
-            return None;
-        }
+    let id = match lease {
+        Some(id) => id,
+        None => match store.lease_grant(ttl).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "granting host lease failed");
+                return None;
+            }
+        },
     };
     let durable = store
         .put(&keys::host_info(&record.id), value.clone(), None)
         .await;
     match durable.and(store.put(&keys::host(&record.id), value, Some(id)).await) {
-        Ok(_) => {
+        Ok(rev) => {
             tracing::info!(host = %record.id, lease = id, "host registered");
-            Some(id)
+            Some((id, rev))
         }
         Err(e) => {
             tracing::warn!(error = %e, "publishing host record failed");
@@ -259,7 +361,8 @@ async fn program_peers<S: Store>(
             _ = tokio::time::sleep(liveness::PROBE_INTERVAL) => {}
         }
         let full = last_full.elapsed() >= resync;
-        let reachable = service.reachable();
+        service.sync_tunnels();
+        let reachable = (service.reachable(), service.tunnels_up());
         if !dirty && !full && last_reachable.as_ref() == Some(&reachable) {
             continue;
         }

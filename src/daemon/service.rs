@@ -34,7 +34,9 @@ use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
 
 mod cni;
 mod docker;
+mod tunnel;
 pub use docker::Versioned;
+pub use tunnel::Tunnel;
 
 /// What the service needs to know about its host.
 #[derive(Clone, Debug)]
@@ -65,6 +67,9 @@ pub struct Service<S: Store> {
     programmed: tokio::sync::Mutex<HashMap<String, (u32, Tables)>>,
     /// Veth pairs of released CNI attachments still being deleted in the background.
     teardowns: cni::Teardowns,
+    tunnel: Tunnel,
+    /// Hosts that cannot be WireGuard peers, and why.
+    tunnel_problems: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 fn now_secs() -> u64 {
@@ -104,6 +109,7 @@ impl<S: Store> Service<S> {
         cfg: HostConfig,
         shared: std::sync::Arc<Shared>,
         liveness: std::sync::Arc<Liveness>,
+        tunnel: Tunnel,
     ) -> Self {
         Service {
             store,
@@ -117,6 +123,8 @@ impl<S: Store> Service<S> {
             liveness,
             programmed: tokio::sync::Mutex::new(HashMap::new()),
             teardowns: cni::Teardowns::default(),
+            tunnel,
+            tunnel_problems: Mutex::new(Default::default()),
         }
     }
 
@@ -188,6 +196,7 @@ impl<S: Store> Service<S> {
             local_endpoints,
             last_reconcile_changes: changes,
             last_reconcile_at: at,
+            wireguard: self.wireguard_status(),
         })
     }
 
@@ -214,6 +223,9 @@ impl<S: Store> Service<S> {
 
     /// Create a network, or return the existing one if asked again with the same options.
     pub async fn create_network(&self, req: &NetworkRequest) -> Result<Network> {
+        if let Some(enc) = req.encryption {
+            self.check_encryption(&req.name, enc, "create")?;
+        }
         for _ in 0..5 {
             let existing = self.networks().await?;
             let net = ipam::plan_network(req, &existing, self.max_mtu())?;
@@ -362,6 +374,7 @@ impl<S: Store> Service<S> {
 
     /// Make the sandbox exist (once per process per network; the reconcile checks it later).
     async fn ensure_sandbox(&self, net: &Network) -> Result<()> {
+        self.check_encryption(net.name.as_str(), net.encryption, "attach to")?;
         let name = net.name.to_string();
         let spec = self.sandbox_spec(net);
         if self.ensured.lock().expect("poisoned").contains(&name) && netns::is_mounted(&spec.netns)
@@ -634,6 +647,7 @@ impl<S: Store> Service<S> {
         }
         let me = self.cfg.host_id.as_str();
         let reachable = self.liveness.reachable(me, &cache);
+        let up = self.tunnels_up();
         let hosts = known_hosts(&cache);
         let local: BTreeSet<String> = cache
             .endpoints
@@ -648,7 +662,8 @@ impl<S: Store> Service<S> {
             let Some(net) = cache.networks.get(name) else {
                 continue;
             };
-            let desired = peers::desired(me, cache.endpoints_of(name), &hosts, &reachable);
+            let allowed = self.allowed_peers(net, &reachable, &up);
+            let desired = peers::desired(me, cache.endpoints_of(name), &hosts, &allowed);
             let sandbox = self.sandbox_spec(net).netns;
             let (ifindex, observed) = match programmed.get(name) {
                 Some(p) if !full => p.clone(),
@@ -697,6 +712,7 @@ impl<S: Store> Service<S> {
                     .get(&h.id)
                     .map(|p| now.saturating_sub(p.renewed)),
                 endpoints: cache.endpoints.values().filter(|e| e.host == h.id).count(),
+                tunnel: self.tunnel_status(&h),
                 host: h.id,
                 underlay: h.underlay,
                 vtep_mac: h.vtep_mac,
@@ -744,9 +760,11 @@ impl<S: Store> Service<S> {
     /// `rnet doctor`: the findings of a reconcile; with `repair`, also applied.
     pub async fn doctor(&self, repair: bool) -> Result<DoctorReport> {
         let findings = self.reconcile(repair).await?;
+        let mut drift: Vec<_> = findings.into_iter().map(|f| f.line).collect();
+        drift.extend(self.tunnel_drift());
         Ok(DoctorReport {
             networks_checked: self.shared.snapshot().networks.len(),
-            drift: findings.into_iter().map(|f| f.line).collect(),
+            drift,
         })
     }
 

@@ -267,6 +267,7 @@ mod tests {
             vtep_mac: Mac::from_name(0x56, id),
             started: 0,
             renewed,
+            wireguard: None,
         })
         .unwrap()
     }

@@ -369,8 +369,13 @@ impl Netlink {
 
     /// Created from the host namespace straight into the sandbox: the device's UDP socket
     /// lives in the namespace of the request (the host's), its interface in the sandbox.
+    /// Encrypted networks' devices are created from the tunnel namespace instead.
     async fn create_vxlan(&self, spec: &SandboxSpec) -> Result<()> {
         let sandbox = NetNs::open(&spec.netns)?;
+        let from = match &spec.vtep_netns {
+            None => self.host.clone(),
+            Some(path) => self.sandbox(path)?,
+        };
         let msg = LinkVxlan::new(&spec.vxlan, spec.vni)
             .local(spec.local)
             .port(VXLAN_PORT)
@@ -380,7 +385,7 @@ impl Netlink {
             .setns_by_fd(sandbox.as_raw_fd())
             .build();
         add_link(
-            &self.host,
+            &from,
             msg,
             &format!(
                 "creating VXLAN device {} (VNI {}, port {VXLAN_PORT})",
@@ -388,6 +393,48 @@ impl Netlink {
             ),
         )
         .await
+    }
+
+    /// Give the tunnel namespace's TUN device its address, MTU and the default route: every
+    /// VXLAN packet of an encrypted network goes to the tunnel, whatever its destination.
+    pub async fn configure_tunnel(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        address: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<()> {
+        let h = self.sandbox(netns)?;
+        let lo = require_link(&h, "lo").await?;
+        set_link(
+            &h,
+            LinkUnspec::new_with_index(lo.index).up().build(),
+            "bringing up lo",
+        )
+        .await?;
+        let tun = require_link(&h, ifname).await?;
+        set_link(
+            &h,
+            LinkUnspec::new_with_index(tun.index).mtu(mtu).up().build(),
+            &format!("bringing up {ifname}"),
+        )
+        .await?;
+        h.address()
+            .add(tun.index, IpAddr::V4(address), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("adding {address} to {ifname}"), e))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(tun.index)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("routing through {ifname}"), e))
     }
 
     /// Remove a sandbox: dropping the namespace tears down its devices in the kernel's own time.

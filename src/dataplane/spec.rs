@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Endpoint, Mac, Network, VXLAN_OVERHEAD};
+use crate::model::{Encryption, Endpoint, Mac, Network, VXLAN_OVERHEAD};
 
 /// The bridge inside every sandbox; sandboxes are separate namespaces, so one name fits all.
 pub const BRIDGE: &str = "br0";
@@ -21,6 +21,9 @@ pub struct SandboxSpec {
     pub vni: u32,
     /// VTEP source address (the host's underlay address).
     pub local: Ipv4Addr,
+    /// The namespace whose UDP socket carries the VXLAN traffic: None for the host's
+    /// (plain networks), the tunnel namespace for encrypted ones (its only exit is WireGuard).
+    pub vtep_netns: Option<PathBuf>,
     pub bridge_mac: Mac,
     /// The gateway address with the subnet's prefix, assigned to the bridge.
     pub gateway: Ipv4Network,
@@ -35,6 +38,8 @@ impl SandboxSpec {
             vxlan: net.name.vxlan_ifname(),
             vni: net.vni.get(),
             local,
+            vtep_netns: (net.encryption == Encryption::Wireguard)
+                .then(|| crate::wireguard::tunnel_netns(run_dir)),
             bridge_mac: Mac::from_name(BRIDGE_MAC_KIND, net.name.as_str()),
             gateway: Ipv4Network::new(net.gateway, net.subnet.prefix())
                 .expect("subnet prefix is valid"),

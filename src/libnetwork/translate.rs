@@ -21,7 +21,7 @@ use super::protocol::{
 };
 use crate::error::Error;
 use crate::ipam::{self, NetworkRequest};
-use crate::model::{fnv1a, Endpoint, EndpointId, Invalid, Mac, Network, NetworkName};
+use crate::model::{fnv1a, Encryption, Endpoint, EndpointId, Invalid, Mac, Network, NetworkName};
 
 /// Docker keeps the network's state on each host (there is no cluster store since Docker 23)…
 pub const SCOPE: &str = "local";
@@ -36,6 +36,8 @@ pub const NETWORK_OPTION: &str = "rnet.network";
 pub const VNI_OPTION: &str = "rnet.vni";
 /// `-o rnet.mtu=N` (or Docker's `com.docker.network.driver.mtu`), used when the rnet network is created.
 pub const MTU_OPTION: &str = "rnet.mtu";
+/// `-o rnet.encrypt=wireguard`, used when the rnet network is created.
+pub const ENCRYPT_OPTION: &str = "rnet.encrypt";
 /// Docker names the moved interface `eth<N>`.
 pub const DST_PREFIX: &str = "eth";
 /// Endpoint ids of addresses the IPAM driver holds for Docker outside an endpoint's life.
@@ -55,6 +57,7 @@ pub struct NetworkPlan {
     pub gateway: Option<Ipv4Addr>,
     pub mtu: Option<u32>,
     pub vni: Option<u32>,
+    pub encryption: Option<Encryption>,
     /// Whether Docker allocates this network's addresses through rnet's IPAM driver.
     pub rnet_ipam: bool,
 }
@@ -108,6 +111,7 @@ pub fn plan_network(req: &CreateNetworkRequest) -> Result<NetworkPlan, Error> {
         gateway,
         mtu: None,
         vni: None,
+        encryption: None,
         rnet_ipam: is_rnet_address_space(&data.address_space),
     };
     let generic = match req.options.get(GENERIC_OPTIONS) {
@@ -125,9 +129,10 @@ pub fn plan_network(req: &CreateNetworkRequest) -> Result<NetworkPlan, Error> {
             NETWORK_OPTION => plan.name = Some(v.parse()?),
             VNI_OPTION => plan.vni = Some(option_u32(key, &v)?),
             MTU_OPTION | DOCKER_MTU_OPTION => plan.mtu = Some(option_u32(key, &v)?),
+            ENCRYPT_OPTION => plan.encryption = Some(v.parse()?),
             k if k.starts_with("rnet.") => {
                 return invalid(format!(
-                    "unknown option {k}; rnet knows {NETWORK_OPTION}, {VNI_OPTION} and {MTU_OPTION}"
+                    "unknown option {k}; rnet knows {NETWORK_OPTION}, {VNI_OPTION}, {MTU_OPTION} and {ENCRYPT_OPTION}"
                 ))
             }
             _ => {}
@@ -203,6 +208,7 @@ pub fn choose_network(plan: &NetworkPlan, networks: &[Network]) -> Result<Choice
             vni: plan.vni,
             mtu: plan.mtu,
             allow_overlap: false,
+            encryption: plan.encryption,
         })),
     }
 }
@@ -222,6 +228,9 @@ pub fn check_compatible(net: &Network, plan: &NetworkPlan) -> Result<(), Error> 
     }
     if let Some(v) = plan.vni.filter(|v| *v != net.vni.get()) {
         diff.push(format!("VNI {} (Docker: {v})", net.vni));
+    }
+    if let Some(e) = plan.encryption.filter(|e| *e != net.encryption) {
+        diff.push(format!("encryption {} (Docker: {e})", net.encryption));
     }
     if diff.is_empty() {
         Ok(())
@@ -343,6 +352,8 @@ pub fn pool_network(
         gateway: None,
         mtu: None,
         vni: None,
+        // An encrypted network is made by `rnet create --encrypt` or the driver's option.
+        encryption: None,
         rnet_ipam: true,
     };
     choose_network(&plan, networks)
@@ -592,6 +603,7 @@ mod tests {
             gateway: None,
             mtu: None,
             vni: None,
+            encryption: None,
             rnet_ipam: true,
         };
         // By name.
@@ -640,6 +652,7 @@ mod tests {
             gateway: Some(blue.gateway),
             mtu: None,
             vni: None,
+            encryption: None,
             rnet_ipam: false,
         };
         assert!(check_compatible(&blue, &p).is_ok());

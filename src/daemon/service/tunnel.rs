@@ -1,0 +1,183 @@
+//! The service's side of the encrypted overlay: which peers the tunnel keeps, which hosts
+//! encrypted traffic may go to, key rotation, and what `rnet peers` / `rnet doctor` say.
+
+use std::collections::BTreeSet;
+
+use super::Service;
+use crate::api::types::DriftLine;
+use crate::error::{Error, Result};
+use crate::model::{Encryption, HostRecord, Network, WireguardInfo};
+use crate::store::Store;
+use crate::wireguard::{plan, TunnelStatus, WireGuard};
+
+/// The tunnel as the service sees it.
+pub struct Tunnel {
+    /// The running tunnel, or why it could not start.
+    pub wireguard: std::result::Result<WireGuard, String>,
+    /// This host's record as `keep_presence` publishes it.
+    pub record: tokio::sync::watch::Sender<HostRecord>,
+}
+
+impl<S: Store> Service<S> {
+    /// The tunnel, for work on encrypted network `net`; a clear error where there is none.
+    pub(super) fn require_tunnel(&self, net: &str, doing: &str) -> Result<&WireGuard> {
+        self.tunnel.wireguard.as_ref().map_err(|why| {
+            Error::Unsupported(format!(
+                "cannot {doing} encrypted network {net}: WireGuard is unavailable on this host ({why})"
+            ))
+        })
+    }
+
+    /// Check that a network's encryption can work here before anything is built.
+    pub(super) fn check_encryption(&self, net: &str, enc: Encryption, doing: &str) -> Result<()> {
+        match enc {
+            Encryption::None => Ok(()),
+            Encryption::Wireguard => self.require_tunnel(net, doing).map(|_| ()),
+        }
+    }
+
+    /// Keep one tunnel per live peer host, as the store's host records say.
+    pub fn sync_tunnels(&self) {
+        let Ok(wg) = &self.tunnel.wireguard else {
+            return;
+        };
+        let cache = self.shared.snapshot();
+        if !cache.synced {
+            return;
+        }
+        let (specs, problems) =
+            plan::wanted(&self.cfg.host_id, &wg.public(), cache.presence.values());
+        wg.set_peers(specs);
+        *self.tunnel_problems.lock().expect("poisoned") = problems;
+    }
+
+    /// Hosts with a live WireGuard session.
+    pub fn tunnels_up(&self) -> BTreeSet<String> {
+        match &self.tunnel.wireguard {
+            Ok(wg) => wg.up_hosts(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// The hosts `net`'s entries may point at: for an encrypted network, only those whose
+    /// tunnel is up (fail closed: no session, no FDB entry, no traffic).
+    pub(super) fn allowed_peers(
+        &self,
+        net: &Network,
+        reachable: &BTreeSet<String>,
+        up: &BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        match net.encryption {
+            Encryption::None => reachable.clone(),
+            Encryption::Wireguard => reachable.intersection(up).cloned().collect(),
+        }
+    }
+
+    /// The tunnel to `host` as `rnet peers` shows it.
+    pub(super) fn tunnel_status(&self, host: &HostRecord) -> Option<TunnelStatus> {
+        let wg = self.tunnel.wireguard.as_ref().ok()?;
+        if host.id == self.cfg.host_id {
+            return None;
+        }
+        if let Some(s) = wg.status(&host.id) {
+            return Some(s);
+        }
+        let problem = self
+            .tunnel_problems
+            .lock()
+            .expect("poisoned")
+            .get(&host.id)
+            .cloned()
+            .or_else(|| wg.stranger_problem(host.underlay))
+            .or_else(|| Some("no live host record: no tunnel".into()));
+        Some(TunnelStatus {
+            up: false,
+            since_handshake: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            key_age: None,
+            problem,
+        })
+    }
+
+    /// The tunnel's part of `rnet status`.
+    pub(super) fn wireguard_status(&self) -> crate::api::types::WireguardStatus {
+        match &self.tunnel.wireguard {
+            Ok(wg) => {
+                let info = wg.info();
+                crate::api::types::WireguardStatus {
+                    available: true,
+                    error: None,
+                    public_key: Some(info.public_key),
+                    port: Some(info.port),
+                    drops: wg.drops(),
+                }
+            }
+            Err(why) => crate::api::types::WireguardStatus {
+                available: false,
+                error: Some(why.clone()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// `rnet rotate-key`: a new static key, used at once and published to the store.
+    pub fn rotate_key(&self) -> Result<WireguardInfo> {
+        let wg = self.tunnel.wireguard.as_ref().map_err(|why| {
+            Error::Unsupported(format!(
+                "cannot rotate the WireGuard key: WireGuard is unavailable on this host ({why})"
+            ))
+        })?;
+        let info = wg
+            .rotate_key()
+            .map_err(|e| Error::Internal(format!("rotating the WireGuard key: {e}")))?;
+        self.tunnel
+            .record
+            .send_modify(|r| r.wireguard = Some(info.clone()));
+        Ok(info)
+    }
+
+    /// Doctor lines for encrypted networks: every peer that holds endpoints of one of this
+    /// host's encrypted networks but has no WireGuard session.
+    pub(super) fn tunnel_drift(&self) -> Vec<DriftLine> {
+        let cache = self.shared.snapshot();
+        let me = self.cfg.host_id.as_str();
+        let up = self.tunnels_up();
+        let mut lines = Vec::new();
+        for net in cache.networks.values() {
+            if net.encryption != Encryption::Wireguard {
+                continue;
+            }
+            let eps: Vec<_> = cache.endpoints_of(net.name.as_str()).collect();
+            if !eps.iter().any(|e| e.host == me) {
+                continue;
+            }
+            let peers: BTreeSet<&str> = eps
+                .iter()
+                .map(|e| e.host.as_str())
+                .filter(|h| *h != me && !up.contains(*h))
+                .collect();
+            for host in peers {
+                let why = cache
+                    .presence
+                    .get(host)
+                    .and_then(|h| self.tunnel_status(h))
+                    .and_then(|s| s.problem)
+                    .unwrap_or_else(|| match &self.tunnel.wireguard {
+                        Err(why) => format!("WireGuard is unavailable on this host ({why})"),
+                        Ok(_) if cache.presence.contains_key(host) => "no handshake yet".into(),
+                        Ok(_) => "its daemon is not live".into(),
+                    });
+                lines.push(DriftLine {
+                    network: net.name.to_string(),
+                    kind: "tunnel".into(),
+                    object: format!("peer {host}"),
+                    detail: format!(
+                        "no WireGuard session with {host}, so its endpoints get no traffic: {why}"
+                    ),
+                });
+            }
+        }
+        lines
+    }
+}

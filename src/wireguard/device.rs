@@ -1,0 +1,678 @@
+//! The host's userspace WireGuard interface: one TUN device in the tunnel namespace, one UDP
+//! socket on the underlay, one boringtun `Tunn` per peer, and three threads:
+//!
+//! - **tx**: TUN → encrypt → `sendmmsg` (up to 64 datagrams per call);
+//! - **rx**: `recvmmsg` → decrypt → TUN;
+//! - **timers**: every 250 ms, boringtun's handshake, keepalive and rekey rules.
+//!
+//! The two directions run on their own threads so both cores work. The peer table is
+//! swapped whole (read once per batch); each peer's `Tunn` has its own lock, taken per packet
+//! and uncontended except when both directions hit the same peer at the same moment.
+//!
+//! Fail closed: a packet whose destination is not a peer is dropped, and one for a peer
+//! without a session waits inside boringtun for the handshake. Nothing here can send an
+//! overlay frame unencrypted: the VXLAN sockets of encrypted networks live in the tunnel
+//! namespace, whose only way out is this TUN device.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use parking_lot::{Mutex, RwLock};
+
+use super::batch::{self, RecvBatch, SendBatch, BUF};
+use super::keys::{encode_public, HostKey};
+use super::plan::PeerSpec;
+use super::tun::Tun;
+use super::{WgError, KEEPALIVE_SECS, TUN_NAME};
+use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
+use crate::netns::{self, NetNs};
+
+/// Handshake messages per second the shared rate limiter lets through before it asks for
+/// cookies (boringtun's own device uses the same figure).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Socket buffers: a burst of a few thousand full-size datagrams without receive drops.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// What the tunnel needs to know about its host.
+#[derive(Clone, Debug)]
+pub struct WgConfig {
+    pub key_file: PathBuf,
+    /// Where the tunnel namespace is bind-mounted.
+    pub netns: PathBuf,
+    pub underlay: Ipv4Addr,
+    pub underlay_mtu: u32,
+    pub port: u16,
+}
+
+/// One peer's tunnel, as `rnet peers` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelStatus {
+    pub up: bool,
+    /// Seconds since the current session's handshake (None: no session).
+    pub since_handshake: Option<u64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Seconds since the peer made its key.
+    pub key_age: Option<u64>,
+    /// Why the tunnel is not up, when rnetd knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Datagrams dropped on the way in, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DropCounters {
+    /// Not a WireGuard message at all.
+    pub malformed: u64,
+    /// Well-formed but refused by the protocol (bad MAC or tag, replayed counter, unknown index...).
+    pub rejected: u64,
+    /// Decrypted, but the inner source address is not the peer's.
+    pub spoofed: u64,
+    /// Outbound packets for an address that is no peer.
+    pub no_peer: u64,
+}
+
+struct Peer {
+    spec: PeerSpec,
+    index: u32,
+    tunn: Mutex<Tunn>,
+    up: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct PeerMap {
+    by_host: HashMap<String, Arc<Peer>>,
+    by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], Arc<Peer>>,
+}
+
+struct Keys {
+    key: HostKey,
+    limiter: Arc<RateLimiter>,
+}
+
+#[derive(Default)]
+struct Counters {
+    malformed: AtomicU64,
+    rejected: AtomicU64,
+    spoofed: AtomicU64,
+    no_peer: AtomicU64,
+}
+
+struct Inner {
+    cfg: WgConfig,
+    tun: Tun,
+    socket: UdpSocket,
+    keys: RwLock<Keys>,
+    peers: RwLock<Arc<PeerMap>>,
+    /// Why hosts that are not peers (yet) were refused, by underlay address.
+    strangers: Mutex<HashMap<Ipv4Addr, String>>,
+    next_index: AtomicU32,
+    counters: Counters,
+    on_change: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The running tunnel; cheap to clone.
+#[derive(Clone)]
+pub struct WireGuard {
+    inner: Arc<Inner>,
+}
+
+impl WireGuard {
+    /// Load or make the key, bind the UDP port, create the TUN device in the tunnel
+    /// namespace, and start the threads. `configure` gives the TUN its address, MTU and
+    /// route (netlink, owned by the dataplane). `on_change` runs whenever a tunnel goes up or
+    /// down, so the peer tables follow.
+    pub async fn start<F, Fut>(
+        cfg: WgConfig,
+        configure: F,
+        on_change: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<WireGuard, WgError>
+    where
+        F: FnOnce(PathBuf, String, Ipv4Addr, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let key = HostKey::load_or_generate(&cfg.key_file)?;
+        let socket = bind(cfg.underlay, cfg.port)?;
+        if !netns::is_mounted(&cfg.netns) {
+            netns::remove(&cfg.netns).map_err(|e| WgError::Setup(e.to_string()))?;
+            NetNs::create(&cfg.netns)
+                .map_err(|e| WgError::Setup(format!("creating the tunnel namespace: {e}")))?;
+        }
+        let ns = NetNs::open(&cfg.netns).map_err(|e| WgError::Setup(e.to_string()))?;
+        let tun = Tun::create(&ns, TUN_NAME)?;
+        configure(
+            cfg.netns.clone(),
+            TUN_NAME.to_string(),
+            cfg.underlay,
+            tunnel_mtu(cfg.underlay_mtu),
+        )
+        .await
+        .map_err(|e| WgError::Setup(format!("configuring {TUN_NAME}: {e}")))?;
+        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
+        let inner = Arc::new(Inner {
+            cfg,
+            tun,
+            socket,
+            keys: RwLock::new(Keys { key, limiter }),
+            peers: RwLock::new(Arc::new(PeerMap::default())),
+            strangers: Mutex::new(HashMap::new()),
+            next_index: AtomicU32::new(1),
+            counters: Counters::default(),
+            on_change,
+        });
+        for (name, run) in [
+            ("wg-tx", Inner::tx_loop as fn(&Inner)),
+            ("wg-rx", Inner::rx_loop),
+            ("wg-timers", Inner::timer_loop),
+        ] {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(&inner))
+                .map_err(|e| WgError::Setup(format!("starting thread {name}: {e}")))?;
+        }
+        let me = WireGuard { inner };
+        tracing::info!(port = me.inner.cfg.port, public_key = %me.public_key(), device = TUN_NAME, "WireGuard tunnel up");
+        Ok(me)
+    }
+
+    pub fn public(&self) -> boringtun::x25519::PublicKey {
+        self.inner.keys.read().key.public
+    }
+
+    pub fn public_key(&self) -> String {
+        self.inner.keys.read().key.public_b64()
+    }
+
+    /// What goes into this host's record.
+    pub fn info(&self) -> WireguardInfo {
+        let keys = self.inner.keys.read();
+        WireguardInfo {
+            public_key: keys.key.public_b64(),
+            port: self.inner.cfg.port,
+            key_created: keys.key.created,
+        }
+    }
+
+    /// The namespace whose sockets carry encrypted networks' VXLAN traffic.
+    pub fn netns(&self) -> &Path {
+        &self.inner.cfg.netns
+    }
+
+    /// Make the peer table match `specs`: new peers get a tunnel and an immediate
+    /// handshake; a peer whose key or endpoint changed gets a new tunnel; the rest stay.
+    pub fn set_peers(&self, specs: Vec<PeerSpec>) {
+        let old = self.inner.peers.read().clone();
+        let unchanged = specs.len() == old.by_host.len()
+            && specs.iter().all(|s| {
+                old.by_host
+                    .get(&s.host)
+                    .is_some_and(|p| p.spec.same_tunnel(s))
+            });
+        if unchanged {
+            return;
+        }
+        let mut map = PeerMap::default();
+        let mut fresh = Vec::new();
+        for spec in specs {
+            let peer = match old.by_host.get(&spec.host) {
+                Some(p) if p.spec.same_tunnel(&spec) => p.clone(),
+                _ => {
+                    let p = Arc::new(self.inner.new_peer(spec));
+                    fresh.push(p.clone());
+                    p
+                }
+            };
+            map.by_ip.insert(peer.spec.tunnel_ip, peer.clone());
+            map.by_index.insert(peer.index, peer.clone());
+            map.by_key
+                .insert(*peer.spec.public.as_bytes(), peer.clone());
+            map.by_host.insert(peer.spec.host.clone(), peer);
+        }
+        for gone in old.by_host.keys().filter(|h| !map.by_host.contains_key(*h)) {
+            tracing::info!(peer = %gone, "WireGuard peer removed");
+        }
+        *self.inner.peers.write() = Arc::new(map);
+        for p in fresh {
+            tracing::info!(peer = %p.spec.host, endpoint = %p.spec.endpoint, public_key = %encode_public(&p.spec.public), "WireGuard peer added; starting handshake");
+            self.inner.initiate(&p);
+        }
+        (self.inner.on_change)();
+    }
+
+    /// Hosts whose tunnel has a live session: the only ones encrypted traffic may go to.
+    pub fn up_hosts(&self) -> BTreeSet<String> {
+        self.inner
+            .peers
+            .read()
+            .by_host
+            .values()
+            .filter(|p| p.up.load(Ordering::Relaxed))
+            .map(|p| p.spec.host.clone())
+            .collect()
+    }
+
+    /// The state of the tunnel to `host`, if it is a peer.
+    pub fn status(&self, host: &str) -> Option<TunnelStatus> {
+        let peer = self.inner.peers.read().by_host.get(host)?.clone();
+        let (since, tx, rx, _, _) = peer.tunn.lock().stats();
+        let problem = peer.problem.lock().clone();
+        Some(TunnelStatus {
+            up: peer.up.load(Ordering::Relaxed),
+            since_handshake: since.map(|d| d.as_secs()),
+            tx_bytes: tx as u64,
+            rx_bytes: rx as u64,
+            key_age: (peer.spec.key_created > 0)
+                .then(|| now_secs().saturating_sub(peer.spec.key_created)),
+            problem,
+        })
+    }
+
+    /// Why a host at `underlay` that is not a peer was refused, if it tried.
+    pub fn stranger_problem(&self, underlay: Ipv4Addr) -> Option<String> {
+        self.inner.strangers.lock().get(&underlay).cloned()
+    }
+
+    pub fn drops(&self) -> DropCounters {
+        let c = &self.inner.counters;
+        DropCounters {
+            malformed: c.malformed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            spoofed: c.spoofed.load(Ordering::Relaxed),
+            no_peer: c.no_peer.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Replace the host's static key: saved first, then used by every tunnel (their sessions
+    /// end; peers handshake again as soon as they read the new public key from the store).
+    pub fn rotate_key(&self) -> Result<WireguardInfo, WgError> {
+        let key = HostKey::generate();
+        key.save(&self.inner.cfg.key_file)?;
+        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
+        {
+            let mut keys = self.inner.keys.write();
+            *keys = Keys {
+                key: key.clone(),
+                limiter: limiter.clone(),
+            };
+        }
+        let map = self.inner.peers.read().clone();
+        for p in map.by_host.values() {
+            p.tunn
+                .lock()
+                .set_static_private(key.secret.clone(), key.public, Some(limiter.clone()));
+            self.inner.refresh_up(p);
+        }
+        tracing::info!(public_key = %key.public_b64(), "WireGuard key rotated");
+        Ok(self.info())
+    }
+}
+
+/// The TUN device's MTU: the underlay's minus WireGuard's overhead.
+pub fn tunnel_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD)
+}
+
+fn bind(underlay: Ipv4Addr, port: u16) -> Result<UdpSocket, WgError> {
+    let addr = SocketAddrV4::new(underlay, port);
+    let socket = UdpSocket::bind(addr).map_err(|e| {
+        WgError::Socket(format!(
+            "binding WireGuard's UDP port {addr}: {e} (another tunnel there? choose a port with --wireguard-port)"
+        ))
+    })?;
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Root may go past the sysctl limits; where that fails the defaults still work.
+    let _ = setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
+    let _ = setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER);
+    Ok(socket)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Inner {
+    fn new_peer(&self, spec: PeerSpec) -> Peer {
+        // 24-bit index space; wrapping after 16 million peer changes is harmless.
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        Peer {
+            tunn: Mutex::new(self.new_tunn(&spec, index)),
+            spec,
+            index,
+            up: AtomicBool::new(false),
+            problem: Mutex::new(None),
+        }
+    }
+
+    fn new_tunn(&self, spec: &PeerSpec, index: u32) -> Tunn {
+        let keys = self.keys.read();
+        Tunn::new(
+            keys.key.secret.clone(),
+            spec.public,
+            None,
+            Some(KEEPALIVE_SECS),
+            index,
+            Some(keys.limiter.clone()),
+        )
+    }
+
+    fn fd(&self) -> i32 {
+        self.socket.as_raw_fd()
+    }
+
+    fn initiate(&self, peer: &Peer) {
+        let mut buf = [0u8; 256];
+        let mut tunn = peer.tunn.lock();
+        if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(&mut buf, false) {
+            batch::send_one(self.fd(), msg, peer.spec.endpoint);
+        }
+    }
+
+    /// Re-read whether `peer` has a session; tell the daemon when that changed.
+    fn refresh_up(&self, peer: &Peer) {
+        let up = peer.tunn.lock().time_since_last_handshake().is_some();
+        self.set_up(peer, up);
+    }
+
+    fn set_up(&self, peer: &Peer, up: bool) {
+        if peer.up.swap(up, Ordering::Relaxed) == up {
+            return;
+        }
+        if up {
+            *peer.problem.lock() = None;
+            tracing::info!(peer = %peer.spec.host, "WireGuard tunnel up");
+        } else {
+            tracing::warn!(peer = %peer.spec.host, "WireGuard tunnel down");
+        }
+        (self.on_change)();
+    }
+
+    fn note_problem(&self, map: &PeerMap, from: Ipv4Addr, problem: String) {
+        let slot = match map.by_ip.get(&from) {
+            Some(p) => {
+                let mut cur = p.problem.lock();
+                if cur.as_deref() == Some(problem.as_str()) {
+                    return;
+                }
+                *cur = Some(problem.clone());
+                p.spec.host.clone()
+            }
+            None => {
+                let mut s = self.strangers.lock();
+                if s.get(&from) == Some(&problem) {
+                    return;
+                }
+                s.insert(from, problem.clone());
+                from.to_string()
+            }
+        };
+        tracing::warn!(peer = %slot, "WireGuard handshake refused: {problem}");
+    }
+
+    // ----- outbound: TUN → peers -----
+
+    fn tx_loop(&self) {
+        let mut packet = vec![0u8; BUF - 64];
+        let mut out = SendBatch::default();
+        loop {
+            let map = self.peers.read().clone();
+            while !out.is_full() {
+                let n = match self.tun.read(&mut packet) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading {TUN_NAME} failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                };
+                let packet = &packet[..n];
+                // Only IPv4 leaves through the tunnel: the VXLAN sockets of encrypted networks.
+                if n < 20 || packet[0] >> 4 != 4 {
+                    continue;
+                }
+                let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+                let Some(peer) = map.by_ip.get(&dst) else {
+                    self.counters.no_peer.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let to = peer.spec.endpoint;
+                let len = match peer.tunn.lock().encapsulate(packet, out.slot()) {
+                    TunnResult::WriteToNetwork(d) => d.len(),
+                    _ => continue,
+                };
+                out.commit(len, to);
+            }
+            if out.len > 0 {
+                out.flush(self.fd());
+            } else {
+                self.tun.wait_readable(1000);
+            }
+        }
+    }
+
+    // ----- inbound: peers → TUN -----
+
+    fn rx_loop(&self) {
+        let mut batch = RecvBatch::default();
+        let mut plain = vec![0u8; BUF];
+        loop {
+            if let Err(e) = batch.recv(self.fd()) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(error = %e, "receiving on the WireGuard socket failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            let map = self.peers.read().clone();
+            for i in 0..batch.len {
+                let (datagram, from) = batch.get(i);
+                self.receive(&map, datagram, from, &mut plain);
+            }
+        }
+    }
+
+    fn receive(&self, map: &PeerMap, datagram: &[u8], from: SocketAddrV4, plain: &mut [u8]) {
+        let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Packet::HandshakeInit(init)) => match self.initiator(map, &init, datagram, from) {
+                Some(p) => (p, true),
+                None => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Ok(Packet::HandshakeResponse(r)) => match map.by_index.get(&(r.receiver_idx >> 8)) {
+                Some(p) => (p.clone(), true),
+                None => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Ok(Packet::PacketCookieReply(c)) => match map.by_index.get(&(c.receiver_idx >> 8)) {
+                Some(p) => (p.clone(), true),
+                None => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Ok(Packet::PacketData(d)) => match map.by_index.get(&(d.receiver_idx >> 8)) {
+                Some(p) => (p.clone(), false),
+                None => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        };
+        let mut tunn = peer.tunn.lock();
+        match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, plain) {
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                // Cryptokey routing: a peer may only speak for its own tunnel address.
+                if src == peer.spec.tunnel_ip {
+                    let _ = self.tun.write(packet);
+                } else {
+                    self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                batch::send_one(self.fd(), reply, peer.spec.endpoint);
+                // A finished handshake releases the packets boringtun queued meanwhile.
+                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], plain) {
+                    batch::send_one(self.fd(), queued, peer.spec.endpoint);
+                }
+            }
+            TunnResult::Err(e) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                if handshake {
+                    tracing::debug!(peer = %peer.spec.host, error = ?e, "handshake message refused");
+                }
+            }
+            TunnResult::Done => {}
+        }
+        if !peer.up.load(Ordering::Relaxed) || handshake {
+            let up = tunn.time_since_last_handshake().is_some();
+            drop(tunn);
+            self.set_up(&peer, up);
+        }
+    }
+
+    /// The peer a handshake initiation comes from: its MACs must check out against this
+    /// host's key (rate-limited, cookies under load), and the static key inside must be a
+    /// peer's. Refusals are remembered with their reason for `rnet peers`.
+    fn initiator(
+        &self,
+        map: &PeerMap,
+        init: &boringtun::noise::HandshakeInit,
+        datagram: &[u8],
+        from: SocketAddrV4,
+    ) -> Option<Arc<Peer>> {
+        let keys = self.keys.read();
+        let mut cookie = [0u8; 64];
+        match keys
+            .limiter
+            .verify_packet(Some(IpAddr::V4(*from.ip())), datagram, &mut cookie)
+        {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                batch::send_one(self.fd(), reply, from);
+                return None;
+            }
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+                self.note_problem(
+                    map,
+                    *from.ip(),
+                    "its handshakes are made for another public key than this host's: the store it reads holds a wrong key for this host".into(),
+                );
+                return None;
+            }
+            Err(_) => return None,
+        }
+        let half = match parse_handshake_anon(&keys.key.secret, &keys.key.public, init) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(from = %from, error = ?e, "handshake initiation does not open");
+                return None;
+            }
+        };
+        drop(keys);
+        match map.by_key.get(&half.peer_static_public) {
+            Some(p) if p.spec.tunnel_ip == *from.ip() => Some(p.clone()),
+            Some(p) => {
+                self.note_problem(
+                    map,
+                    *from.ip(),
+                    format!(
+                        "it presents host {}'s public key from {} instead of {}",
+                        p.spec.host,
+                        from.ip(),
+                        p.spec.tunnel_ip
+                    ),
+                );
+                None
+            }
+            None => {
+                let presented = base64_of(&half.peer_static_public);
+                let expected = map
+                    .by_ip
+                    .get(from.ip())
+                    .map(|p| {
+                        format!(
+                            ", but the store says host {}'s key is {}",
+                            p.spec.host,
+                            encode_public(&p.spec.public)
+                        )
+                    })
+                    .unwrap_or_else(|| ", which no live host publishes".into());
+                self.note_problem(
+                    map,
+                    *from.ip(),
+                    format!("its handshakes carry public key {presented}{expected}"),
+                );
+                None
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    fn timer_loop(&self) {
+        let mut buf = vec![0u8; BUF];
+        let mut last_reset = Instant::now();
+        loop {
+            std::thread::sleep(TIMER_TICK);
+            if last_reset.elapsed() >= Duration::from_secs(1) {
+                self.keys.read().limiter.reset_count();
+                last_reset = Instant::now();
+            }
+            let map = self.peers.read().clone();
+            for peer in map.by_host.values() {
+                let up = {
+                    let mut tunn = peer.tunn.lock();
+                    match tunn.update_timers(&mut buf) {
+                        TunnResult::WriteToNetwork(msg) => {
+                            batch::send_one(self.fd(), msg, peer.spec.endpoint)
+                        }
+                        TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                            // boringtun gave up on this peer; start over and keep trying.
+                            *tunn = self.new_tunn(&peer.spec, peer.index);
+                            if let TunnResult::WriteToNetwork(msg) =
+                                tunn.format_handshake_initiation(&mut buf, false)
+                            {
+                                batch::send_one(self.fd(), msg, peer.spec.endpoint);
+                            }
+                        }
+                        _ => {}
+                    }
+                    tunn.time_since_last_handshake().is_some()
+                };
+                self.set_up(peer, up);
+            }
+        }
+    }
+}
+
+fn base64_of(bytes: &[u8; 32]) -> String {
+    encode_public(&boringtun::x25519::PublicKey::from(*bytes))
+}

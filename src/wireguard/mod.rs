@@ -1,0 +1,45 @@
+//! Encrypted overlay: a userspace WireGuard tunnel per host (boringtun's sans-IO `Tunn`; rnet
+//! owns the TUN device, the UDP socket and the timers), so no kernel module is needed.
+//!
+//! The VXLAN devices of encrypted networks are created from a dedicated *tunnel namespace*
+//! that holds only the TUN device: their UDP sockets live there, so every frame they send
+//! leaves through WireGuard and every frame they receive came out of it. Peers' tunnel
+//! addresses are their underlay addresses (see `plan`), so the peer tables are the same as
+//! for unencrypted networks, gated on the tunnel being up.
+
+pub mod batch;
+mod device;
+pub mod keys;
+pub mod plan;
+pub mod tun;
+
+use std::path::{Path, PathBuf};
+
+pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig, WireGuard};
+
+/// The TUN device, in the tunnel namespace.
+pub const TUN_NAME: &str = "rnet-wg0";
+/// WireGuard's customary port.
+pub const DEFAULT_PORT: u16 = 51820;
+/// Seconds between keepalives: keeps sessions (and so the up/down state) fresh.
+pub const KEEPALIVE_SECS: u16 = 15;
+/// The private key's file in the state directory.
+pub const KEY_FILE: &str = "wireguard.key";
+
+/// Where the tunnel namespace is bind-mounted.
+pub fn tunnel_netns(run_dir: &Path) -> PathBuf {
+    crate::dataplane::spec::netns_dir(run_dir).join("wg")
+}
+
+/// Why the tunnel cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    #[error("WireGuard key: {0}")]
+    Key(String),
+    #[error("{0}")]
+    Tun(String),
+    #[error("{0}")]
+    Socket(String),
+    #[error("{0}")]
+    Setup(String),
+}
