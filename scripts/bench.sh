@@ -26,6 +26,7 @@ trap 'rm -f "$tmp"' EXIT
   echo "## Two lab hosts over etcd"
   echo
   ./scripts/bench-throughput.sh 2>/dev/null
+  echo; ./scripts/bench-wireguard.sh 2>/dev/null
   echo
   cargo bench --features root-tests --bench peers 2>/dev/null
 } > "$tmp"
