@@ -104,6 +104,51 @@ impl Lab {
         )
     }
 
+    /// `rnet ARGS…` against host `host`'s daemon (through its socket, from the test's namespace).
+    pub fn host_rnet(&self, host: &str, args: &[&str]) -> Output {
+        let sock = self.dir().join(host).join("rnetd.sock");
+        Command::new(env!("CARGO_BIN_EXE_rnet"))
+            .arg("--socket")
+            .arg(sock)
+            .args(args)
+            .output()
+            .expect("run rnet")
+    }
+
+    /// As `host_rnet`, asserted to succeed; returns stdout.
+    pub fn host_rnet_ok(&self, host: &str, args: &[&str]) -> String {
+        ok(
+            &format!("{host}: rnet {}", args.join(" ")),
+            self.host_rnet(host, args),
+        )
+    }
+
+    /// As `host_rnet_ok` with `-o json`, parsed.
+    pub fn host_rnet_json(&self, host: &str, args: &[&str]) -> Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.host_rnet_ok(host, &full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"))
+    }
+
+    /// Attach workload namespace `netns` on `host` to `net`; returns its address (no prefix).
+    pub fn attach(&self, host: &str, net: &str, netns: &Path) -> String {
+        let path = netns.display().to_string();
+        let ep = self.host_rnet_json(host, &["attach", net, "--netns", &path]);
+        let ip = ep["ip"].as_str().expect("ip in endpoint");
+        ip.split('/').next().unwrap().to_string()
+    }
+
+    /// The daemon log of `host`.
+    pub fn log(&self, host: &str) -> String {
+        fs::read_to_string(self.dir().join(host).join("rnetd.log")).unwrap_or_default()
+    }
+
+    /// The lab switch's namespace (its bridge `br0` carries every packet between hosts).
+    pub fn switch_netns(&self) -> PathBuf {
+        self.dir().join("netns").join("switch")
+    }
+
     /// One ping from `host` to `ip` answered within a second.
     pub fn ping(&self, host: &str, ip: &str) -> bool {
         self.exec(host, &["ping", "-n", "-q", "-c", "1", "-W", "1", ip])

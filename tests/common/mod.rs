@@ -20,6 +20,7 @@
 pub mod cni;
 pub mod docker;
 pub mod lab;
+pub mod pcap;
 
 use std::fs;
 use std::io::Read;
@@ -339,6 +340,12 @@ impl Host {
 
     /// As `start_daemon`, with `extra_args` appended to rnetd's command line.
     pub fn start_daemon_with(&mut self, extra_args: &[&str]) {
+        self.start_daemon_wrapped(&[], extra_args);
+    }
+
+    /// As `start_daemon_with`, with rnetd run through `wrapper` (a command that ends by
+    /// exec'ing its arguments, so the pid stays rnetd's).
+    pub fn start_daemon_wrapped(&mut self, wrapper: &[&str], extra_args: &[&str]) {
         assert!(
             !self.daemon_running(),
             "rnetd of host {} is already running",
@@ -352,7 +359,8 @@ impl Host {
             .expect("open daemon log");
         let (sock, state, run) = (self.socket(), self.state_dir(), self.run_dir());
         let underlay = self.underlay.to_string();
-        let mut argv: Vec<&str> = vec![
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([
             env!("CARGO_BIN_EXE_rnetd"),
             "--socket",
             path_str(&sock),
@@ -366,7 +374,7 @@ impl Host {
             &underlay,
             "--docker-plugin-dir",
             "none",
-        ];
+        ]);
         argv.extend_from_slice(extra_args);
         let child = nsenter(&self.netns_path(), &argv)
             .env(
@@ -597,5 +605,15 @@ impl Workload {
 impl Drop for Workload {
     fn drop(&mut self) {
         delete_netns(&self.name);
+    }
+}
+
+/// A spawned process killed (and reaped) when the guard goes.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

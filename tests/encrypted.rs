@@ -1,0 +1,520 @@
+//! Encrypted networks (`--encrypt wireguard`) on `rnet lab` hosts: what crosses the lab
+//! switch is only WireGuard, before a handshake and after a peer dies nothing of the network
+//! leaves in clear, a tampered key gets no traffic and rnet says why, keys rotate under a
+//! running transfer, garbage and replays are dropped harmlessly, and where the tunnel cannot
+//! run the encrypted path fails loudly and changes nothing.
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::lab::Lab;
+use common::pcap::Capture;
+use common::{wait_until, Host, Workload};
+use serde_json::Value;
+
+const FAST: &[&str] = &["--lease-ttl", "2", "--probe-window", "2", "--resync", "2"];
+const MARKER: &str = "RNET-SECRET-MARKER-5f1c9e";
+
+/// An encrypted and a plain network on a 2-host lab.
+fn two_networks(lab: &Lab) -> (u32, u32) {
+    let sec = lab.host_rnet_json(
+        "h1",
+        &[
+            "create",
+            "sec",
+            "--subnet",
+            "10.90.0.0/24",
+            "--encrypt",
+            "wireguard",
+        ],
+    );
+    assert_eq!(sec["encryption"], "wireguard");
+    assert_eq!(sec["mtu"], 1390, "1500 - 50 (VXLAN) - 60 (WireGuard)");
+    let plain = lab.host_rnet_json("h1", &["create", "plain", "--subnet", "10.91.0.0/24"]);
+    (
+        sec["vni"].as_u64().unwrap() as u32,
+        plain["vni"].as_u64().unwrap() as u32,
+    )
+}
+
+fn wait_ping(w: &Workload, ip: &str, within: Duration) {
+    wait_until(&format!("{} reaches {ip}", w.tag()), within, || {
+        w.ping(ip, 1)
+    });
+}
+
+/// Send `bytes` bytes of MARKER lines over TCP from `from` to `to_ip`:5000, received by a
+/// server in `to`; returns the byte count the server got.
+fn transfer(from: &Workload, to: &Workload, to_ip: &str, bytes: usize) -> usize {
+    let server = Command::new("nsenter")
+        .arg(format!("--net={}", to.path().display()))
+        .args(["--", "sh", "-c", "busybox nc -l -p 5000 | wc -c"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let script = format!("yes {MARKER} | head -c {bytes} > /dev/tcp/{to_ip}/5000");
+    wait_until(
+        "the transfer connects and completes",
+        Duration::from_secs(30),
+        || from.exec(&["bash", "-c", &script]).status.success(),
+    );
+    let out = server.wait_with_output().expect("server output");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("byte count")
+}
+
+fn peer<'a>(peers: &'a Value, host: &str) -> &'a Value {
+    peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["host"] == host)
+        .unwrap_or_else(|| panic!("no peer {host} in {peers}"))
+}
+
+fn tunnel_up(lab: &Lab, from: &str, to: &str) -> bool {
+    peer(&lab.host_rnet_json(from, &["peers"]), to)["tunnel"]["up"] == true
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn encrypted_traffic_crosses_the_switch_only_inside_wireguard_beside_a_plain_network() {
+    let lab = Lab::up(2, FAST);
+    let (sec, plain) = two_networks(&lab);
+    let (a, b, c, d) = (
+        Workload::new("a"),
+        Workload::new("b"),
+        Workload::new("c"),
+        Workload::new("d"),
+    );
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    lab.attach("h1", "plain", &c.path());
+    let ipd = lab.attach("h2", "plain", &d.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+    wait_ping(&c, &ipd, Duration::from_secs(10));
+
+    let cap = Capture::start(&lab.switch_netns(), "any");
+    assert_eq!(transfer(&c, &d, &ipd, 20_000), 20_000);
+    assert_eq!(transfer(&a, &b, &ipb, 4_000_000), 4_000_000);
+    assert!(a.ping(&ipb, 3));
+    let seen = cap.finish();
+
+    let vnis = seen.vxlan_vnis();
+    assert!(
+        vnis.contains(&plain),
+        "the plain network's VXLAN is visible (so the capture would show it): {vnis:?}; ports seen: {:?}",
+        seen.udp().iter().map(|u| (u.sport, u.dport)).collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(
+        !vnis.contains(&sec),
+        "{} VXLAN packets of the encrypted network crossed in clear",
+        vnis.iter().filter(|v| **v == sec).count()
+    );
+    let wg = seen.wireguard();
+    assert!(wg.len() > 100, "only {} WireGuard datagrams", wg.len());
+    // The marker crossed in clear on the plain network only: the search works, and finds
+    // nothing of the 4 MB sent over the encrypted one.
+    let plain_frames: usize = seen
+        .udp()
+        .iter()
+        .filter(|u| u.dport == 4789 && String::from_utf8_lossy(&u.payload).contains(MARKER))
+        .count();
+    assert!(plain_frames > 0, "marker not found in plain VXLAN frames");
+    let in_wireguard = wg
+        .iter()
+        .filter(|u| String::from_utf8_lossy(&u.payload).contains(MARKER))
+        .count();
+    assert_eq!(
+        in_wireguard, 0,
+        "the marker appeared inside WireGuard datagrams"
+    );
+
+    let peers = lab.host_rnet_json("h1", &["peers"]);
+    let t = &peer(&peers, "h2")["tunnel"];
+    assert_eq!(t["up"], true, "{t}");
+    assert!(t["tx_bytes"].as_u64().unwrap() > 4_000_000, "{t}");
+    assert!(
+        t["since_handshake"].is_u64() && t["key_age"].is_u64(),
+        "{t}"
+    );
+    for h in ["h1", "h2"] {
+        let out = lab.host_rnet(h, &["doctor"]);
+        assert!(out.status.success(), "{h}: {out:?}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_restart() {
+    let lab = Lab::up(2, FAST);
+    let (sec, _) = two_networks(&lab);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+
+    let cap = Capture::start(&lab.switch_netns(), "any");
+    lab.ok(&["stop", "h2", "--kill"]);
+    wait_until("h1's tunnel to h2 is gone", Duration::from_secs(15), || {
+        !tunnel_up(&lab, "h1", "h2")
+    });
+    // Both directions try: h1 toward b, b toward a (its daemon is dead, its kernel is not).
+    assert!(!a.ping(&ipb, 5), "b answered with its tunnel down");
+    let ipa = a.ipv4_addrs("eth0")[0].to_string();
+    assert!(!b.ping(&ipa, 5));
+    lab.ok(&["start", "h2"]);
+    wait_ping(&a, &ipb, Duration::from_secs(15));
+    let seen = cap.finish();
+    let vnis = seen.vxlan_vnis();
+    assert!(
+        !vnis.contains(&sec),
+        "encrypted network's VXLAN in clear while its tunnel was down or coming up: {vnis:?}"
+    );
+    assert!(
+        !seen.wireguard().is_empty(),
+        "the restarted peer's handshake crossed the switch"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
+    let lab = Lab::up(2, FAST);
+    let (sec, _) = two_networks(&lab);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+
+    // Replace h2's public key in its presence record with another valid key, keeping the lease.
+    let etcdctl = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
+    let get = lab.exec_ok(
+        "h1",
+        &[
+            etcdctl.as_slice(),
+            &["get", "/rnet/v1/hosts/h2", "-w", "json"],
+        ]
+        .concat(),
+    );
+    let kv = &serde_json::from_str::<Value>(&get).unwrap()["kvs"][0];
+    let lease = format!("{:x}", kv["lease"].as_i64().unwrap());
+    let value = String::from_utf8(base64_decode(kv["value"].as_str().unwrap())).unwrap();
+    let mut record: Value = serde_json::from_str(&value).unwrap();
+    let real = record["wireguard"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = rnet::wireguard::keys::HostKey::generate().public_b64();
+    record["wireguard"]["public_key"] = Value::String(forged.clone());
+    lab.exec_ok(
+        "h1",
+        &[
+            etcdctl.as_slice(),
+            &[
+                "put",
+                "/rnet/v1/hosts/h2",
+                &record.to_string(),
+                &format!("--lease={lease}"),
+            ],
+        ]
+        .concat(),
+    );
+
+    wait_until("h1 refuses h2's real key", Duration::from_secs(20), || {
+        let peers = lab.host_rnet_json("h1", &["peers"]);
+        let t = &peer(&peers, "h2")["tunnel"];
+        t["up"] == false
+            && t["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains(&real) && p.contains("the store says host h2's key is"))
+    });
+    let cap = Capture::start(&lab.switch_netns(), "any");
+    assert!(
+        !a.ping(&ipb, 5),
+        "traffic reached the host with the tampered key"
+    );
+    let seen = cap.finish();
+    assert!(!seen.vxlan_vnis().contains(&sec));
+    let table = lab.host_rnet_ok("h1", &["peers"]);
+    assert!(
+        table.contains("down") && table.contains("h2: its handshakes carry public key"),
+        "{table}"
+    );
+    let doctor = lab.host_rnet("h1", &["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        !doctor.status.success() && text.contains("no WireGuard session with h2"),
+        "{text}"
+    );
+    assert!(
+        lab.log("h2").contains("changed by someone else"),
+        "h2 does not say its record was altered:\n{}",
+        lab.log("h2")
+    );
+    // The record stays tampered (rnetd cannot tell who is right) until h2 publishes it again.
+    std::thread::sleep(Duration::from_secs(2)); // over one renewal period (TTL/3): the point
+    assert!(!tunnel_up(&lab, "h1", "h2"));
+
+    let rotated = lab.host_rnet_json("h2", &["rotate-key"]);
+    let new_key = rotated["public_key"].as_str().unwrap();
+    assert!(new_key != real && new_key != forged);
+    wait_ping(&a, &ipb, Duration::from_secs(20));
+    assert!(tunnel_up(&lab, "h1", "h2"));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn key_rotation_under_a_running_transfer_lets_it_complete() {
+    let lab = Lab::up(2, FAST);
+    two_networks(&lab);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let server = Command::new("nsenter")
+        .arg(format!("--net={}", b.path().display()))
+        .args(["--", "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = common::ChildGuard(server);
+    wait_until("iperf3 server listens", Duration::from_secs(10), || {
+        a.exec(&["bash", "-c", &format!("exec 3<>/dev/tcp/{ipb}/5201")])
+            .status
+            .success()
+    });
+    let client = Command::new("nsenter")
+        .arg(format!("--net={}", a.path().display()))
+        .args(["--", "iperf3", "-c", &ipb, "-t", "8", "-b", "200M", "-J"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let keys_before: Vec<String> = ["h1", "h2"]
+        .iter()
+        .map(|h| lab.host_rnet_json(h, &["status"])["wireguard"]["public_key"].to_string())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // mid-transfer: the point of the test
+    lab.host_rnet_ok("h1", &["rotate-key"]);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.host_rnet_ok("h2", &["rotate-key"]);
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "iperf3 failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no byte count in {report}"));
+    // 8 s at 200 Mbit/s is 200 MB; two rotations may cost a handshake each, not the transfer.
+    assert!(bytes > 100e6, "only {bytes} bytes arrived");
+    eprintln!("{bytes} bytes arrived across two key rotations");
+    for (h, before) in ["h1", "h2"].iter().zip(&keys_before) {
+        let now = lab.host_rnet_json(h, &["status"])["wireguard"]["public_key"].to_string();
+        assert_ne!(&now, before, "{h}'s key did not change");
+    }
+    assert!(tunnel_up(&lab, "h1", "h2") && tunnel_up(&lab, "h2", "h1"));
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
+    let lab = Lab::up(2, FAST);
+    two_networks(&lab);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let cap = Capture::start(&lab.switch_netns(), "any");
+    assert!(a.ping(&ipb, 10));
+    let recorded = cap.finish().wireguard();
+    assert!(
+        recorded.len() >= 20,
+        "{} datagrams recorded",
+        recorded.len()
+    );
+
+    let socket = udp_socket_in(&lab.switch_netns());
+    let mut sent = 0;
+    let mut seed = 0x9e37_79b9_u32;
+    for target in ["198.18.0.11:51820", "198.18.0.12:51820"] {
+        let to: SocketAddr = target.parse().unwrap();
+        for len in [
+            0usize, 1, 3, 4, 16, 31, 32, 91, 92, 93, 147, 148, 149, 500, 1400, 1472,
+        ] {
+            for first in [0u8, 1, 2, 3, 4, 255] {
+                let mut d: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        seed as u8
+                    })
+                    .collect();
+                if len >= 4 {
+                    d[..4].copy_from_slice(&[first, 0, 0, 0]);
+                }
+                socket.send_to(&d, to).unwrap();
+                sent += 1;
+            }
+        }
+    }
+    for u in &recorded {
+        for _ in 0..3 {
+            socket
+                .send_to(&u.payload, SocketAddr::new(u.dst.into(), u.dport))
+                .unwrap();
+            sent += 1;
+        }
+    }
+    eprintln!("sent {sent} garbage and replayed datagrams");
+    wait_until(
+        "both daemons counted the drops",
+        Duration::from_secs(10),
+        || {
+            ["h1", "h2"].iter().all(|h| {
+                let drops = &lab.host_rnet_json(h, &["status"])["wireguard"]["drops"];
+                drops["malformed"].as_u64().unwrap() > 0 && drops["rejected"].as_u64().unwrap() > 0
+            })
+        },
+    );
+    assert!(a.ping(&ipb, 3), "the tunnel broke");
+    assert!(tunnel_up(&lab, "h1", "h2") && tunnel_up(&lab, "h2", "h1"));
+    for h in ["h1", "h2"] {
+        assert!(
+            !lab.log(h).contains("panicked"),
+            "{h} panicked:\n{}",
+            lab.log(h)
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn where_the_tunnel_cannot_run_encrypted_networks_fail_loudly_and_change_nothing() {
+    let mut host = Host::new("wgfail");
+    // A port someone else holds on the underlay.
+    let squatter = udp_socket_bound_in(&host.netns_path(), &format!("{}:0", host.underlay()));
+    let port = squatter.local_addr().unwrap().port().to_string();
+    host.start_daemon_with(&["--wireguard-port", &port]);
+    let wg = &host.rnet_json(&["status"])["wireguard"];
+    assert_eq!(wg["available"], false, "{wg}");
+    assert!(wg["error"].as_str().unwrap().contains("in use"), "{wg}");
+    let out = host.rnet(&[
+        "create",
+        "enc",
+        "--subnet",
+        "10.92.0.0/24",
+        "--encrypt",
+        "wireguard",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot create encrypted network enc: WireGuard is unavailable")
+            && err.contains("in use"),
+        "{err}"
+    );
+    assert_eq!(
+        host.rnet_json(&["ls"]),
+        Value::Array(vec![]),
+        "nothing created"
+    );
+    host.rnet_ok(&["create", "clear", "--subnet", "10.93.0.0/24"]);
+
+    // An encrypted network made while the tunnel worked, attached to while it does not.
+    host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+    host.start_daemon();
+    host.rnet_ok(&[
+        "create",
+        "enc",
+        "--subnet",
+        "10.92.0.0/24",
+        "--encrypt",
+        "wireguard",
+    ]);
+    host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+    host.start_daemon_with(&["--wireguard-port", &port]);
+    let w = host.new_workload("w");
+    let path = w.path().display().to_string();
+    let out = host.rnet(&["attach", "enc", "--netns", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot attach to encrypted network enc"),
+        "{err}"
+    );
+    assert_eq!(host.rnet_json(&["endpoints", "enc"]), Value::Array(vec![]));
+    assert_eq!(
+        w.links(),
+        vec!["lo".to_string()],
+        "no interface was left in the workload"
+    );
+    assert!(
+        !host.run_dir().join("netns/sb-enc").exists(),
+        "no sandbox was built"
+    );
+
+    // No TUN device: the daemon runs where /dev/net/tun does not exist.
+    host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+    host.start_daemon_wrapped(
+        &[
+            "unshare",
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev/net && exec \"$@\"",
+            "sh",
+        ],
+        &[],
+    );
+    let wg = &host.rnet_json(&["status"])["wireguard"];
+    assert!(
+        wg["error"].as_str().unwrap().contains("/dev/net/tun"),
+        "{wg}"
+    );
+    let out = host.rnet(&[
+        "create",
+        "enc2",
+        "--subnet",
+        "10.94.0.0/24",
+        "--encrypt",
+        "wireguard",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/net/tun"));
+    host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+    drop(squatter);
+}
+
+/// A UDP socket that lives in the namespace at `netns` (made on a thread that entered it).
+fn udp_socket_bound_in(netns: &Path, addr: &str) -> UdpSocket {
+    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        UdpSocket::bind(addr).expect("bind")
+    })
+    .join()
+    .unwrap()
+}
+
+fn udp_socket_in(netns: &Path) -> UdpSocket {
+    udp_socket_bound_in(netns, "0.0.0.0:0")
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
