@@ -487,10 +487,19 @@ fn rm_and_stop_leave_nothing_behind() {
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&h, "c1", &a, "a");
     attach(&h, "c2", &b, "b");
+    let mounts = mounts_under(&h.run_dir());
+    let sandboxes = mounts
+        .iter()
+        .filter(|m| {
+            m.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("sb-"))
+        })
+        .count();
+    assert_eq!(sandboxes, 2, "one sandbox per network: {mounts:?}");
     assert_eq!(
-        mounts_under(&h.run_dir()).len(),
-        2,
-        "one sandbox per network"
+        mounts.len(),
+        3,
+        "and the host's tunnel namespace: {mounts:?}"
     );
     h.rnet_ok(&["rm", "c1", "--force"]);
     h.rnet_ok(&["detach", "c2", "--id", "b"]);

@@ -151,10 +151,11 @@ async fn run_with_store<S: Store>(
     tokio::spawn(program_peers(service.clone(), shared, cfg.resync_interval));
     let listener = bind_socket(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
-    axum::serve(listener, http::router(service))
+    axum::serve(listener, http::router(service.clone()))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::Internal(format!("serving the API: {e}")))?;
+    service.release_tunnel_namespace();
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
         let _ = std::fs::remove_file(socket);

@@ -137,6 +137,29 @@ impl<S: Store> Service<S> {
         Ok(info)
     }
 
+    /// On a clean stop: drop the tunnel namespace unless an encrypted network has endpoints
+    /// here (their VXLAN sockets live in it; a restarted daemon takes it up again).
+    pub fn release_tunnel_namespace(&self) {
+        let Ok(wg) = &self.tunnel.wireguard else {
+            return;
+        };
+        let cache = self.shared.snapshot();
+        let me = self.cfg.host_id.as_str();
+        let in_use = cache.endpoints.values().any(|e| {
+            e.host == me
+                && cache
+                    .networks
+                    .get(e.network.as_str())
+                    .is_some_and(|n| n.encryption == Encryption::Wireguard)
+        });
+        if in_use || !cache.synced {
+            return;
+        }
+        if let Err(e) = crate::netns::remove(wg.netns()) {
+            tracing::warn!(error = %e, "removing the tunnel namespace failed");
+        }
+    }
+
     /// Doctor lines for encrypted networks: every peer that holds endpoints of one of this
     /// host's encrypted networks but has no WireGuard session.
     pub(super) fn tunnel_drift(&self) -> Vec<DriftLine> {
