@@ -372,7 +372,9 @@ impl<S: Store> Service<S> {
         Ok(ep)
     }
 
-    /// Make the sandbox exist (once per process per network; the reconcile checks it later).
+    /// Make the sandbox exist (once per process per network; the reconcile checks it later),
+    /// with the peers known so far programmed before any workload's interface exists: its
+    /// first ARP then finds its answer instead of waiting a second for the kernel's retry.
     async fn ensure_sandbox(&self, net: &Network) -> Result<()> {
         self.check_encryption(net.name.as_str(), net.encryption, "attach to")?;
         let name = net.name.to_string();
@@ -395,6 +397,9 @@ impl<S: Store> Service<S> {
         }
         self.dp.ensure_sandbox(&spec).await?;
         self.ensured.lock().expect("poisoned").insert(name);
+        if let Err(e) = self.peer_pass(false, true, Some(net)).await {
+            tracing::warn!(network = %net.name, error = %e, "programming a new sandbox's peers failed; the next pass retries");
+        }
         Ok(())
     }
 
@@ -600,7 +605,7 @@ impl<S: Store> Service<S> {
             }
             Err(e) => return Err(e),
         };
-        let peer_findings = self.peer_pass(true, apply).await?;
+        let peer_findings = self.peer_pass(true, apply, None).await?;
         if apply {
             let repaired = findings.len() + peer_findings.len();
             if repaired > 0 {
@@ -636,11 +641,17 @@ impl<S: Store> Service<S> {
     /// last programmed.
     pub async fn sync_peers(&self, full: bool) -> Result<usize> {
         let _guard = self.kernel.read().await;
-        Ok(self.peer_pass(full, true).await?.len())
+        Ok(self.peer_pass(full, true, None).await?.len())
     }
 
     /// Compare (and with `apply`, program) the peer tables of every local network.
-    async fn peer_pass(&self, full: bool, apply: bool) -> Result<Vec<Finding>> {
+    /// `only`: just that network, whether or not the cache shows a local endpoint on it yet.
+    async fn peer_pass(
+        &self,
+        full: bool,
+        apply: bool,
+        only: Option<&Network>,
+    ) -> Result<Vec<Finding>> {
         let cache = self.shared.snapshot();
         if !cache.synced {
             return Ok(Vec::new());
@@ -649,17 +660,23 @@ impl<S: Store> Service<S> {
         let reachable = self.liveness.reachable(me, &cache);
         let up = self.tunnels_up();
         let hosts = known_hosts(&cache);
-        let local: BTreeSet<String> = cache
-            .endpoints
-            .values()
-            .filter(|e| e.host == me)
-            .map(|e| e.network.to_string())
-            .collect();
         let mut programmed = self.programmed.lock().await;
-        programmed.retain(|n, _| local.contains(n));
+        let local: BTreeSet<String> = match only {
+            Some(net) => [net.name.to_string()].into(),
+            None => {
+                let local: BTreeSet<String> = cache
+                    .endpoints
+                    .values()
+                    .filter(|e| e.host == me)
+                    .map(|e| e.network.to_string())
+                    .collect();
+                programmed.retain(|n, _| local.contains(n));
+                local
+            }
+        };
         let mut findings = Vec::new();
         for name in &local {
-            let Some(net) = cache.networks.get(name) else {
+            let Some(net) = only.or_else(|| cache.networks.get(name)) else {
                 continue;
             };
             let allowed = self.allowed_peers(net, &reachable, &up);
