@@ -239,6 +239,7 @@ async fn keep_presence<S: Store>(
     let mut lease: Option<(LeaseId, Revision)> = None;
     let mut reported = false;
     let mut changed = false;
+    let mut closed = false;
     loop {
         let mut record = records.borrow_and_update().clone();
         record.renewed = now_secs();
@@ -262,9 +263,13 @@ async fn keep_presence<S: Store>(
         changed = false;
         tokio::select! {
             _ = tokio::time::sleep(ttl / 3) => {}
-            result = records.changed() => {
-                changed = result.is_ok();
-                reported = false;
+            // Err: the service (the only sender) is gone; keep renewing what there is.
+            result = records.changed(), if !closed => match result {
+                Ok(()) => {
+                    changed = true;
+                    reported = false;
+                }
+                Err(_) => closed = true,
             }
         }
     }
