@@ -40,6 +40,17 @@ fn two_networks(lab: &Lab) -> (u32, u32) {
     )
 }
 
+/// Both networks, and workload a on h1 and b on h2 of the encrypted one, talking; returns
+/// the encrypted network's VNI, the workloads and b's address.
+fn encrypted_pair(lab: &Lab) -> (u32, Workload, Workload, String) {
+    let (sec, _) = two_networks(lab);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_ping(&a, &ipb, Duration::from_secs(10));
+    (sec, a, b, ipb)
+}
+
 fn wait_ping(w: &Workload, ip: &str, within: Duration) {
     wait_until(&format!("{} reaches {ip}", w.tag()), within, || {
         w.ping(ip, 1)
@@ -153,11 +164,7 @@ fn encrypted_traffic_crosses_the_switch_only_inside_wireguard_beside_a_plain_net
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_restart() {
     let lab = Lab::up(2, FAST);
-    let (sec, _) = two_networks(&lab);
-    let (a, b) = (Workload::new("a"), Workload::new("b"));
-    lab.attach("h1", "sec", &a.path());
-    let ipb = lab.attach("h2", "sec", &b.path());
-    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let (sec, a, b, ipb) = encrypted_pair(&lab);
 
     let cap = Capture::start(&lab.switch_netns(), "any");
     lab.ok(&["stop", "h2", "--kill"]);
@@ -186,11 +193,7 @@ fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_r
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
     let lab = Lab::up(2, FAST);
-    let (sec, _) = two_networks(&lab);
-    let (a, b) = (Workload::new("a"), Workload::new("b"));
-    lab.attach("h1", "sec", &a.path());
-    let ipb = lab.attach("h2", "sec", &b.path());
-    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let (sec, a, _b, ipb) = encrypted_pair(&lab);
 
     // Replace h2's public key in its presence record with another valid key, keeping the lease.
     let etcdctl = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
@@ -272,11 +275,7 @@ fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn key_rotation_under_a_running_transfer_lets_it_complete() {
     let lab = Lab::up(2, FAST);
-    two_networks(&lab);
-    let (a, b) = (Workload::new("a"), Workload::new("b"));
-    lab.attach("h1", "sec", &a.path());
-    let ipb = lab.attach("h2", "sec", &b.path());
-    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let (_, a, b, ipb) = encrypted_pair(&lab);
     let server = Command::new("nsenter")
         .arg(format!("--net={}", b.path().display()))
         .args(["--", "iperf3", "-s"])
@@ -328,11 +327,7 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
     let lab = Lab::up(2, FAST);
-    two_networks(&lab);
-    let (a, b) = (Workload::new("a"), Workload::new("b"));
-    lab.attach("h1", "sec", &a.path());
-    let ipb = lab.attach("h2", "sec", &b.path());
-    wait_ping(&a, &ipb, Duration::from_secs(10));
+    let (_, a, _b, ipb) = encrypted_pair(&lab);
     let cap = Capture::start(&lab.switch_netns(), "any");
     assert!(a.ping(&ipb, 10));
     let recorded = cap.finish().wireguard();

@@ -13,38 +13,11 @@ use serde_json::Value;
 /// kernel often enough for the hand-deleted-entry test.
 const FAST: &[&str] = &["--lease-ttl", "2", "--probe-window", "2", "--resync", "2"];
 
-fn rnet(lab: &Lab, host: &str, args: &[&str]) -> Output {
-    let sock = lab.dir().join(host).join("rnetd.sock");
-    Command::new(env!("CARGO_BIN_EXE_rnet"))
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run rnet")
-}
-
-fn rnet_ok(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let out = rnet(lab, host, args);
-    assert!(
-        out.status.success(),
-        "{host}: rnet {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rnet_json(lab: &Lab, host: &str, args: &[&str]) -> Value {
-    let mut full = vec!["-o", "json"];
-    full.extend_from_slice(args);
-    serde_json::from_str(&rnet_ok(lab, host, &full)).expect("json")
-}
-
 fn attach(lab: &Lab, host: &str, net: &str, w: &Workload, extra: &[&str]) -> String {
     let path = w.path().display().to_string();
     let mut args = vec!["attach", net, "--netns", &path];
     args.extend_from_slice(extra);
-    let ep = rnet_json(lab, host, &args);
+    let ep = lab.host_rnet_json(host, &args);
     ep["ip"]
         .as_str()
         .unwrap()
@@ -63,7 +36,7 @@ fn wait_ping(w: &Workload, ip: &str, within: Duration) {
 fn no_drift(lab: &Lab, hosts: &[&str]) {
     for h in hosts {
         wait_until(&format!("no drift on {h}"), Duration::from_secs(10), || {
-            rnet(lab, h, &["doctor"]).status.success()
+            lab.host_rnet(h, &["doctor"]).status.success()
         });
     }
 }
@@ -103,9 +76,8 @@ impl Pinger {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn three_hosts_talk_networks_stay_isolated_and_mtu_is_exact() {
     let lab = Lab::up(3, FAST);
-    rnet_ok(&lab, "h1", &["create", "blue", "--subnet", "10.80.0.0/24"]);
-    rnet_ok(
-        &lab,
+    lab.host_rnet_ok("h1", &["create", "blue", "--subnet", "10.80.0.0/24"]);
+    lab.host_rnet_ok(
         "h2",
         &[
             "create",
@@ -188,7 +160,7 @@ fn three_hosts_talk_networks_stay_isolated_and_mtu_is_exact() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_killed_daemon_is_daemon_down_not_gone_and_loses_no_ping() {
     let lab = Lab::up(2, FAST);
-    rnet_ok(&lab, "h1", &["create", "k9", "--subnet", "10.81.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "k9", "--subnet", "10.81.0.0/24"]);
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&lab, "h1", "k9", &a, &[]);
     let ipb = attach(&lab, "h2", "k9", &b, &[]);
@@ -203,14 +175,14 @@ fn a_killed_daemon_is_daemon_down_not_gone_and_loses_no_ping() {
     std::thread::sleep(Duration::from_millis(500));
     lab.ok(&["stop", "h2", "--kill"]);
     wait_until("h1 sees h2 as daemon down", Duration::from_secs(8), || {
-        rnet_json(&lab, "h1", &["peers"])
+        lab.host_rnet_json("h1", &["peers"])
             .as_array()
             .unwrap()
             .iter()
             .any(|p| p["host"] == "h2" && p["state"] == "daemon-down")
     });
     std::thread::sleep(Duration::from_secs(6)); // 3 x lease TTL with the daemon down: the point of the test
-    let peers = rnet_ok(&lab, "h1", &["peers"]);
+    let peers = lab.host_rnet_ok("h1", &["peers"]);
     assert!(peers.contains("daemon down"), "{peers}");
     lab.ok(&["start", "h2"]);
     let summary = Pinger::finish(pinger);
@@ -225,7 +197,7 @@ fn a_killed_daemon_is_daemon_down_not_gone_and_loses_no_ping() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
     let lab = Lab::up(3, FAST);
-    rnet_ok(&lab, "h1", &["create", "loss", "--subnet", "10.82.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "loss", "--subnet", "10.82.0.0/24"]);
     let ws: Vec<Workload> = (1..=3).map(|i| Workload::new(&format!("l{i}"))).collect();
     for (i, w) in ws.iter().enumerate() {
         attach(&lab, &format!("h{}", i + 1), "loss", w, &[]);
@@ -244,7 +216,7 @@ fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
     wait_until("h1 has h3's entries", Duration::from_secs(5), || {
         h3_entries("h1") == 2
     });
-    let refused = rnet(&lab, "h1", &["gc", "--host", "h3"]);
+    let refused = lab.host_rnet("h1", &["gc", "--host", "h3"]);
     assert!(
         !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("is live"),
         "gc refuses a live host"
@@ -263,9 +235,9 @@ fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
         "h3's entries dropped {:?} after its daemon and link went (lease 2 s + window 2 s)",
         t0.elapsed()
     );
-    let gc = rnet_json(&lab, "h1", &["gc", "--host", "h3"]);
+    let gc = lab.host_rnet_json("h1", &["gc", "--host", "h3"]);
     assert_eq!(gc["released"].as_array().unwrap().len(), 1);
-    let eps = rnet_json(&lab, "h2", &["endpoints", "loss"]);
+    let eps = lab.host_rnet_json("h2", &["endpoints", "loss"]);
     assert!(
         eps.as_array().unwrap().iter().all(|e| e["host"] != "h3"),
         "{eps}"
@@ -277,7 +249,7 @@ fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn an_etcd_outage_keeps_traffic_refuses_attaches_and_converges_after() {
     let lab = Lab::up(3, FAST);
-    rnet_ok(&lab, "h1", &["create", "etcd", "--subnet", "10.83.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "etcd", "--subnet", "10.83.0.0/24"]);
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&lab, "h1", "etcd", &a, &[]);
     let ipb = attach(&lab, "h2", "etcd", &b, &[]);
@@ -288,8 +260,7 @@ fn an_etcd_outage_keeps_traffic_refuses_attaches_and_converges_after() {
     lab.ok(&["etcd", "stop"]);
     let stopped = Instant::now();
     let late = Workload::new("late");
-    let out = rnet(
-        &lab,
+    let out = lab.host_rnet(
         "h1",
         &["attach", "etcd", "--netns", late.path().to_str().unwrap()],
     );
@@ -309,8 +280,7 @@ fn an_etcd_outage_keeps_traffic_refuses_attaches_and_converges_after() {
     let iplate = {
         let mut ip = None;
         wait_until("attach works again", Duration::from_secs(15), || {
-            let out = rnet(
-                &lab,
+            let out = lab.host_rnet(
                 "h1",
                 &[
                     "-o",
@@ -342,7 +312,7 @@ fn an_etcd_outage_keeps_traffic_refuses_attaches_and_converges_after() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_daemon_behind_a_compaction_lists_again_and_misses_nothing() {
     let lab = Lab::up(2, FAST);
-    rnet_ok(&lab, "h1", &["create", "cmp", "--subnet", "10.84.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "cmp", "--subnet", "10.84.0.0/24"]);
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&lab, "h2", "cmp", &b, &[]);
     attach(&lab, "h1", "cmp", &a, &[]);
@@ -410,12 +380,13 @@ fn a_daemon_behind_a_compaction_lists_again_and_misses_nothing() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_hand_deleted_fdb_entry_is_reported_and_restored() {
     let lab = Lab::up(2, FAST);
-    rnet_ok(&lab, "h1", &["create", "fdb", "--subnet", "10.85.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "fdb", "--subnet", "10.85.0.0/24"]);
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&lab, "h1", "fdb", &a, &[]);
     let ipb = attach(&lab, "h2", "fdb", &b, &[]);
     wait_ping(&a, &ipb, Duration::from_secs(5));
-    let mac = rnet_json(&lab, "h2", &["endpoints", "fdb"])
+    let mac = lab
+        .host_rnet_json("h2", &["endpoints", "fdb"])
         .as_array()
         .unwrap()
         .iter()
@@ -442,7 +413,7 @@ fn a_hand_deleted_fdb_entry_is_reported_and_restored() {
         .status()
         .unwrap();
     assert!(del.success());
-    let out = rnet(&lab, "h1", &["doctor"]);
+    let out = lab.host_rnet("h1", &["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success() && text.contains(&format!("missing: fdb {mac} -> 198.18.0.12")),
@@ -456,8 +427,8 @@ fn a_hand_deleted_fdb_entry_is_reported_and_restored() {
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn three_hosts_attaching_at_once_get_distinct_addresses() {
     let lab = Lab::up(3, FAST);
-    rnet_ok(&lab, "h1", &["create", "many", "--subnet", "10.86.0.0/24"]);
-    rnet_ok(&lab, "h1", &["create", "few", "--subnet", "10.87.0.0/29"]);
+    lab.host_rnet_ok("h1", &["create", "many", "--subnet", "10.86.0.0/24"]);
+    lab.host_rnet_ok("h1", &["create", "few", "--subnet", "10.87.0.0/29"]);
     let ws: Vec<Workload> = (0..150).map(|i| Workload::new(&format!("m{i}"))).collect();
     let results: Vec<Output> = std::thread::scope(|s| {
         let handles: Vec<_> = ws
@@ -466,8 +437,7 @@ fn three_hosts_attaching_at_once_get_distinct_addresses() {
             .map(|(i, w)| {
                 let lab = &lab;
                 s.spawn(move || {
-                    rnet(
-                        lab,
+                    lab.host_rnet(
                         &format!("h{}", i % 3 + 1),
                         &[
                             "-o",
@@ -505,8 +475,7 @@ fn three_hosts_attaching_at_once_get_distinct_addresses() {
             .map(|(i, w)| {
                 let lab = &lab;
                 s.spawn(move || {
-                    rnet(
-                        lab,
+                    lab.host_rnet(
                         &format!("h{}", i % 3 + 1),
                         &["attach", "few", "--netns", w.path().to_str().unwrap()],
                     )
