@@ -337,6 +337,10 @@ fn bind(underlay: Ipv4Addr, port: u16) -> Result<UdpSocket, WgError> {
     // Root may go past the sysctl limits; where that fails the defaults still work.
     let _ = setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
     let _ = setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER);
+    // Coalesced receives (split again in RecvBatch); without it, one datagram per message.
+    if !batch::enable_gro(socket.as_raw_fd()) {
+        tracing::info!("the kernel offers no UDP GRO; receiving datagrams one by one");
+    }
     Ok(socket)
 }
 
@@ -482,8 +486,10 @@ impl Inner {
             }
             let map = self.peers.read().clone();
             for i in 0..batch.len {
-                let (datagram, from) = batch.get(i);
-                self.receive(&map, datagram, from, &mut plain);
+                let (datagrams, from) = batch.get(i);
+                for datagram in datagrams {
+                    self.receive(&map, datagram, from, &mut plain);
+                }
             }
         }
     }
