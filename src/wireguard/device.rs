@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use super::batch::{self, RecvBatch, SendBatch, BUF};
 use super::keys::{encode_public, HostKey};
 use super::plan::PeerSpec;
-use super::tun::Tun;
+use super::tun::{Tun, TunWriter};
 use super::{WgError, KEEPALIVE_SECS, TUN_NAME};
 use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
 use crate::netns::{self, NetNs};
@@ -476,6 +476,7 @@ impl Inner {
     fn rx_loop(&self) {
         let mut batch = RecvBatch::default();
         let mut plain = vec![0u8; BUF];
+        let mut out = TunWriter::default();
         loop {
             if let Err(e) = batch.recv(self.fd()) {
                 if e.raw_os_error() != Some(libc::EINTR) {
@@ -488,13 +489,21 @@ impl Inner {
             for i in 0..batch.len {
                 let (datagrams, from) = batch.get(i);
                 for datagram in datagrams {
-                    self.receive(&map, datagram, from, &mut plain);
+                    self.receive(&map, datagram, from, &mut plain, &mut out);
                 }
             }
+            let _ = out.flush(&self.tun);
         }
     }
 
-    fn receive(&self, map: &PeerMap, datagram: &[u8], from: SocketAddrV4, plain: &mut [u8]) {
+    fn receive(
+        &self,
+        map: &PeerMap,
+        datagram: &[u8],
+        from: SocketAddrV4,
+        plain: &mut [u8],
+        out: &mut TunWriter,
+    ) {
         let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +543,7 @@ impl Inner {
             TunnResult::WriteToTunnelV4(packet, src) => {
                 // Cryptokey routing: a peer may only speak for its own tunnel address.
                 if src == peer.spec.tunnel_ip {
-                    let _ = self.tun.write(packet);
+                    let _ = out.push(&self.tun, packet);
                 } else {
                     self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
                 }

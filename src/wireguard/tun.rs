@@ -15,11 +15,25 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// An open TUN device (IFF_TUN, no packet-info header): one IP packet per read or write.
+/// The virtio-net header in front of every packet of an IFF_VNET_HDR device.
+const VNET_HDR: usize = 10;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+/// Largest IPv4 packet.
+const MAX_PACKET: usize = 65535;
+/// Most datagrams written as one (the kernel's UDP_MAX_SEGMENTS is at least 64).
+const MAX_SEGMENTS: usize = 64;
+const IPV4_UDP_HDR: usize = 28;
+
+/// An open TUN device (IFF_TUN, no packet-info header): one IP packet per read or write,
+/// behind a virtio-net header where the kernel offers it (`vnet`), which lets
+/// [`TunWriter`] hand the kernel many UDP datagrams as one.
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
     pub name: String,
+    vnet: bool,
 }
 
 impl Tun {
@@ -30,33 +44,91 @@ impl Tun {
             return Err(WgError::Tun(format!("interface name {name:?} is too long")));
         }
         let owned = name.to_string();
-        let fd = netns
-            .run(move || open_tun(&owned))
+        let (fd, vnet) = netns
+            .run(move || match open_tun(&owned, true) {
+                Ok(fd) => Ok((fd, true)),
+                Err(_) => open_tun(&owned, false).map(|fd| (fd, false)),
+            })
             .map_err(|e| WgError::Tun(format!("entering the tunnel namespace: {e}")))??;
         Ok(Tun {
             fd,
             name: name.to_string(),
+            vnet,
         })
     }
 
-    /// Read one packet; `Ok(None)` when none is waiting.
+    /// Read one packet; `Ok(None)` when none is waiting. A packet the device hands over
+    /// unfinished (checksum left to "hardware") is finished here; one still to be segmented
+    /// (never: no offloads are switched on) reads as empty.
     pub fn read(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        // SAFETY: buf is valid for writes of buf.len() bytes; the fd is ours.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
+        let mut hdr = [0u8; VNET_HDR];
+        let n = if self.vnet {
+            let iov = [
+                libc::iovec {
+                    iov_base: hdr.as_mut_ptr().cast(),
+                    iov_len: VNET_HDR,
+                },
+                libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                },
+            ];
+            // SAFETY: both iovecs describe writable buffers alive for the call; the fd is ours.
+            unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) }
+        } else {
+            // SAFETY: buf is valid for writes of buf.len() bytes; the fd is ours.
+            unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        if !self.vnet {
             return Ok(Some(n as usize));
         }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
-            _ => Err(e),
+        let len = (n as usize).saturating_sub(VNET_HDR);
+        if hdr[1] != VIRTIO_NET_HDR_GSO_NONE {
+            return Ok(Some(0));
         }
+        if hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            let start = u16::from_ne_bytes([hdr[6], hdr[7]]) as usize;
+            let at = start + u16::from_ne_bytes([hdr[8], hdr[9]]) as usize;
+            if at + 2 > len {
+                return Ok(Some(0));
+            }
+            let sum = !fold(sum16(&buf[start..len], 0));
+            buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        Ok(Some(len))
     }
 
     /// Write one packet into the kernel (it is received as if it arrived on the device).
     pub fn write(&self, packet: &[u8]) -> std::io::Result<()> {
-        // SAFETY: packet is valid for reads of its length; the fd is ours.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        self.write_with(&[0u8; VNET_HDR], packet)
+    }
+
+    fn write_with(&self, hdr: &[u8; VNET_HDR], packet: &[u8]) -> std::io::Result<()> {
+        let n = if self.vnet {
+            let iov = [
+                libc::iovec {
+                    iov_base: hdr.as_ptr() as *mut libc::c_void,
+                    iov_len: VNET_HDR,
+                },
+                libc::iovec {
+                    iov_base: packet.as_ptr() as *mut libc::c_void,
+                    iov_len: packet.len(),
+                },
+            ];
+            // SAFETY: both iovecs describe buffers alive for the call, which only reads
+            // them; the fd is ours.
+            unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) }
+        } else {
+            // SAFETY: packet is valid for reads of its length; the fd is ours.
+            unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) }
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -81,7 +153,151 @@ impl AsRawFd for Tun {
     }
 }
 
-fn open_tun(name: &str) -> Result<OwnedFd, WgError> {
+/// Gathers consecutive IPv4 UDP packets of one flow (same addresses, ports, TOS and TTL;
+/// equal payload sizes except a shorter last) into one packet that the kernel splits again
+/// right after the device (UDP GSO through the virtio-net header): one write and one pass
+/// through the IP layer for up to 64 datagrams, and the VXLAN device behind sees them
+/// together, so its GRO can merge the inner packets. Anything else is written as it is.
+pub struct TunWriter {
+    buf: Box<[u8]>,
+    /// Bytes of the pending packet (0: none).
+    len: usize,
+    /// UDP payload size of each gathered datagram.
+    seg: usize,
+    segs: usize,
+}
+
+impl Default for TunWriter {
+    fn default() -> Self {
+        TunWriter {
+            buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            len: 0,
+            seg: 0,
+            segs: 0,
+        }
+    }
+}
+
+/// The UDP payload size of `p` if it is an IPv4 UDP packet that can be gathered: no
+/// options, not a fragment, lengths consistent.
+fn udp_payload(p: &[u8]) -> Option<usize> {
+    if p.len() <= IPV4_UDP_HDR || p[0] != 0x45 || p[9] != libc::IPPROTO_UDP as u8 {
+        return None;
+    }
+    let frag = u16::from_be_bytes([p[6], p[7]]);
+    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
+    let udp = u16::from_be_bytes([p[24], p[25]]) as usize;
+    if frag & 0x3fff != 0 || total != p.len() || udp != p.len() - 20 {
+        return None;
+    }
+    Some(p.len() - IPV4_UDP_HDR)
+}
+
+impl TunWriter {
+    /// Write `packet` to `tun`, or keep it to go with the next ones; `flush` when a batch
+    /// ends.
+    pub fn push(&mut self, tun: &Tun, packet: &[u8]) -> std::io::Result<()> {
+        if !tun.vnet {
+            return tun.write(packet);
+        }
+        let Some(payload) = udp_payload(packet) else {
+            self.flush(tun)?;
+            return tun.write(packet);
+        };
+        if self.len > 0 && self.fits(packet, payload) {
+            self.buf[self.len..self.len + payload].copy_from_slice(&packet[IPV4_UDP_HDR..]);
+            self.len += payload;
+            self.segs += 1;
+            if payload < self.seg || self.segs == MAX_SEGMENTS {
+                return self.flush(tun);
+            }
+            return Ok(());
+        }
+        self.flush(tun)?;
+        self.buf[..packet.len()].copy_from_slice(packet);
+        self.len = packet.len();
+        self.seg = payload;
+        self.segs = 1;
+        Ok(())
+    }
+
+    /// Whether `packet` (with `payload` UDP bytes) may join the pending one.
+    fn fits(&self, packet: &[u8], payload: usize) -> bool {
+        let p = &self.buf[..IPV4_UDP_HDR];
+        payload <= self.seg
+            && self.len + payload <= MAX_PACKET
+            && packet[1] == p[1]
+            && packet[6] & 0x40 == p[6] & 0x40
+            && packet[8] == p[8]
+            && packet[12..24] == p[12..24]
+    }
+
+    /// Write what is pending.
+    pub fn flush(&mut self, tun: &Tun) -> std::io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let len = std::mem::take(&mut self.len);
+        let packet = &mut self.buf[..len];
+        if self.segs == 1 {
+            return tun.write(packet);
+        }
+        let hdr = gso_header(packet, self.seg);
+        tun.write_with(&hdr, packet)
+    }
+}
+
+/// Make the gathered `packet` (header of the first datagram, payloads of all) one UDP GSO
+/// packet of `seg`-byte datagrams: fix the lengths and the IP checksum, leave the UDP
+/// checksum to the kernel, and return its virtio-net header.
+fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR] {
+    let len = packet.len();
+    packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let ip = !fold(sum16(&packet[..20], 0));
+    packet[10..12].copy_from_slice(&ip.to_be_bytes());
+    let udp_len = (len - 20) as u16;
+    packet[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    // Checksum left partial: the pseudo-header sum, which the kernel completes per datagram.
+    let pseudo = sum16(
+        &packet[12..20],
+        u32::from(libc::IPPROTO_UDP as u16) + u32::from(udp_len),
+    );
+    packet[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
+    let mut hdr = [0u8; VNET_HDR];
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[1] = VIRTIO_NET_HDR_GSO_UDP_L4;
+    hdr[2..4].copy_from_slice(&(IPV4_UDP_HDR as u16).to_ne_bytes());
+    hdr[4..6].copy_from_slice(&(seg as u16).to_ne_bytes());
+    hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
+    hdr
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words, unfolded, added to `acc`.
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+        // Keep the carries from overflowing on long inputs.
+        if acc > 0xffff_0000 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+    }
+    if let [last] = chunks.remainder() {
+        acc = acc.wrapping_add(u32::from(*last) << 8);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+fn open_tun(name: &str, vnet: bool) -> Result<OwnedFd, WgError> {
     let path = c"/dev/net/tun";
     // SAFETY: a valid C string; the result is checked.
     let raw = unsafe {
@@ -100,7 +316,8 @@ fn open_tun(name: &str) -> Result<OwnedFd, WgError> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | if vnet { libc::IFF_VNET_HDR } else { 0 })
+            as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -110,4 +327,86 @@ fn open_tun(name: &str) -> Result<OwnedFd, WgError> {
         return Err(WgError::Tun(format!("creating TUN device {name}: {e}")));
     }
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 UDP packet 10.0.0.1:4789 → 10.0.0.2:4789 with `payload` bytes of `fill`.
+    fn udp(payload: usize, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; IPV4_UDP_HDR + payload];
+        p[..20].copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        p[2..4].copy_from_slice(&((IPV4_UDP_HDR + payload) as u16).to_be_bytes());
+        p[20..24].copy_from_slice(&[0x12, 0xb5, 0x12, 0xb5]);
+        p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        p[26..28].copy_from_slice(&[0, 0]);
+        p
+    }
+
+    #[test]
+    fn checksums_follow_rfc1071() {
+        // The example header from RFC 1071's worked example style: a valid header sums to 0xffff.
+        let mut h = udp(10, 0)[..20].to_vec();
+        let c = !fold(sum16(&h, 0));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(fold(sum16(&h, 0)), 0xffff);
+        assert_eq!(sum16(&[1], 0), 0x100);
+    }
+
+    #[test]
+    fn only_plain_ipv4_udp_packets_are_gathered() {
+        assert_eq!(udp_payload(&udp(100, 0)), Some(100));
+        let mut opts = udp(100, 0);
+        opts[0] = 0x46;
+        assert_eq!(udp_payload(&opts), None);
+        let mut frag = udp(100, 0);
+        frag[6] = 0x20;
+        assert_eq!(udp_payload(&frag), None);
+        let mut tcp = udp(100, 0);
+        tcp[9] = 6;
+        assert_eq!(udp_payload(&tcp), None);
+        let mut short = udp(100, 0);
+        short.truncate(100);
+        assert_eq!(udp_payload(&short), None);
+    }
+
+    #[test]
+    fn a_gathered_packet_carries_the_datagrams_and_a_gso_header() {
+        let mut w = TunWriter::default();
+        for (i, n) in [(1u8, 100usize), (2, 100), (3, 40)] {
+            let p = udp(n, i);
+            if w.len == 0 {
+                w.buf[..p.len()].copy_from_slice(&p);
+                w.len = p.len();
+                w.seg = n;
+                w.segs = 1;
+            } else {
+                assert!(w.fits(&p, n));
+                w.buf[w.len..w.len + n].copy_from_slice(&p[IPV4_UDP_HDR..]);
+                w.len += n;
+                w.segs += 1;
+            }
+        }
+        let mut other = udp(100, 9);
+        other[23] = 0x99;
+        assert!(!w.fits(&other, 100));
+        assert!(!w.fits(&udp(120, 9), 120));
+        let len = w.len;
+        let hdr = gso_header(&mut w.buf[..len], 100);
+        let p = &w.buf[..len];
+        assert_eq!(len, IPV4_UDP_HDR + 240);
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, len);
+        assert_eq!(fold(sum16(&p[..20], 0)), 0xffff);
+        assert_eq!(u16::from_be_bytes([p[24], p[25]]) as usize, len - 20);
+        assert_eq!(&p[28..128], &[1u8; 100][..]);
+        assert_eq!(&p[228..268], &[3u8; 40][..]);
+        assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 100);
+        // The UDP checksum field holds the folded pseudo-header sum.
+        let pseudo = fold(sum16(&p[12..20], 17 + (len as u32 - 20)));
+        assert_eq!(u16::from_be_bytes([p[26], p[27]]), pseudo);
+    }
 }
