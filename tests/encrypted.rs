@@ -17,6 +17,9 @@ use serde_json::Value;
 
 const FAST: &[&str] = &["--lease-ttl", "2", "--probe-window", "2", "--resync", "2"];
 const MARKER: &str = "RNET-SECRET-MARKER-5f1c9e";
+/// Where a capture's closing sentinel goes: host h1's underlay, across the lab switch.
+const SENTINEL_TO: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 11), 9);
 
 /// An encrypted and a plain network on a 2-host lab.
 fn two_networks(lab: &Lab) -> (u32, u32) {
@@ -110,7 +113,7 @@ fn encrypted_traffic_crosses_the_switch_only_inside_wireguard_beside_a_plain_net
     wait_ping(&a, &ipb, Duration::from_secs(10));
     wait_ping(&c, &ipd, Duration::from_secs(10));
 
-    let cap = Capture::start(&lab.switch_netns(), "any");
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
     assert_eq!(transfer(&c, &d, &ipd, 20_000), 20_000);
     assert_eq!(transfer(&a, &b, &ipb, 4_000_000), 4_000_000);
     assert!(a.ping(&ipb, 3));
@@ -121,6 +124,11 @@ fn encrypted_traffic_crosses_the_switch_only_inside_wireguard_beside_a_plain_net
         vnis.contains(&plain),
         "the plain network's VXLAN is visible (so the capture would show it): {vnis:?}; ports seen: {:?}",
         seen.udp().iter().map(|u| (u.sport, u.dport)).collect::<std::collections::BTreeSet<_>>()
+    );
+    eprintln!(
+        "captured {} IPv4 packets, {} bytes",
+        seen.frames.len(),
+        seen.raw.len()
     );
     assert!(
         !vnis.contains(&sec),
@@ -166,7 +174,7 @@ fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_r
     let lab = Lab::up(2, FAST);
     let (sec, a, b, ipb) = encrypted_pair(&lab);
 
-    let cap = Capture::start(&lab.switch_netns(), "any");
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
     lab.ok(&["stop", "h2", "--kill"]);
     wait_until("h1's tunnel to h2 is gone", Duration::from_secs(15), || {
         !tunnel_up(&lab, "h1", "h2")
@@ -237,7 +245,7 @@ fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
                 .as_str()
                 .is_some_and(|p| p.contains(&real) && p.contains("the store says host h2's key is"))
     });
-    let cap = Capture::start(&lab.switch_netns(), "any");
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
     assert!(
         !a.ping(&ipb, 5),
         "traffic reached the host with the tampered key"
@@ -328,7 +336,7 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
 fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
     let lab = Lab::up(2, FAST);
     let (_, a, _b, ipb) = encrypted_pair(&lab);
-    let cap = Capture::start(&lab.switch_netns(), "any");
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
     assert!(a.ping(&ipb, 10));
     let recorded = cap.finish().wireguard();
     assert!(

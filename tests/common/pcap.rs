@@ -1,7 +1,7 @@
 //! Packet captures for tests: tcpdump on a namespace's interface, written to a pcap file,
 //! read back as IPv4 packets and classified (VXLAN with its VNI, WireGuard, other).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,12 +15,16 @@ pub const WIREGUARD_PORT: u16 = 51820;
 pub struct Capture {
     child: Option<Child>,
     file: PathBuf,
+    netns: PathBuf,
+    sentinel_to: SocketAddrV4,
     _dir: tempfile::TempDir,
 }
 
 impl Capture {
-    /// Capture everything on `ifname` in the namespace at `netns`.
-    pub fn start(netns: &Path, ifname: &str) -> Capture {
+    /// Capture everything on `ifname` in the namespace at `netns`. `sentinel_to` is an
+    /// address whose packets from that namespace cross `ifname`: `finish` sends one there and
+    /// stops only once it is in the file, so nothing sent before it is missing.
+    pub fn start(netns: &Path, ifname: &str, sentinel_to: SocketAddrV4) -> Capture {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("cap.pcap");
         let child = Command::new("nsenter")
@@ -42,6 +46,8 @@ impl Capture {
         Capture {
             child: Some(child),
             file,
+            netns: netns.to_path_buf(),
+            sentinel_to,
             _dir: dir,
         }
     }
@@ -49,6 +55,26 @@ impl Capture {
     /// Stop capturing; the frames seen and the raw file. Panics if tcpdump says the kernel
     /// dropped packets: a capture with holes proves nothing about what crossed.
     pub fn finish(mut self) -> Captured {
+        let sentinel = format!("rnet-capture-sentinel-{}", std::process::id());
+        let (ns, to, payload) = (self.netns.clone(), self.sentinel_to, sentinel.clone());
+        let socket = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).expect("open netns");
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+        })
+        .join()
+        .unwrap();
+        wait_until(
+            "the capture holds everything sent so far",
+            Duration::from_secs(10),
+            || {
+                let _ = socket.send_to(payload.as_bytes(), to);
+                std::fs::read(&self.file).is_ok_and(|raw| {
+                    raw.windows(sentinel.len())
+                        .any(|w| w == sentinel.as_bytes())
+                })
+            },
+        );
         let child = self.child.take().expect("running");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
