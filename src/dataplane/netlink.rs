@@ -73,6 +73,9 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Queue length of the WireGuard TUN device.
+const TUNNEL_TXQUEUELEN: u32 = 5000;
+
 /// Open a netlink connection in the current namespace (ns = None) or inside `ns`.
 pub fn connect(ns: Option<&NetNs>) -> Result<Handle> {
     let open = || -> std::io::Result<i32> {
@@ -413,12 +416,12 @@ impl Netlink {
         )
         .await?;
         let tun = require_link(&h, ifname).await?;
-        set_link(
-            &h,
-            LinkUnspec::new_with_index(tun.index).mtu(mtu).up().build(),
-            &format!("bringing up {ifname}"),
-        )
-        .await?;
+        let mut msg = LinkUnspec::new_with_index(tun.index).mtu(mtu).up().build();
+        // The tunnel thread drains the queue in batches; the default 500 packets overflow in
+        // bursts and TCP takes every drop for congestion.
+        msg.attributes
+            .push(LinkAttribute::TxQueueLen(TUNNEL_TXQUEUELEN));
+        set_link(&h, msg, &format!("bringing up {ifname}")).await?;
         h.address()
             .add(tun.index, IpAddr::V4(address), 32)
             .replace()

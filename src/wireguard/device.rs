@@ -504,39 +504,24 @@ impl Inner {
         plain: &mut [u8],
         out: &mut TunWriter,
     ) {
+        // Which peer: by the static key inside a handshake initiation, by our index otherwise.
         let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Ok(Packet::HandshakeInit(init)) => match self.initiator(map, &init, datagram, from) {
-                Some(p) => (p, true),
-                None => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
-            Ok(Packet::HandshakeResponse(r)) => match map.by_index.get(&(r.receiver_idx >> 8)) {
-                Some(p) => (p.clone(), true),
-                None => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
-            Ok(Packet::PacketCookieReply(c)) => match map.by_index.get(&(c.receiver_idx >> 8)) {
-                Some(p) => (p.clone(), true),
-                None => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
-            Ok(Packet::PacketData(d)) => match map.by_index.get(&(d.receiver_idx >> 8)) {
-                Some(p) => (p.clone(), false),
-                None => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
+            Ok(Packet::HandshakeInit(init)) => (self.initiator(map, &init, datagram, from), true),
+            Ok(Packet::HandshakeResponse(r)) => {
+                (map.by_index.get(&(r.receiver_idx >> 8)).cloned(), true)
+            }
+            Ok(Packet::PacketCookieReply(c)) => {
+                (map.by_index.get(&(c.receiver_idx >> 8)).cloned(), true)
+            }
+            Ok(Packet::PacketData(d)) => (map.by_index.get(&(d.receiver_idx >> 8)).cloned(), false),
+        };
+        let Some(peer) = peer else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         let mut tunn = peer.tunn.lock();
         match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, plain) {
