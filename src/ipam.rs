@@ -316,6 +316,39 @@ mod tests {
         assert!(check_requested_mtu(&net, 67).is_err());
     }
 
+    #[test]
+    fn encryption_is_fixed_and_costs_the_wireguard_overhead_in_mtu() {
+        let enc = NetworkRequest {
+            encryption: Some(Encryption::Wireguard),
+            ..req("sec", "10.9.0.0/24")
+        };
+        let net = plan_network(&enc, &[], 1450).unwrap();
+        assert_eq!(net.encryption, Encryption::Wireguard);
+        assert_eq!(net.mtu, 1390, "1500 - 50 - 60");
+        let e = plan_network(
+            &NetworkRequest {
+                mtu: Some(1400),
+                ..enc.clone()
+            },
+            &[],
+            1450,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("60-byte WireGuard"), "{e}");
+        // Asked again without saying: the same network; asked with another value: refused.
+        let again = plan_network(&req("sec", "10.9.0.0/24"), std::slice::from_ref(&net), 1450);
+        assert_eq!(again.unwrap(), net);
+        let plain = NetworkRequest {
+            encryption: Some(Encryption::None),
+            ..req("sec", "10.9.0.0/24")
+        };
+        let e = plan_network(&plain, std::slice::from_ref(&net), 1450)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encryption wireguard vs none"), "{e}");
+    }
+
     fn req(name: &str, subnet: &str) -> NetworkRequest {
         NetworkRequest {
             name: name.into(),

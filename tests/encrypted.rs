@@ -521,3 +521,28 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .expect("base64")
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_configured_interval_rotates_the_key_and_the_key_file_stays_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut host = Host::new("wgrot");
+    host.start_daemon_with(&["--wireguard-rotate-every", "1"]);
+    let first = host.rnet_json(&["status"])["wireguard"]["public_key"].clone();
+    assert!(first.is_string(), "{first}");
+    wait_until(
+        "the key rotates on schedule",
+        Duration::from_secs(10),
+        || host.rnet_json(&["status"])["wireguard"]["public_key"] != first,
+    );
+    let key_file = host.state_dir().join("wireguard.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        !host
+            .daemon_log()
+            .contains(std::fs::read_to_string(&key_file).unwrap().trim()),
+        "the private key reached the log"
+    );
+}

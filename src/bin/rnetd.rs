@@ -59,6 +59,14 @@ struct Flags {
     /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
     #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
     wireguard_port: u16,
+    /// Replace this host's WireGuard key every SECS seconds (0: only on `rnet rotate-key`).
+    #[arg(
+        long,
+        env = "RNET_WIREGUARD_ROTATE_EVERY",
+        default_value_t = 0,
+        value_name = "SECS"
+    )]
+    wireguard_rotate_every: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +96,8 @@ fn main() -> anyhow::Result<()> {
         resync_interval: Duration::from_secs(flags.resync.max(1)),
         probe_window: Duration::from_secs(flags.probe_window),
         wireguard_port: flags.wireguard_port,
+        wireguard_rotate_every: (flags.wireguard_rotate_every > 0)
+            .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

@@ -45,6 +45,8 @@ pub struct DaemonConfig {
     pub probe_window: Duration,
     /// UDP port of the WireGuard tunnel.
     pub wireguard_port: u16,
+    /// Rotate the WireGuard key this often (None: only when asked).
+    pub wireguard_rotate_every: Option<Duration>,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
 }
@@ -149,6 +151,9 @@ async fn run_with_store<S: Store>(
     }
     tokio::spawn(periodic_reconcile(service.clone(), cfg.resync_interval));
     tokio::spawn(program_peers(service.clone(), shared, cfg.resync_interval));
+    if let Some(every) = cfg.wireguard_rotate_every {
+        tokio::spawn(rotate_keys(service.clone(), every));
+    }
     let listener = bind_socket(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
     axum::serve(listener, http::router(service.clone()))
@@ -381,6 +386,16 @@ async fn program_peers<S: Store>(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
+        }
+    }
+}
+
+/// `--wireguard-rotate-every`: a new host key on a schedule.
+async fn rotate_keys<S: Store>(service: Arc<Service<S>>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = service.rotate_key() {
+            tracing::warn!(error = %e, "scheduled WireGuard key rotation failed");
         }
     }
 }
