@@ -9,7 +9,7 @@
 //! move to a blocking socket (containers/netavark PR #429).
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
@@ -24,6 +24,7 @@ use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use super::netlink::{advmss, DataplaneError};
 use super::spec::EndpointSpec;
 use super::tables::open_batch_socket;
+use crate::model::Mac;
 use crate::netns::{NetNs, NetnsError};
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -98,7 +99,65 @@ pub fn configure(ep: &EndpointSpec) -> Result<()> {
             }
         }
     }
+    announce(index, ep.mac, ep.address.ip());
     Ok(())
+}
+
+/// Send one gratuitous ARP from the new interface. A peer that asked for this address
+/// before the interface existed holds a failed neighbour entry and would wait for the
+/// kernel's one-second retry; the announcement (flooded to the network's hosts) updates
+/// such entries at once. Best effort: a lost announcement costs only that second.
+fn announce(index: u32, mac: Mac, ip: Ipv4Addr) {
+    const ETH_P_ARP: u16 = 0x0806;
+    // SAFETY: plain socket call; the descriptor is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fd was just opened and is owned here only.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let frame = garp_frame(mac, ip);
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields set make it a broadcast on `index`.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = ETH_P_ARP.to_be();
+    to.sll_ifindex = index as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: frame and `to` are valid for the call.
+    unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    // Closing a packet socket waits for an RCU grace period (milliseconds): not on the
+    // attach's path.
+    std::thread::spawn(move || drop(fd));
+}
+
+/// A gratuitous ARP request: `ip` is at `mac`, to everyone.
+fn garp_frame(mac: Mac, ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac.0);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&mac.0);
+    f[28..32].copy_from_slice(&ip.octets());
+    f[38..42].copy_from_slice(&ip.octets());
+    f
 }
 
 /// The requests after the lookup: (message, extra flags, what it does for errors).
@@ -208,6 +267,19 @@ fn read_messages(sock: &Socket) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage
 mod tests {
     use super::*;
     use crate::model::Mac;
+
+    #[test]
+    fn a_gratuitous_arp_names_the_address_as_sender_and_target() {
+        let mac = Mac([2, 0x52, 10, 1, 0, 2]);
+        let f = garp_frame(mac, Ipv4Addr::new(10, 1, 0, 2));
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[12..14], &[8, 6]);
+        assert_eq!(&f[20..22], &[0, 1], "request");
+        assert_eq!(&f[22..28], &mac.0);
+        assert_eq!(&f[28..32], &[10, 1, 0, 2]);
+        assert_eq!(&f[32..38], &[0; 6]);
+        assert_eq!(&f[38..42], &[10, 1, 0, 2]);
+    }
 
     #[test]
     fn requests_carry_the_endpoint() {
