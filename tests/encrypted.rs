@@ -201,7 +201,7 @@ fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_r
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
     let lab = Lab::up(2, FAST);
-    let (sec, a, _b, ipb) = encrypted_pair(&lab);
+    let (sec, a, b, ipb) = encrypted_pair(&lab);
 
     // Replace h2's public key in its presence record with another valid key, keeping the lease.
     let etcdctl = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
@@ -237,7 +237,11 @@ fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
         .concat(),
     );
 
-    wait_until("h1 refuses h2's real key", Duration::from_secs(20), || {
+    let ipa = a.ipv4_addrs("eth0")[0].to_string();
+    wait_until("h1 refuses h2's real key", Duration::from_secs(40), || {
+        // Data from h2 that goes unanswered makes h2 handshake again (boringtun's rule),
+        // and h1 sees the key it presents.
+        b.ping(&ipa, 1);
         let peers = lab.host_rnet_json("h1", &["peers"]);
         let t = &peer(&peers, "h2")["tunnel"];
         t["up"] == false
@@ -321,8 +325,9 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
     let bytes = report["end"]["sum_received"]["bytes"]
         .as_f64()
         .unwrap_or_else(|| panic!("no byte count in {report}"));
-    // 8 s at 200 Mbit/s is 200 MB; two rotations may cost a handshake each, not the transfer.
-    assert!(bytes > 100e6, "only {bytes} bytes arrived");
+    // 8 s at 200 Mbit/s is 200 MB; each rotation may stall it for a handshake and TCP's
+    // retransmission timer, not for the rest of the transfer.
+    assert!(bytes > 50e6, "only {bytes} bytes arrived");
     eprintln!("{bytes} bytes arrived across two key rotations");
     for (h, before) in ["h1", "h2"].iter().zip(&keys_before) {
         let now = lab.host_rnet_json(h, &["status"])["wireguard"]["public_key"].to_string();
@@ -367,6 +372,22 @@ fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
                 }
                 socket.send_to(&d, to).unwrap();
                 sent += 1;
+            }
+        }
+    }
+    // Oversized data messages aimed at live receiver indexes (peer index in the upper 24
+    // bits, session counter in the lower 8): longer than any datagram a peer sends.
+    for target in ["198.18.0.11:51820", "198.18.0.12:51820"] {
+        let to: SocketAddr = target.parse().unwrap();
+        for peer_index in 1u32..=4 {
+            for session in 0u32..8 {
+                for len in [9300usize, 30000, 65000] {
+                    let mut d = vec![0u8; len];
+                    d[0] = 4;
+                    d[4..8].copy_from_slice(&((peer_index << 8) | session).to_le_bytes());
+                    socket.send_to(&d, to).unwrap();
+                    sent += 1;
+                }
             }
         }
     }

@@ -40,6 +40,8 @@ use crate::netns::{self, NetNs};
 /// cookies (boringtun's own device uses the same figure).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Refused sources remembered for `rnet peers` (unauthenticated, so bounded).
+const MAX_STRANGERS: usize = 256;
 /// Socket buffers: a burst of a few thousand full-size datagrams without receive drops.
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -121,6 +123,8 @@ struct Inner {
     strangers: Mutex<HashMap<Ipv4Addr, String>>,
     next_index: AtomicU32,
     counters: Counters,
+    /// One key rotation at a time (file, keys and tunnels change together).
+    rotation: Mutex<()>,
     on_change: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -171,6 +175,7 @@ impl WireGuard {
             strangers: Mutex::new(HashMap::new()),
             next_index: AtomicU32::new(1),
             counters: Counters::default(),
+            rotation: Mutex::new(()),
             on_change,
         });
         for (name, run) in [
@@ -181,7 +186,15 @@ impl WireGuard {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || run(&inner))
+                .spawn(move || {
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&inner)));
+                    if result.is_err() {
+                        // A dead datapath thread would leave a tunnel that says it works.
+                        tracing::error!(thread = name, "WireGuard thread panicked; aborting rnetd");
+                        std::process::abort();
+                    }
+                })
                 .map_err(|e| WgError::Setup(format!("starting thread {name}: {e}")))?;
         }
         let me = WireGuard { inner };
@@ -299,6 +312,7 @@ impl WireGuard {
     /// Replace the host's static key: saved first, then used by every tunnel (their sessions
     /// end; peers handshake again as soon as they read the new public key from the store).
     pub fn rotate_key(&self) -> Result<WireguardInfo, WgError> {
+        let _one_at_a_time = self.inner.rotation.lock();
         let key = HostKey::generate();
         key.save(&self.inner.cfg.key_file)?;
         let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
@@ -418,8 +432,11 @@ impl Inner {
                 p.spec.host.clone()
             }
             None => {
+                // Sources are unauthenticated here: keep a bounded record, and log only news.
                 let mut s = self.strangers.lock();
-                if s.get(&from) == Some(&problem) {
+                if s.get(&from) == Some(&problem)
+                    || (s.len() >= MAX_STRANGERS && !s.contains_key(&from))
+                {
                     return;
                 }
                 s.insert(from, problem.clone());
@@ -504,6 +521,12 @@ impl Inner {
         plain: &mut [u8],
         out: &mut TunWriter,
     ) {
+        // boringtun panics when a data message does not fit the output buffer: anything
+        // longer than the largest datagram a peer can send is garbage anyway.
+        if datagram.len() > plain.len() {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // Which peer: by the static key inside a handshake initiation, by our index otherwise.
         let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {

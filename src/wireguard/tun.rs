@@ -165,6 +165,8 @@ pub struct TunWriter {
     /// UDP payload size of each gathered datagram.
     seg: usize,
     segs: usize,
+    /// The kernel refused a gathered write: no more gathering.
+    refused: bool,
 }
 
 impl Default for TunWriter {
@@ -174,6 +176,7 @@ impl Default for TunWriter {
             len: 0,
             seg: 0,
             segs: 0,
+            refused: false,
         }
     }
 }
@@ -197,11 +200,12 @@ impl TunWriter {
     /// Write `packet` to `tun`, or keep it to go with the next ones; `flush` when a batch
     /// ends.
     pub fn push(&mut self, tun: &Tun, packet: &[u8]) -> std::io::Result<()> {
-        if !tun.vnet {
+        if !tun.vnet || self.refused {
             return tun.write(packet);
         }
         let Some(payload) = udp_payload(packet) else {
-            self.flush(tun)?;
+            // A failed flush loses the gathered datagrams, never this packet.
+            let _ = self.flush(tun);
             return tun.write(packet);
         };
         if self.len > 0 && self.fits(packet, payload) {
@@ -213,7 +217,7 @@ impl TunWriter {
             }
             return Ok(());
         }
-        self.flush(tun)?;
+        let _ = self.flush(tun);
         self.buf[..packet.len()].copy_from_slice(packet);
         self.len = packet.len();
         self.seg = payload;
@@ -243,7 +247,19 @@ impl TunWriter {
             return tun.write(packet);
         }
         let hdr = gso_header(packet, self.seg);
-        tun.write_with(&hdr, packet)
+        let written = tun.write_with(&hdr, packet);
+        if written
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            // A kernel without UDP GSO on TUN writes (before Linux 6.2): one by one from now on.
+            tracing::warn!(
+                "the kernel refuses UDP GSO writes to {}; writing datagrams one by one",
+                tun.name
+            );
+            self.refused = true;
+        }
+        written
     }
 }
 

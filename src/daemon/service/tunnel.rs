@@ -137,20 +137,18 @@ impl<S: Store> Service<S> {
         Ok(info)
     }
 
-    /// On a clean stop: drop the tunnel namespace unless an encrypted network has endpoints
-    /// here (their VXLAN sockets live in it; a restarted daemon takes it up again).
+    /// On a clean stop: drop the tunnel namespace unless an encrypted network has a sandbox
+    /// here (its VXLAN socket lives in it; a restarted daemon takes it up again).
     pub fn release_tunnel_namespace(&self) {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
         };
         let cache = self.shared.snapshot();
-        let me = self.cfg.host_id.as_str();
-        let in_use = cache.endpoints.values().any(|e| {
-            e.host == me
-                && cache
-                    .networks
-                    .get(e.network.as_str())
-                    .is_some_and(|n| n.encryption == Encryption::Wireguard)
+        // Sandboxes outlive their last endpoint: any encrypted one here keeps its VXLAN
+        // socket in the tunnel namespace.
+        let in_use = cache.networks.values().any(|n| {
+            n.encryption == Encryption::Wireguard
+                && crate::netns::is_mounted(&self.sandbox_spec(n).netns)
         });
         if in_use || !cache.synced {
             return;
