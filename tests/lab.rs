@@ -245,3 +245,46 @@ fn missing_labs_and_hosts_are_reported_clearly() {
     let err = one_line_error(&rnet_lab("bad/name", &["status"]));
     assert!(err.contains("invalid lab name"), "{err}");
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn down_stops_what_lab_exec_left_running() {
+    let mut lab = Lab::up(1, &[]);
+    // A unique duration finds the process again in /proc.
+    let marker = format!("{}.5", 1000 + std::process::id() % 1000);
+    let mut exec = std::process::Command::new(env!("CARGO_BIN_EXE_rnet"))
+        .args([
+            "lab",
+            "exec",
+            "h1",
+            "--name",
+            lab.name(),
+            "--",
+            "sleep",
+            &marker,
+        ])
+        .spawn()
+        .unwrap();
+    let running = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .any(|e| {
+                let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                cmd.split(|b| *b == 0).any(|a| a == marker.as_bytes())
+                    && !stat
+                        .rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim().starts_with('Z'))
+            })
+    };
+    wait_until("the sleep runs in h1", Duration::from_secs(10), running);
+    let out = lab.down();
+    assert!(
+        out.contains("other process(es) in the lab's namespaces"),
+        "{out}"
+    );
+    assert!(!running(), "the sleep outlived lab down");
+    let _ = exec.wait();
+}

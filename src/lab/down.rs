@@ -39,13 +39,90 @@ pub fn down(paths: &LabPaths, progress: &mut dyn FnMut(&str)) -> Result<DownRepo
         existed: true,
         ..Default::default()
     };
-    let stopped = stop_processes(paths, &mut report, progress);
+    let stopped = stop_stragglers(paths, &mut report, progress).and(stop_processes(
+        paths,
+        &mut report,
+        progress,
+    ));
     let unmounted = unmount_under(dir).map(|n| report.unmounted = n);
     progress(&format!("unmounted {} mount point(s)", report.unmounted));
     let removed = fs::remove_dir_all(dir).map_err(LabError::io("removing lab directory", dir));
     stopped.and(unmounted).and(removed)?;
     progress(&format!("removed {}", dir.display()));
     Ok(report)
+}
+
+/// Stop whatever else runs in the lab's namespaces (workloads started with `rnet lab exec`,
+/// `rnet run` supervisors), while the daemons still answer their detaches: SIGTERM, then
+/// SIGKILL after the deadline.
+fn stop_stragglers(
+    paths: &LabPaths,
+    report: &mut DownReport,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), LabError> {
+    let namespaces: std::collections::HashSet<u64> = fs::read_dir(paths.netns_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| fs::metadata(e.path()).ok())
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut keep: Vec<u32> = daemon_pid_files(paths.dir())
+        .iter()
+        .map(|(_, pid_file, _)| pid_file.clone())
+        .chain([paths.dir().join("etcd.pid")])
+        .filter_map(|f| fs::read_to_string(f).ok()?.trim().parse().ok())
+        .collect();
+    keep.push(std::process::id());
+    let stragglers = processes_in(&namespaces, &keep);
+    if stragglers.is_empty() {
+        return Ok(());
+    }
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
+        for &pid in &stragglers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+        let end = std::time::Instant::now() + STOP_DEADLINE;
+        while std::time::Instant::now() < end && stragglers.iter().any(|&p| !process::zombie(p)) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if stragglers.iter().all(|&p| process::zombie(p)) {
+            break;
+        }
+    }
+    let what = format!(
+        "{} other process(es) in the lab's namespaces",
+        stragglers.len()
+    );
+    progress(&format!("stopped {what}"));
+    report.stopped.push(what);
+    match stragglers.iter().find(|&&p| !process::zombie(p)) {
+        None => Ok(()),
+        Some(&pid) => Err(LabError::Invalid(format!(
+            "process {pid} in a lab namespace survived SIGKILL"
+        ))),
+    }
+}
+
+/// Pids (not in `keep`) whose network namespace is one of `namespaces` (by inode).
+fn processes_in(namespaces: &std::collections::HashSet<u64>, keep: &[u32]) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !keep.contains(pid) && !process::zombie(*pid))
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| namespaces.contains(&std::os::unix::fs::MetadataExt::ino(&m)))
+        })
+        .collect()
 }
 
 /// Stop the hosts' daemons first (they may talk to etcd while shutting down), then etcd.

@@ -112,7 +112,7 @@ pub(crate) fn alive(pid: u32, marker: &Path) -> bool {
     cmdline.split(|&b| b == 0).any(|arg| arg == marker) && !zombie(pid)
 }
 
-fn zombie(pid: u32) -> bool {
+pub(crate) fn zombie(pid: u32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };
