@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of rnet's overlay between two lab hosts, next to the same datapath built by hand
 # (kernel VXLAN, sandbox bridge, veth: the Docker-overlay floor) and the raw underlay, all
-# measured in this run with iperf3 (1 and 4 TCP streams). Prints a markdown section.
+# measured in this run with iperf3 (1 and 4 TCP streams), the paths taking turns round by
+# round so that load on the machine falls on all of them alike. Prints a markdown section.
 #
 # Needs root and release binaries in target/release. Everything lives in namespaces this
 # script makes (rnet lab + hb-* namespaces); nothing is configured in the root namespace.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 RNET=${RNET:-target/release/rnet}
 SECS=${RNET_BENCH_SECS:-5}
+ROUNDS=${RNET_BENCH_ROUNDS:-5}
 LAB=bt$$
 HB=hb$$
 export PATH="$PWD/target/release:$PATH"
@@ -23,8 +25,9 @@ trap cleanup EXIT
 # iperf3 client JSON -> Gbit/s received.
 gbps() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
 
-# median3 CMD...: run a measurement three times (two cores make single runs noisy), print the median.
-median3() { for _ in 1 2 3; do "$@"; done | sort -g | sed -n 2p; }
+# median WORDS...: the median of numbers; spread WORDS...: "min–max".
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+spread() { printf '%s\n' "$@" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
 
 # inns NS CMD...: run in a namespace under /run/netns.
 inns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
@@ -52,11 +55,6 @@ for _ in $(seq 100); do
     "$RNET" lab exec h2 --name "$LAB" -- rnet run tput -- bash -c 'exec 3<>/dev/tcp/10.60.0.10/5201' 2>/dev/null && break
     sleep 0.1
 done
-rnet1=$(median3 rnet_client)
-rnet4=$(median3 rnet_client -P 4)
-kill "$server" 2>/dev/null || true
-wait "$server" 2>/dev/null || true
-"$RNET" lab down --name "$LAB" >/dev/null
 
 # --- hand-built: the same datapath with ip commands -----------------------------------------
 for n in sw h1 h2 s1 s2 w1 w2; do ip netns add "$HB-$n"; inns "$HB-$n" ip link set lo up; done
@@ -96,20 +94,36 @@ hand() { # $1 server ns, $2 client ns, $3 server address, rest: iperf3 flags
     kill "$srv" 2>/dev/null || true
     wait "$srv" 2>/dev/null || true
 }
-hand1=$(median3 hand "$HB-w1" "$HB-w2" 10.61.0.11)
-hand4=$(median3 hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4)
-raw1=$(median3 hand "$HB-h1" "$HB-h2" 198.18.1.11)
-raw4=$(median3 hand "$HB-h1" "$HB-h2" 198.18.1.11 -P 4)
+declare -A got
+for _ in $(seq "$ROUNDS"); do
+    got[rnet1]+="$(rnet_client) "
+    got[hand1]+="$(hand "$HB-w1" "$HB-w2" 10.61.0.11) "
+    got[raw1]+="$(hand "$HB-h1" "$HB-h2" 198.18.1.11) "
+    got[rnet4]+="$(rnet_client -P 4) "
+    got[hand4]+="$(hand "$HB-w1" "$HB-w2" 10.61.0.11 -P 4) "
+    got[raw4]+="$(hand "$HB-h1" "$HB-h2" 198.18.1.11 -P 4) "
+done
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+# shellcheck disable=SC2086 # splitting the collected figures into words is the point
+{
+    rnet1=$(median ${got[rnet1]}) rnet1_spread=$(spread ${got[rnet1]})
+    hand1=$(median ${got[hand1]}) hand1_spread=$(spread ${got[hand1]})
+    raw1=$(median ${got[raw1]}) raw1_spread=$(spread ${got[raw1]})
+    rnet4=$(median ${got[rnet4]}) rnet4_spread=$(spread ${got[rnet4]})
+    hand4=$(median ${got[hand4]}) hand4_spread=$(spread ${got[hand4]})
+    raw4=$(median ${got[raw4]}) raw4_spread=$(spread ${got[raw4]})
+}
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
-### Throughput across two lab hosts (iperf3, median of 3 runs of ${SECS} s)
+### Throughput across two lab hosts (iperf3, median of ${ROUNDS} rounds of ${SECS} s, paths taking turns)
 
-| path | 1 stream Gbit/s | 4 streams Gbit/s |
-|---|---|---|
-| rnet overlay (workload to workload, \`rnet run\` on two lab hosts) | $rnet1 | $rnet4 |
-| hand-built kernel VXLAN, same datapath (veth, sandbox bridge, VXLAN, MTU 1450) | $hand1 | $hand4 |
-| raw underlay (veth through the lab switch, MTU 1500) | $raw1 | $raw4 |
+| path | 1 stream Gbit/s | 4 streams Gbit/s | spread min–max (1 / 4 streams) |
+|---|---|---|---|
+| rnet overlay (workload to workload, \`rnet run\` on two lab hosts) | $rnet1 | $rnet4 | $rnet1_spread / $rnet4_spread |
+| hand-built kernel VXLAN, same datapath (veth, sandbox bridge, VXLAN, MTU 1450) | $hand1 | $hand4 | $hand1_spread / $hand4_spread |
+| raw underlay (veth through the lab switch, MTU 1500) | $raw1 | $raw4 | $raw1_spread / $raw4_spread |
 
 rnet over the hand-built path: $(ratio "$rnet1" "$hand1")x (1 stream), $(ratio "$rnet4" "$hand4")x (4 streams). Target ≥ 0.95.
 Hand-built VXLAN over the raw underlay: $(ratio "$hand1" "$raw1")x (1 stream).
