@@ -5,14 +5,13 @@
 //! run the encrypted path fails loudly and changes nothing.
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::lab::Lab;
 use common::pcap::Capture;
-use common::{wait_until, Host, Workload};
+use common::{udp_socket_in, wait_until, Host, Workload};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--lease-ttl", "2", "--probe-window", "2", "--resync", "2"];
@@ -350,7 +349,7 @@ fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
         recorded.len()
     );
 
-    let socket = udp_socket_in(&lab.switch_netns());
+    let socket = udp_socket_in(&lab.switch_netns(), "0.0.0.0:0");
     let mut sent = 0;
     let mut seed = 0x9e37_79b9_u32;
     for target in ["198.18.0.11:51820", "198.18.0.12:51820"] {
@@ -426,7 +425,7 @@ fn garbage_and_replayed_datagrams_are_dropped_and_the_tunnel_stays_up() {
 fn where_the_tunnel_cannot_run_encrypted_networks_fail_loudly_and_change_nothing() {
     let mut host = Host::new("wgfail");
     // A port someone else holds on the underlay.
-    let squatter = udp_socket_bound_in(&host.netns_path(), &format!("{}:0", host.underlay()));
+    let squatter = udp_socket_in(&host.netns_path(), &format!("{}:0", host.underlay()));
     let port = squatter.local_addr().unwrap().port().to_string();
     host.start_daemon_with(&["--wireguard-port", &port]);
     let wg = &host.rnet_json(&["status"])["wireguard"];
@@ -518,22 +517,6 @@ fn where_the_tunnel_cannot_run_encrypted_networks_fail_loudly_and_change_nothing
     assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/net/tun"));
     host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
     drop(squatter);
-}
-
-/// A UDP socket that lives in the namespace at `netns` (made on a thread that entered it).
-fn udp_socket_bound_in(netns: &Path, addr: &str) -> UdpSocket {
-    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).expect("open netns");
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        UdpSocket::bind(addr).expect("bind")
-    })
-    .join()
-    .unwrap()
-}
-
-fn udp_socket_in(netns: &Path) -> UdpSocket {
-    udp_socket_bound_in(netns, "0.0.0.0:0")
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -617,3 +617,16 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A UDP socket bound to `addr` that lives in the namespace at `netns` (made on a thread
+/// that entered it; a socket keeps its namespace wherever it is used).
+pub fn udp_socket_in(netns: &Path, addr: &str) -> std::net::UdpSocket {
+    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
+    thread::spawn(move || {
+        let ns = fs::File::open(&netns).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        std::net::UdpSocket::bind(addr).expect("bind")
+    })
+    .join()
+    .unwrap()
+}

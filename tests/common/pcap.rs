@@ -56,19 +56,12 @@ impl Capture {
     /// dropped packets: a capture with holes proves nothing about what crossed.
     pub fn finish(mut self) -> Captured {
         let sentinel = format!("rnet-capture-sentinel-{}", std::process::id());
-        let (ns, to, payload) = (self.netns.clone(), self.sentinel_to, sentinel.clone());
-        let socket = std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns).expect("open netns");
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
-        })
-        .join()
-        .unwrap();
+        let socket = super::udp_socket_in(&self.netns, "0.0.0.0:0");
         wait_until(
             "the capture holds everything sent so far",
             Duration::from_secs(10),
             || {
-                let _ = socket.send_to(payload.as_bytes(), to);
+                let _ = socket.send_to(sentinel.as_bytes(), self.sentinel_to);
                 std::fs::read(&self.file).is_ok_and(|raw| {
                     raw.windows(sentinel.len())
                         .any(|w| w == sentinel.as_bytes())

@@ -19,11 +19,12 @@ pub struct Tunnel {
 }
 
 impl<S: Store> Service<S> {
-    /// The tunnel, for work on encrypted network `net`; a clear error where there is none.
-    pub(super) fn require_tunnel(&self, net: &str, doing: &str) -> Result<&WireGuard> {
+    /// The tunnel, to `what` (e.g. "create encrypted network x"); a clear error where there
+    /// is none.
+    fn require_tunnel(&self, what: &str) -> Result<&WireGuard> {
         self.tunnel.wireguard.as_ref().map_err(|why| {
             Error::Unsupported(format!(
-                "cannot {doing} encrypted network {net}: WireGuard is unavailable on this host ({why})"
+                "cannot {what}: WireGuard is unavailable on this host ({why})"
             ))
         })
     }
@@ -32,7 +33,9 @@ impl<S: Store> Service<S> {
     pub(super) fn check_encryption(&self, net: &str, enc: Encryption, doing: &str) -> Result<()> {
         match enc {
             Encryption::None => Ok(()),
-            Encryption::Wireguard => self.require_tunnel(net, doing).map(|_| ()),
+            Encryption::Wireguard => self
+                .require_tunnel(&format!("{doing} encrypted network {net}"))
+                .map(|_| ()),
         }
     }
 
@@ -41,12 +44,14 @@ impl<S: Store> Service<S> {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
         };
-        let cache = self.shared.snapshot();
-        if !cache.synced {
-            return;
-        }
-        let (specs, problems) =
-            plan::wanted(&self.cfg.host_id, &wg.public(), cache.presence.values());
+        // Runs on every peer pass: read the presence records in place, without a snapshot.
+        let (specs, problems) = {
+            let cache = self.shared.cache.read().expect("cache poisoned");
+            if !cache.synced {
+                return;
+            }
+            plan::wanted(&self.cfg.host_id, &wg.public(), cache.presence.values())
+        };
         wg.set_peers(specs);
         *self.tunnel_problems.lock().expect("poisoned") = problems;
     }
@@ -123,11 +128,7 @@ impl<S: Store> Service<S> {
 
     /// `rnet rotate-key`: a new static key, used at once and published to the store.
     pub fn rotate_key(&self) -> Result<WireguardInfo> {
-        let wg = self.tunnel.wireguard.as_ref().map_err(|why| {
-            Error::Unsupported(format!(
-                "cannot rotate the WireGuard key: WireGuard is unavailable on this host ({why})"
-            ))
-        })?;
+        let wg = self.require_tunnel("rotate the WireGuard key")?;
         let info = wg
             .rotate_key()
             .map_err(|e| Error::Internal(format!("rotating the WireGuard key: {e}")))?;
