@@ -18,7 +18,7 @@ use rnet::api::types::{AttachRequest, DetachRequest, DetachResponse, NetworkRequ
 use rnet::api::Client;
 use rnet::dataplane::Netlink;
 use rnet::icmp::IcmpSocket;
-use rnet::model::{Endpoint, HostRecord, Mac, Network};
+use rnet::model::{Endpoint, HostRecord, Mac, Network, NetworkId};
 use rnet::netns::NetNs;
 use rnet::store::etcd::EtcdStore;
 use rnet::store::{keys, Store, TxnOp};
@@ -124,11 +124,11 @@ fn main() {
         subnet: "10.70.0.0/16".into(),
         ..Default::default()
     };
-    let _: Network = rt
+    let net: Network = rt
         .block_on(lab.client("h1").post("/v1/networks", &req))
         .expect("create network");
     convergence(&lab, &rt, n);
-    programming(&lab, &rt, entries);
+    programming(&lab, &rt, entries, &net);
 }
 
 /// Attach on h1, then ping the new address from a workload on h2 every millisecond.
@@ -194,7 +194,7 @@ fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
 }
 
 /// Write `entries` remote endpoints for a fake live host into etcd and time h1's programming.
-fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize) {
+fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize, net: &Network) {
     let local = Ns::new("local");
     let req = AttachRequest {
         network: "conv".into(),
@@ -205,16 +205,17 @@ fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize) {
     let _: Endpoint = rt
         .block_on(lab.client("h1").post("/v1/attach", &req))
         .expect("attach local");
-    let sandbox = lab.dir().join("h1/run/netns/sb-conv");
+    let sandbox = rnet::dataplane::spec::sandbox_path(&lab.dir().join("h1/run"), "conv", &net.id);
     let h1 = NetNs::open(&lab.netns("h1")).unwrap();
     let sb = sandbox.clone();
+    let id = net.id.clone();
     let (written, live) = h1
         .run(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(write_and_wait(entries, &sb))
+            rt.block_on(write_and_wait(entries, &sb, &id))
         })
         .unwrap();
     let rss = lab.daemon_rss_kib("h1");
@@ -241,10 +242,11 @@ fn programming(lab: &Lab, rt: &tokio::runtime::Runtime, entries: usize) {
     );
 }
 
-fn fake_endpoint(i: usize) -> Endpoint {
+fn fake_endpoint(i: usize, network_id: &NetworkId) -> Endpoint {
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 70, 100, 0)) + i as u32);
     Endpoint {
         network: "conv".parse().unwrap(),
+        network_id: network_id.clone(),
         id: format!("far{i}").parse().unwrap(),
         ip: ipnetwork::Ipv4Network::new(ip, 16).unwrap(),
         mac: Mac::from_ipv4(ip),
@@ -262,7 +264,11 @@ fn fake_endpoint(i: usize) -> Endpoint {
 
 /// Runs inside h1's namespace (etcd is reachable from there). Returns how long the writes
 /// took and how long until everything was programmed, both from the first write.
-async fn write_and_wait(entries: usize, sandbox: &Path) -> (Duration, Duration) {
+async fn write_and_wait(
+    entries: usize,
+    sandbox: &Path,
+    network_id: &NetworkId,
+) -> (Duration, Duration) {
     let store = EtcdStore::connect(&["198.18.0.1:2379".to_string()])
         .await
         .expect("etcd");
@@ -296,7 +302,7 @@ async fn write_and_wait(entries: usize, sandbox: &Path) -> (Duration, Duration) 
         let ops = chunk
             .iter()
             .map(|&i| {
-                let ep = fake_endpoint(i);
+                let ep = fake_endpoint(i, network_id);
                 TxnOp::Put {
                     key: keys::endpoint("conv", ep.ip.ip()),
                     value: serde_json::to_vec(&ep).unwrap(),
@@ -403,7 +409,7 @@ fn batch_floor(entries: usize) -> Duration {
     )
     .unwrap();
     for i in 0..entries {
-        let ep = fake_endpoint(i);
+        let ep = fake_endpoint(i, &NetworkId::random());
         writeln!(
             f,
             "fdb replace {} dev vx dst 198.18.0.99 self permanent",

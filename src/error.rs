@@ -45,7 +45,11 @@ impl Error {
             Error::Dataplane(DataplaneError::IfaceExists { .. }) => "conflict",
             Error::Dataplane(DataplaneError::Netns(NetnsError::NotFound { .. }))
             | Error::Dataplane(DataplaneError::Netns(NetnsError::NotNetns { .. }))
-            | Error::Dataplane(DataplaneError::Netns(NetnsError::NoSuchPid { .. })) => "invalid",
+            | Error::Dataplane(DataplaneError::Netns(NetnsError::NoSuchPid { .. }))
+            | Error::Dataplane(DataplaneError::Netns(NetnsError::Timeout { .. })) => "invalid",
+            // A sandbox kept from misuse (another network's, or a downgrade) is a conflict
+            // between the store and what this host built, for an operator to resolve.
+            Error::Dataplane(DataplaneError::SandboxRefused { .. }) => "conflict",
             _ => "internal",
         }
     }

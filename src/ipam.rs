@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use crate::model::{
-    Encryption, Invalid, Mac, Network, NetworkName, Vni, VNI_MAX, WIREGUARD_OVERHEAD,
+    Encryption, Invalid, Mac, Network, NetworkId, NetworkName, Vni, VNI_MAX, WIREGUARD_OVERHEAD,
 };
 
 /// Automatically assigned VNIs start here (low VNIs are often taken by hand-made devices).
@@ -47,7 +47,11 @@ fn bad<T>(msg: String) -> Result<T, PlanError> {
     Err(PlanError::Invalid(Invalid(msg)))
 }
 
-/// Parse a subnet: an IPv4 network address with a prefix of at most /30.
+/// The shortest subnet prefix a network may have. A /8 already holds 16.7 million addresses;
+/// anything larger is a mistake (0.0.0.0/0 would take every address there is).
+pub const MIN_PREFIX: u8 = 8;
+
+/// Parse a subnet: an IPv4 network address with a prefix between /8 and /30.
 pub fn parse_subnet(s: &str) -> Result<Ipv4Network, PlanError> {
     let net: Ipv4Network = match s.parse() {
         Ok(n) if s.contains('/') => n,
@@ -58,6 +62,11 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Network, PlanError> {
             "subnet {s} has host bits set; did you mean {}/{}?",
             net.network(),
             net.prefix()
+        ));
+    }
+    if net.prefix() < MIN_PREFIX {
+        return bad(format!(
+            "subnet {s} is too large: the shortest prefix a network may have is /{MIN_PREFIX}"
         ));
     }
     if net.prefix() > 30 {
@@ -127,6 +136,8 @@ pub fn plan_network(
     };
     let net = Network {
         name,
+        // A new network gets a fresh id; a repeated request is compared without it.
+        id: same_name.map_or_else(NetworkId::random, |n| n.id.clone()),
         vni,
         subnet,
         gateway,
@@ -245,17 +256,28 @@ pub fn free_addresses<'a>(
         .filter(move |ip| *ip != net.gateway && !taken.contains(ip))
 }
 
-/// The order in which to try `len` free addresses: the lowest first (sequential addresses
-/// in the common, uncontended case), then, after losing a race for it, from a point chosen
-/// by `seed`, so concurrent allocators spread out instead of all fighting over the next one.
-pub fn probe_order(len: usize, seed: u64) -> impl Iterator<Item = usize> {
-    let start = if len > 1 {
-        1 + (seed % (len as u64 - 1)) as usize
-    } else {
-        0
-    };
-    let rest = (0..len.saturating_sub(1)).map(move |k| 1 + (start - 1 + k) % (len - 1));
-    (0..len.min(1)).chain(rest)
+/// The free addresses of `net` in the order to try them, computed as they are consumed
+/// (never a list of the whole space): the lowest free one first (sequential addresses in
+/// the common, uncontended case), then, after losing a race for it, every other free one
+/// from a point chosen by `seed` and around, so concurrent allocators spread out instead of
+/// all fighting over the next one. Each free address comes exactly once.
+pub fn candidates<'a>(
+    net: &'a Network,
+    taken: &'a BTreeSet<Ipv4Addr>,
+    seed: u64,
+) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    let first = u32::from(net.subnet.network()) + 1;
+    let last = u32::from(net.subnet.broadcast()) - 1;
+    let span = u64::from(last - first) + 1;
+    let free = move |ip: &Ipv4Addr| *ip != net.gateway && !taken.contains(ip);
+    let lowest = free_addresses(net, taken).next();
+    let start = first + (seed % span) as u32;
+    let around = (start..=last)
+        .chain(first..start)
+        .map(Ipv4Addr::from)
+        .filter(free)
+        .filter(move |ip| Some(*ip) != lowest);
+    lowest.into_iter().chain(around)
 }
 
 /// How many endpoint addresses a network has in all.
@@ -448,27 +470,48 @@ mod tests {
     }
 
     #[test]
-    fn probe_order_visits_every_index_once_lowest_first() {
-        for len in [0usize, 1, 2, 7, 100] {
+    fn candidates_visit_every_free_address_once_lowest_first() {
+        for subnet in ["10.1.0.0/30", "10.1.0.0/29", "10.1.0.0/24"] {
+            let n = net("a", subnet, 5);
+            let taken: BTreeSet<Ipv4Addr> = ["10.1.0.3".parse().unwrap()].into();
+            let free: Vec<Ipv4Addr> = free_addresses(&n, &taken).collect();
             for seed in [0u64, 3, 99, u64::MAX] {
-                let order: Vec<usize> = probe_order(len, seed).collect();
+                let order: Vec<Ipv4Addr> = candidates(&n, &taken, seed).collect();
                 let mut sorted = order.clone();
                 sorted.sort();
-                assert_eq!(
-                    sorted,
-                    (0..len).collect::<Vec<_>>(),
-                    "len {len} seed {seed}"
-                );
-                if len > 0 {
-                    assert_eq!(order[0], 0);
-                }
+                assert_eq!(sorted, free, "{subnet} seed {seed}");
+                assert_eq!(order.first(), free.first(), "lowest first");
             }
         }
+        let n = net("a", "10.1.0.0/24", 5);
+        let none = BTreeSet::new();
         assert_ne!(
-            probe_order(100, 1).nth(1),
-            probe_order(100, 2).nth(1),
+            candidates(&n, &none, 10).nth(1),
+            candidates(&n, &none, 100).nth(1),
             "seeds spread the second try"
         );
+    }
+
+    #[test]
+    fn the_largest_allowed_subnet_allocates_without_listing_its_space() {
+        // A /8: 16.7 million addresses. The first candidates come at once, whatever the seed.
+        let n = net("big", "10.0.0.0/8", 5);
+        let taken: BTreeSet<Ipv4Addr> = ["10.0.0.2".parse().unwrap()].into();
+        let first: Vec<Ipv4Addr> = candidates(&n, &taken, u64::MAX / 3).take(3).collect();
+        assert_eq!(first[0], "10.0.0.3".parse::<Ipv4Addr>().unwrap());
+        assert!(first
+            .iter()
+            .all(|ip| n.subnet.contains(*ip) && !taken.contains(ip)));
+        assert_eq!(capacity(&n), (1 << 24) - 3);
+    }
+
+    #[test]
+    fn subnets_larger_than_the_limit_are_refused() {
+        for s in ["0.0.0.0/0", "10.0.0.0/7", "128.0.0.0/1"] {
+            let e = parse_subnet(s).unwrap_err().to_string();
+            assert!(e.contains("too large") && e.contains("/8"), "{s}: {e}");
+        }
+        assert!(parse_subnet("10.0.0.0/8").is_ok());
     }
 
     #[test]

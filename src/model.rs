@@ -49,6 +49,63 @@ fn check_name_chars(what: &str, s: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A network's identity: 16 lowercase hex digits drawn at random when the network is created.
+/// A name can be removed and taken again; an id never comes back, so everything a host builds
+/// for a network (sandbox, VXLAN device, cached sockets, programmed tables) is keyed by it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NetworkId(String);
+
+/// Hex digits in a network id (64 bits: no two networks of a cluster's life share one).
+pub const NETWORK_ID_LEN: usize = 16;
+
+impl NetworkId {
+    /// A fresh id from the operating system's random source.
+    pub fn random() -> NetworkId {
+        use rand_core::{OsRng, RngCore};
+        NetworkId(format!("{:016x}", OsRng.next_u64()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for NetworkId {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        if s.len() != NETWORK_ID_LEN
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return invalid(format!(
+                "network id {s:?} is not {NETWORK_ID_LEN} lowercase hex digits"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for NetworkId {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<NetworkId> for String {
+    fn from(n: NetworkId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A network name: CNI's name characters, short enough for the interface names derived from it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -362,6 +419,8 @@ pub const WIREGUARD_OVERHEAD: u32 = 60;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub name: NetworkName,
+    /// Unique for the network's life; a network re-created under the same name gets a new one.
+    pub id: NetworkId,
     pub vni: Vni,
     pub subnet: Ipv4Network,
     pub gateway: Ipv4Addr,
@@ -374,9 +433,13 @@ pub struct Network {
 }
 
 impl Network {
-    /// The same network asked for twice: name, subnet and every option given explicitly match.
+    /// The same network asked for twice: name, subnet and every option given explicitly match
+    /// (the id is the network's identity, not an option).
     pub fn same_options(&self, other: &Network) -> bool {
-        self == other
+        Network {
+            id: self.id.clone(),
+            ..other.clone()
+        } == *self
     }
 }
 
@@ -384,6 +447,9 @@ impl Network {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub network: NetworkName,
+    /// The id of the network this address was taken in: a record left by an earlier network
+    /// of the same name is told apart by it and never programmed.
+    pub network_id: NetworkId,
     pub id: EndpointId,
     /// The address with the subnet's prefix length.
     pub ip: Ipv4Network,
@@ -517,6 +583,7 @@ mod tests {
     #[test]
     fn records_round_trip_json() {
         let n = Network {
+            id: "00000000000000aa".parse().unwrap(),
             name: "blue".parse().unwrap(),
             vni: Vni::new(42).unwrap(),
             subnet: "10.1.0.0/24".parse().unwrap(),

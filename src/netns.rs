@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -35,7 +36,12 @@ pub enum NetnsError {
     },
     #[error("namespace worker thread failed: {0}")]
     Thread(String),
+    #[error("opening {path} took longer than {secs} s (a hung filesystem?)")]
+    Timeout { path: PathBuf, secs: u64 },
 }
+
+/// How long opening a namespace path named by a caller or a record may take.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An open handle on a network namespace; the namespace lives at least as long as it.
 #[derive(Debug)]
@@ -46,23 +52,75 @@ pub struct NetNs {
 
 impl NetNs {
     /// Open the namespace at `path` (a bind mount or `/proc/PID/ns/net`), checking that it is one.
+    ///
+    /// Whatever the path turns out to be, opening it never blocks and has no side effect: it
+    /// is first opened with `O_PATH` (a FIFO would otherwise wait for a writer forever, a
+    /// device could act on being opened), checked to be a file of the namespace filesystem,
+    /// and only then opened for real through `/proc/self/fd`.
     pub fn open(path: &Path) -> Result<NetNs, NetnsError> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NetnsError::NotFound {
-                path: path.to_path_buf(),
-            },
-            _ => NetnsError::Io {
-                op: "opening",
-                path: path.to_path_buf(),
-                source: e,
-            },
+        let io = |op: &'static str| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::NotFound => NetnsError::NotFound { path },
+                _ => NetnsError::Io {
+                    op,
+                    path,
+                    source: e,
+                },
+            }
+        };
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io("opening"))?;
+        let fs = nix::sys::statfs::fstatfs(&handle).map_err(|e| NetnsError::Sys {
+            op: "inspecting",
+            path: path.to_path_buf(),
+            source: e,
         })?;
+        if fs.filesystem_type() != NSFS_MAGIC {
+            return Err(NetnsError::NotNetns {
+                path: path.to_path_buf(),
+            });
+        }
+        let file =
+            File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(io("opening"))?;
         let fd = OwnedFd::from(file);
         check_is_netns(&fd, path)?;
         Ok(NetNs {
             fd,
             path: path.to_path_buf(),
         })
+    }
+
+    /// [`NetNs::open`] for a path that came from outside (an API caller, a store record):
+    /// off the async runtime's workers, and given up after [`OPEN_TIMEOUT`], so no path can
+    /// hold a worker (a path on a hung network filesystem blocks even `O_PATH` lookups).
+    pub async fn open_untrusted(path: &Path) -> Result<NetNs, NetnsError> {
+        let owned = path.to_path_buf();
+        let task = tokio::task::spawn_blocking(move || NetNs::open(&owned));
+        match tokio::time::timeout(OPEN_TIMEOUT, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
+            Err(_) => Err(NetnsError::Timeout {
+                path: path.to_path_buf(),
+                secs: OPEN_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+
+    /// [`NetNs::of_pid`] off the async runtime's workers, with a deadline.
+    pub async fn of_pid_untrusted(pid: u32) -> Result<NetNs, NetnsError> {
+        let task = tokio::task::spawn_blocking(move || NetNs::of_pid(pid));
+        match tokio::time::timeout(OPEN_TIMEOUT, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
+            Err(_) => Err(NetnsError::Timeout {
+                path: pid_netns_path(pid),
+                secs: OPEN_TIMEOUT.as_secs(),
+            }),
+        }
     }
 
     /// The network namespace of process `pid`.
@@ -203,6 +261,9 @@ fn create_on_this_thread(path: &Path) -> Result<(), NetnsError> {
     result
 }
 
+/// `NSFS_MAGIC` from linux/magic.h: the filesystem of `/proc/PID/ns/*` and their bind mounts.
+const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
+
 fn check_is_netns(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
     // The namespace type is not visible through fstat; ask the kernel which kind it is.
     // NS_GET_NSTYPE = _IO(0xb7, 0x3)
@@ -225,4 +286,50 @@ fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Resul
         .map_err(|e| NetnsError::Thread(e.to_string()))?
         .join()
         .map_err(|_| NetnsError::Thread("panicked".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A plain open(2) of a FIFO for reading waits for a writer; this must answer at once.
+        assert!(matches!(
+            NetNs::open(&fifo),
+            Err(NetnsError::NotNetns { .. })
+        ));
+    }
+
+    #[test]
+    fn files_that_are_not_namespaces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        fs::write(&file, b"x").unwrap();
+        for p in [file.as_path(), dir.path(), Path::new("/dev/null")] {
+            assert!(
+                matches!(NetNs::open(p), Err(NetnsError::NotNetns { .. })),
+                "{}",
+                p.display()
+            );
+        }
+        assert!(matches!(
+            NetNs::open(&dir.path().join("absent")),
+            Err(NetnsError::NotFound { .. })
+        ));
+        // Another kind of namespace is a namespace file, but not a network namespace.
+        assert!(matches!(
+            NetNs::open(Path::new("/proc/self/ns/uts")),
+            Err(NetnsError::NotNetns { .. })
+        ));
+    }
+
+    #[test]
+    fn own_namespace_opens() {
+        let ns = NetNs::open(Path::new("/proc/self/ns/net")).unwrap();
+        assert!(ns.inode() != 0);
+    }
 }

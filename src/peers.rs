@@ -169,6 +169,7 @@ mod tests {
     fn ep(host: &str, ip: &str) -> Endpoint {
         let ip: Ipv4Addr = ip.parse().unwrap();
         Endpoint {
+            network_id: "00000000000000aa".parse().unwrap(),
             network: "n".parse().unwrap(),
             id: format!("e{ip}").replace('.', "-").parse().unwrap(),
             ip: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::api::types::DriftLine;
 use crate::dataplane::netlink::{LinkState, SandboxState};
-use crate::dataplane::spec::{EndpointSpec, SandboxSpec, BRIDGE};
+use crate::dataplane::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
 use crate::model::{Endpoint, VXLAN_PORT};
 
 /// One network as it should be on this host.
@@ -111,13 +111,12 @@ fn finding(network: &str, kind: &str, object: String, detail: String, repair: Re
     }
 }
 
-/// Compare desired with observed. `known_networks` are all networks in the store: a
-/// sandbox of one of them is never stray, even with no local endpoint.
+/// Compare desired with observed. `known_sandboxes` are the sandbox paths of all networks
+/// in the store: one of them is never stray, even with no local endpoint.
 pub fn diff(
     desired: &[DesiredNetwork],
     observed: &Observed,
-    known_networks: &BTreeSet<String>,
-    sandbox_of: impl Fn(&str) -> PathBuf,
+    known_sandboxes: &BTreeSet<PathBuf>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for want in desired {
@@ -140,8 +139,8 @@ pub fn diff(
         }
     }
     for path in observed.sandboxes.keys() {
-        let wanted = desired.iter().any(|d| &d.sandbox.netns == path)
-            || known_networks.iter().any(|n| &sandbox_of(n) == path);
+        let wanted =
+            desired.iter().any(|d| &d.sandbox.netns == path) || known_sandboxes.contains(path);
         if !wanted {
             out.push(finding(
                 "-",
@@ -183,6 +182,15 @@ fn diff_sandbox(want: &DesiredNetwork, have: &SandboxState, out: &mut Vec<Findin
             ensure(),
         )),
         Some(b) => {
+            if let Some((kind, why)) = marker_problem(b, spec) {
+                out.push(finding(
+                    &want.name,
+                    kind,
+                    format!("bridge {BRIDGE}"),
+                    why,
+                    ensure(),
+                ));
+            }
             if let Some(why) = bridge_problem(b, spec) {
                 out.push(finding(
                     &want.name,
@@ -212,6 +220,15 @@ fn diff_sandbox(want: &DesiredNetwork, have: &SandboxState, out: &mut Vec<Findin
             ensure(),
         )),
         Some(v) => {
+            if let Some(why) = vxlan_socket_problem(v, spec, have) {
+                out.push(finding(
+                    &want.name,
+                    "wrong",
+                    format!("vxlan {}", spec.vxlan),
+                    why,
+                    ensure(),
+                ));
+            }
             if let Some(why) = vxlan_problem(v, spec, bridge.map(|b| b.index)) {
                 out.push(finding(
                     &want.name,
@@ -224,6 +241,33 @@ fn diff_sandbox(want: &DesiredNetwork, have: &SandboxState, out: &mut Vec<Findin
         }
     }
     diff_veths(want, have, bridge.map(|b| b.index), out);
+}
+
+/// A bridge marked for another network, or for encryption the spec would drop, is refused
+/// (its repair fails loudly); an unmarked one is marked by the repair.
+fn marker_problem(b: &LinkState, spec: &SandboxSpec) -> Option<(&'static str, String)> {
+    match b.alias.as_deref().and_then(SandboxMarker::parse) {
+        Some(have) => match have.refuses(&spec.marker) {
+            Some(why) => Some(("refused", why)),
+            None => (have != spec.marker).then(|| {
+                (
+                    "wrong",
+                    format!("marked {:?}, want {:?}", have.alias(), spec.marker.alias()),
+                )
+            }),
+        },
+        None => Some(("wrong", "not marked with its network".into())),
+    }
+}
+
+/// Where the VXLAN device's UDP socket lives must be where the spec says: the host's
+/// namespace for a plain network, the tunnel's for an encrypted one.
+fn vxlan_socket_problem(v: &LinkState, spec: &SandboxSpec, have: &SandboxState) -> Option<String> {
+    let (want, where_) = match spec.vtep_netns {
+        None => (have.host_nsid, "the host namespace"),
+        Some(_) => (have.tunnel_nsid, "the tunnel namespace"),
+    };
+    (want.is_none() || v.link_netnsid != want).then(|| format!("its UDP socket is not in {where_}"))
 }
 
 fn bridge_problem(b: &LinkState, spec: &SandboxSpec) -> Option<String> {
@@ -316,6 +360,7 @@ mod tests {
 
     fn network() -> Network {
         Network {
+            id: "00000000000000aa".parse().unwrap(),
             name: "blue".parse().unwrap(),
             vni: Vni::new(42).unwrap(),
             subnet: "10.1.0.0/24".parse().unwrap(),
@@ -334,6 +379,7 @@ mod tests {
             .map(|i| {
                 let ip: std::net::Ipv4Addr = format!("10.1.0.{}", i + 2).parse().unwrap();
                 let ep = Endpoint {
+                    network_id: "00000000000000aa".parse().unwrap(),
                     network: net.name.clone(),
                     id: format!("w{i}").parse().unwrap(),
                     ip: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
@@ -372,13 +418,17 @@ mod tests {
 
     /// The kernel state a correct sandbox has.
     fn healthy(d: &DesiredNetwork) -> SandboxState {
-        let mut links = vec![link(2, BRIDGE, "bridge")];
+        let mut links = vec![LinkState {
+            alias: Some(d.sandbox.marker.alias()),
+            ..link(2, BRIDGE, "bridge")
+        }];
         links.push(LinkState {
             vni: Some(42),
             learning: Some(false),
             proxy: Some(true),
             port: Some(4789),
             controller: Some(2),
+            link_netnsid: Some(HOST_NSID),
             ..link(3, "vx-blue", "vxlan")
         });
         for (i, (ep, _)) in d.endpoints.iter().enumerate() {
@@ -390,8 +440,13 @@ mod tests {
         SandboxState {
             links,
             addresses: vec![(2, d.sandbox.gateway)],
+            host_nsid: Some(HOST_NSID),
+            tunnel_nsid: Some(TUNNEL_NSID),
         }
     }
+
+    const HOST_NSID: i32 = 0;
+    const TUNNEL_NSID: i32 = 1;
 
     fn run(
         d: &DesiredNetwork,
@@ -405,10 +460,62 @@ mod tests {
         if let Some((p, s)) = extra {
             observed.sandboxes.insert(p, s);
         }
-        let known: BTreeSet<String> = ["blue".to_string()].into();
-        diff(std::slice::from_ref(d), &observed, &known, |n| {
-            PathBuf::from(format!("/run/rnet/netns/sb-{n}"))
-        })
+        let known: BTreeSet<PathBuf> = [d.sandbox.netns.clone()].into();
+        diff(std::slice::from_ref(d), &observed, &known)
+    }
+
+    fn vxlan_mut(s: &mut SandboxState) -> &mut LinkState {
+        s.links.iter_mut().find(|l| l.name == "vx-blue").unwrap()
+    }
+
+    #[test]
+    fn vxlan_socket_in_the_wrong_namespace_is_rebuilt() {
+        let d = desired(1);
+        // A plain network's device whose socket sits in the tunnel namespace, and one whose
+        // socket is in the sandbox itself (no link netns): neither is trusted.
+        for socket in [Some(TUNNEL_NSID), None] {
+            let mut s = healthy(&d);
+            vxlan_mut(&mut s).link_netnsid = socket;
+            let f = run(&d, Some(s), None);
+            assert_eq!(f.len(), 1, "{f:?}");
+            assert!(f[0].line.detail.contains("not in the host namespace"));
+            assert_eq!(
+                f[0].repair,
+                Repair::EnsureSandbox {
+                    network: "blue".into()
+                }
+            );
+        }
+        // An encrypted network's device must have its socket in the tunnel namespace.
+        let mut enc = d.clone();
+        enc.sandbox.vtep_netns = Some("/run/rnet/netns/wg".into());
+        enc.sandbox.marker.encryption = crate::model::Encryption::Wireguard;
+        let s = healthy(&enc);
+        let f = run(&enc, Some(s.clone()), None);
+        assert!(
+            f[0].line.detail.contains("not in the tunnel namespace"),
+            "{f:?}"
+        );
+        let mut ok = s;
+        vxlan_mut(&mut ok).link_netnsid = Some(TUNNEL_NSID);
+        assert_eq!(run(&enc, Some(ok), None), vec![]);
+    }
+
+    #[test]
+    fn sandbox_marked_encrypted_is_refused_for_a_plain_record() {
+        let d = desired(0);
+        let mut s = healthy(&d);
+        s.links[0].alias = Some(
+            SandboxMarker {
+                encryption: crate::model::Encryption::Wireguard,
+                ..d.sandbox.marker.clone()
+            }
+            .alias(),
+        );
+        let f = run(&d, Some(s), None);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].line.kind, "refused");
+        assert!(f[0].line.detail.contains("never turned off"));
     }
 
     #[test]

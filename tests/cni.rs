@@ -21,17 +21,11 @@ fn conf(version: &str, name: &str) -> Value {
     json!({"cniVersion": version, "name": name, "type": "rnet-cni"})
 }
 
-/// Sandbox of network `net` on host `h`.
-fn sandbox(h: &Host, net: &str) -> PathBuf {
-    h.run_dir().join("netns").join(format!("sb-{net}"))
-}
-
 /// The sandbox-side veths (named `ve<hex address>`).
 fn sandbox_veths(h: &Host, net: &str) -> Vec<String> {
-    let path = sandbox(h, net);
-    if !path.exists() {
+    let Some(path) = common::find_sandbox(&h.run_dir(), net) else {
         return Vec::new();
-    }
+    };
     links_in(&path)
         .into_iter()
         .filter(|l| l.starts_with("ve"))

@@ -482,7 +482,7 @@ fn where_the_tunnel_cannot_run_encrypted_networks_fail_loudly_and_change_nothing
         "no interface was left in the workload"
     );
     assert!(
-        !host.run_dir().join("netns/sb-enc").exists(),
+        common::find_sandbox(&host.run_dir(), "enc").is_none(),
         "no sandbox was built"
     );
 

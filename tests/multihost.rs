@@ -202,7 +202,7 @@ fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
     for (i, w) in ws.iter().enumerate() {
         attach(&lab, &format!("h{}", i + 1), "loss", w, &[]);
     }
-    let sandbox = |h: &str| lab.dir().join(h).join("run/netns/sb-loss");
+    let sandbox = |h: &str| common::sandbox_in(&lab.dir().join(h).join("run"), "loss");
     let h3_entries = |h: &str| {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", sandbox(h).display()))
@@ -395,7 +395,7 @@ fn a_hand_deleted_fdb_entry_is_reported_and_restored() {
         .as_str()
         .unwrap()
         .to_string();
-    let sandbox = lab.dir().join("h1/run/netns/sb-fdb");
+    let sandbox = common::sandbox_in(&lab.dir().join("h1/run"), "fdb");
     let del = Command::new("nsenter")
         .arg(format!("--net={}", sandbox.display()))
         .args([

@@ -267,7 +267,7 @@ fn podman_containers_on_an_rnet_cni_network_talk() {
     wait_until("a's endpoint released", Duration::from_secs(20), || {
         endpoint_ids(&h, "pnet") == ["cli"]
     });
-    let sandbox = h.run_dir().join("netns/sb-pnet");
+    let sandbox = common::sandbox_in(&h.run_dir(), "pnet");
     wait_until(
         "only the CLI workload's veth left",
         Duration::from_secs(20),

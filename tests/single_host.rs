@@ -254,7 +254,7 @@ fn doctor_reports_and_repairs_drift() {
     let (a, b) = (Workload::new("a"), Workload::new("b"));
     attach(&h, "doc", &a, "a");
     let eb = attach(&h, "doc", &b, "b");
-    let sandbox = h.run_dir().join("netns/sb-doc");
+    let sandbox = common::sandbox_in(&h.run_dir(), "doc");
     // Break things by hand: learning on the VXLAN device, a stray veth.
     let ns = format!("--net={}", sandbox.display());
     for argv in [
@@ -296,8 +296,8 @@ fn bad_input_is_refused_and_changes_nothing() {
             h.rnet_json(&["ls"]),
             h.rnet_json(&["endpoints"]),
             links_in(&h.netns_path()),
-            links_in(&h.run_dir().join("netns/sb-good")),
-            links_in(&h.run_dir().join("netns/sb-tiny")),
+            links_in(&common::sandbox_in(&h.run_dir(), "good")),
+            links_in(&common::sandbox_in(&h.run_dir(), "tiny")),
         )
     };
     let before = snapshot(&h);

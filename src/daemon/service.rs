@@ -26,7 +26,9 @@ use crate::dataplane::spec::{self, EndpointSpec, SandboxSpec};
 use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::ipam;
-use crate::model::{fnv1a, Endpoint, EndpointId, IfName, Mac, Network, NetworkName};
+use crate::model::{
+    fnv1a, Encryption, Endpoint, EndpointId, IfName, Mac, Network, NetworkId, NetworkName,
+};
 use crate::netns::{self, NetNs};
 use crate::peers::{self, PeerState, Tables};
 use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
@@ -55,22 +57,27 @@ pub struct Service<S: Store> {
     cfg: HostConfig,
     /// Attaches and detaches share it; a reconcile takes it alone.
     kernel: RwLock<()>,
-    /// Networks whose sandbox this process has already made sure of.
-    ensured: Mutex<HashSet<String>>,
-    sandbox_locks: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Networks (by id) whose sandbox this process has already made sure of, with the
+    /// encryption it was made for: a record that says otherwise goes the slow way (and is
+    /// refused there if it would turn encryption off).
+    ensured: Mutex<HashMap<NetworkId, Encryption>>,
+    sandbox_locks: Mutex<HashMap<NetworkId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     last_reconcile: Mutex<(usize, u64)>,
     /// The store as the watch sees it, and who is alive.
     shared: std::sync::Arc<Shared>,
     liveness: std::sync::Arc<Liveness>,
-    /// Per network: the VXLAN device index and the tables last programmed into it, so a
+    /// Per network id: the VXLAN device index and the tables last programmed into it, so a
     /// change costs only its difference (the kernel is read back on full passes).
-    programmed: tokio::sync::Mutex<HashMap<String, (u32, Tables)>>,
+    programmed: tokio::sync::Mutex<HashMap<NetworkId, (u32, Tables)>>,
     /// Veth pairs of released CNI attachments still being deleted in the background.
     teardowns: cni::Teardowns,
     tunnel: Tunnel,
     /// Hosts that cannot be WireGuard peers, and why.
     tunnel_problems: Mutex<std::collections::BTreeMap<String, String>>,
 }
+
+/// Lost races an allocation tolerates before giving up (each is a store round trip).
+const MAX_ALLOCATION_ATTEMPTS: usize = 256;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -116,7 +123,7 @@ impl<S: Store> Service<S> {
             dp,
             cfg,
             kernel: RwLock::new(()),
-            ensured: Mutex::new(HashSet::new()),
+            ensured: Mutex::new(HashMap::new()),
             sandbox_locks: Mutex::new(HashMap::new()),
             last_reconcile: Mutex::new((0, 0)),
             shared,
@@ -161,6 +168,16 @@ impl<S: Store> Service<S> {
 
     /// Endpoints of one network, or of all networks.
     pub async fn endpoints(&self, network: Option<&str>) -> Result<Vec<Endpoint>> {
+        Ok(self
+            .versioned_endpoints(network)
+            .await?
+            .into_iter()
+            .map(|v| v.ep)
+            .collect())
+    }
+
+    /// Endpoints with the revision of their record, for changes that must compare it.
+    async fn versioned_endpoints(&self, network: Option<&str>) -> Result<Vec<Versioned>> {
         let prefix = match network {
             Some(n) => {
                 self.network(n).await?;
@@ -169,7 +186,14 @@ impl<S: Store> Service<S> {
             None => keys::ENDPOINTS.to_string(),
         };
         let (kvs, _) = self.store.list(&prefix).await?;
-        kvs.iter().map(decode).collect()
+        kvs.iter()
+            .map(|kv| {
+                Ok(Versioned {
+                    ep: decode(kv)?,
+                    rev: kv.mod_revision,
+                })
+            })
+            .collect()
     }
 
     async fn local_endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -269,9 +293,9 @@ impl<S: Store> Service<S> {
     /// Remove a network; with `force`, detach its endpoints first.
     pub async fn remove_network(&self, name: &str, force: bool) -> Result<RemoveResponse> {
         let net = self.network(name).await?;
-        let eps = self.endpoints(Some(name)).await?;
+        let eps = self.versioned_endpoints(Some(name)).await?;
         if !eps.is_empty() && !force {
-            let ids: Vec<String> = eps.iter().take(5).map(|e| e.id.to_string()).collect();
+            let ids: Vec<String> = eps.iter().take(5).map(|e| e.ep.id.to_string()).collect();
             return Err(Error::Conflict(format!(
                 "network {name} still has {} endpoint(s) ({}{}); detach them or use --force",
                 eps.len(),
@@ -281,9 +305,9 @@ impl<S: Store> Service<S> {
         }
         let _guard = self.kernel.read().await;
         let mut detached = Vec::new();
-        for ep in eps {
-            self.detach_one(&net, &ep).await?;
-            detached.push(ep);
+        for v in eps {
+            self.detach_one(&net, &v).await?;
+            detached.push(v.ep);
         }
         let txn = self
             .store
@@ -300,7 +324,8 @@ impl<S: Store> Service<S> {
             )
             .await?;
         debug_assert!(txn.succeeded);
-        self.ensured.lock().expect("poisoned").remove(name);
+        self.ensured.lock().expect("poisoned").remove(&net.id);
+        self.programmed.lock().await.remove(&net.id);
         self.dp
             .remove_sandbox(&self.sandbox_spec(&net).netns)
             .await?;
@@ -329,7 +354,7 @@ impl<S: Store> Service<S> {
         if req.owner.as_ref().is_some_and(|o| o.len() > 128) {
             return Err(Error::Invalid("owner is longer than 128 characters".into()));
         }
-        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid)?;
+        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid).await?;
         let net = self.network(&req.network).await?;
         if let Some(ip) = requested_ip {
             ipam::check_requested(&net, ip)?;
@@ -344,6 +369,7 @@ impl<S: Store> Service<S> {
         self.ensure_sandbox(&net).await?;
         let template = Endpoint {
             network: net.name.clone(),
+            network_id: net.id.clone(),
             id,
             ip: Ipv4Network::new(net.gateway, net.subnet.prefix()).expect("valid prefix"),
             // All zeros: allocate derives it from the address.
@@ -358,16 +384,21 @@ impl<S: Store> Service<S> {
             owner: req.owner.clone(),
             mtu: req.mtu.filter(|m| *m != net.mtu),
         };
-        let ep = self.allocate(&net, template, requested_ip).await?;
+        let held = self.allocate(&net, template, requested_ip).await?;
         let sandbox = self.sandbox_spec(&net);
         if let Err(e) = self
             .dp
-            .attach(&sandbox, &EndpointSpec::for_endpoint(&net, &ep), &workload)
+            .attach(
+                &sandbox,
+                &EndpointSpec::for_endpoint(&net, &held.ep),
+                &workload,
+            )
             .await
         {
-            self.release(&ep).await;
+            self.release(&held).await;
             return Err(e.into());
         }
+        let ep = held.ep;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok(ep)
     }
@@ -377,28 +408,50 @@ impl<S: Store> Service<S> {
     /// first ARP then finds its answer instead of waiting a second for the kernel's retry.
     async fn ensure_sandbox(&self, net: &Network) -> Result<()> {
         self.check_encryption(net.name.as_str(), net.encryption, "attach to")?;
-        let name = net.name.to_string();
+        let id = net.id.clone();
         let spec = self.sandbox_spec(net);
-        if self.ensured.lock().expect("poisoned").contains(&name) && netns::is_mounted(&spec.netns)
-        {
+        let ensured = || {
+            self.ensured.lock().expect("poisoned").get(&id) == Some(&net.encryption)
+                && netns::is_mounted(&spec.netns)
+        };
+        if ensured() {
             return Ok(());
         }
         let lock = self
             .sandbox_locks
             .lock()
             .expect("poisoned")
-            .entry(name.clone())
+            .entry(id.clone())
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        if self.ensured.lock().expect("poisoned").contains(&name) && netns::is_mounted(&spec.netns)
-        {
+        if ensured() {
             return Ok(());
         }
+        self.remove_stale_sandboxes(net).await?;
         self.dp.ensure_sandbox(&spec).await?;
-        self.ensured.lock().expect("poisoned").insert(name);
+        self.ensured
+            .lock()
+            .expect("poisoned")
+            .insert(id.clone(), net.encryption);
         if let Err(e) = self.peer_pass(false, true, Some(net)).await {
             tracing::warn!(network = %net.name, error = %e, "programming a new sandbox's peers failed; the next pass retries");
+        }
+        Ok(())
+    }
+
+    /// Remove the sandboxes of networks that no longer exist before building `net`'s: one
+    /// left by an earlier network of the same name (or VNI) holds a VXLAN device that the
+    /// new one would clash with, and must never be mistaken for it.
+    async fn remove_stale_sandboxes(&self, net: &Network) -> Result<()> {
+        let live: HashSet<NetworkId> = self.networks().await?.into_iter().map(|n| n.id).collect();
+        for (path, _, id) in self.sandbox_paths() {
+            if id != net.id && !live.contains(&id) {
+                tracing::info!(sandbox = %path.display(), "removing the sandbox of a network that no longer exists");
+                self.ensured.lock().expect("poisoned").remove(&id);
+                self.programmed.lock().await.remove(&id);
+                self.dp.remove_sandbox(&path).await?;
+            }
         }
         Ok(())
     }
@@ -432,31 +485,40 @@ impl<S: Store> Service<S> {
 
     /// Take an address: the requested one, or the lowest free one, by create-if-absent on
     /// its key (and on the endpoint id's key), so no two callers anywhere get the same.
-    async fn allocate(
+    /// Returns the record with the revision it was written at (what a release compares).
+    pub(super) async fn allocate(
         &self,
         net: &Network,
         mut ep: Endpoint,
         requested: Option<Ipv4Addr>,
-    ) -> Result<Endpoint> {
+    ) -> Result<Versioned> {
         let name = net.name.as_str();
-        let candidates: Vec<Ipv4Addr> = match requested {
-            Some(ip) => vec![ip],
+        // The addresses are the keys: no need to decode the records.
+        let taken: BTreeSet<Ipv4Addr> = match requested {
+            Some(_) => BTreeSet::new(),
             None => {
-                // The addresses are the keys: no need to decode the records.
                 let (kvs, _) = self.store.list(&keys::endpoints_of(name)).await?;
-                let taken: BTreeSet<Ipv4Addr> = kvs
-                    .iter()
+                kvs.iter()
                     .filter_map(|kv| match keys::classify(&kv.key) {
                         keys::Key::Endpoint(_, ip) => Some(ip),
                         _ => None,
                     })
-                    .collect();
-                ipam::free_addresses(net, &taken).collect()
+                    .collect()
             }
         };
         let seed = fnv1a(format!("{}/{}", self.cfg.host_id, ep.id).as_bytes());
+        // Candidates are computed as they are tried, never listed: a /8 has 16.7 million.
+        let candidates: Box<dyn Iterator<Item = Ipv4Addr> + Send> = match requested {
+            Some(ip) => Box::new(std::iter::once(ip)),
+            None => Box::new(ipam::candidates(net, &taken, seed)),
+        };
         let requested_mac = (!ep.mac.is_zero()).then_some(ep.mac);
-        for ip in ipam::probe_order(candidates.len(), seed).map(|i| candidates[i]) {
+        for (attempt, ip) in candidates.enumerate() {
+            if attempt >= MAX_ALLOCATION_ATTEMPTS {
+                return Err(Error::Conflict(format!(
+                    "network {name}: lost the race for {attempt} free addresses in a row; try again"
+                )));
+            }
             ep.ip = Ipv4Network::new(ip, net.subnet.prefix()).expect("valid prefix");
             ep.mac = requested_mac.unwrap_or_else(|| Mac::from_ipv4(ip));
             ep.host_ifname = spec::host_ifname(ip);
@@ -482,7 +544,10 @@ impl<S: Store> Service<S> {
                 )
                 .await?;
             if txn.succeeded {
-                return Ok(ep);
+                return Ok(Versioned {
+                    ep,
+                    rev: txn.revision,
+                });
             }
             if txn.current.get(1).is_some_and(|c| c.is_some()) {
                 return Err(Error::Conflict(format!(
@@ -504,19 +569,33 @@ impl<S: Store> Service<S> {
         )))
     }
 
-    /// Delete an endpoint's records (best effort: used for rollback and detach).
-    async fn release(&self, ep: &Endpoint) {
+    /// Delete an endpoint's records if they are still the version read (rollback, detach,
+    /// gc, rm --force): a release that comes late must never free a newer allocation of the
+    /// same address. Returns whether it deleted them.
+    async fn release(&self, v: &Versioned) -> bool {
+        let ep = &v.ep;
         let name = ep.network.as_str();
+        let key = keys::endpoint(name, ep.ip.ip());
         let ops = vec![
-            TxnOp::Delete {
-                key: keys::endpoint(name, ep.ip.ip()),
-            },
+            TxnOp::Delete { key: key.clone() },
             TxnOp::Delete {
                 key: keys::endpoint_id(name, ep.id.as_str()),
             },
         ];
-        if let Err(e) = self.store.txn(vec![], ops).await {
-            tracing::error!(error = %e, id = %ep.id, "releasing endpoint records failed");
+        match self
+            .store
+            .txn(vec![Compare::ModRevision(key, v.rev)], ops)
+            .await
+        {
+            Ok(txn) if txn.succeeded => true,
+            Ok(_) => {
+                tracing::warn!(id = %ep.id, ip = %ep.ip, "endpoint record changed since it was read; not released");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, id = %ep.id, "releasing endpoint records failed");
+                false
+            }
         }
     }
 
@@ -525,16 +604,18 @@ impl<S: Store> Service<S> {
         let net = self.network(&req.network).await?;
         let chosen = self.select_endpoints(&net, req).await?;
         let _guard = self.kernel.read().await;
-        for ep in &chosen {
-            self.detach_one(&net, ep).await?;
+        for v in &chosen {
+            self.detach_one(&net, v).await?;
         }
-        Ok(DetachResponse { detached: chosen })
+        Ok(DetachResponse {
+            detached: chosen.into_iter().map(|v| v.ep).collect(),
+        })
     }
 
-    async fn select_endpoints(&self, net: &Network, req: &DetachRequest) -> Result<Vec<Endpoint>> {
-        let all = self.endpoints(Some(net.name.as_str())).await?;
-        let chosen: Vec<Endpoint> = match (&req.id, &req.netns, req.pid) {
-            (Some(id), None, None) => all.into_iter().filter(|e| e.id.as_str() == id).collect(),
+    async fn select_endpoints(&self, net: &Network, req: &DetachRequest) -> Result<Vec<Versioned>> {
+        let all = self.versioned_endpoints(Some(net.name.as_str())).await?;
+        let chosen: Vec<Versioned> = match (&req.id, &req.netns, req.pid) {
+            (Some(id), None, None) => all.into_iter().filter(|v| v.ep.id.as_str() == id).collect(),
             (None, Some(_), None) | (None, None, Some(_)) => {
                 let path = req.netns.clone().unwrap_or_else(|| {
                     netns::pid_netns_path(req.pid.unwrap_or(0))
@@ -542,13 +623,14 @@ impl<S: Store> Service<S> {
                         .to_string()
                 });
                 let inode = match req.pid {
-                    Some(pid) => NetNs::of_pid(pid)?.inode(),
-                    None => NetNs::open(Path::new(&path))
+                    Some(pid) => NetNs::of_pid_untrusted(pid).await?.inode(),
+                    None => NetNs::open_untrusted(Path::new(&path))
+                        .await
                         .map(|n| n.inode())
                         .unwrap_or(0),
                 };
                 all.into_iter()
-                    .filter(|e| (inode != 0 && e.netns_inode == inode) || e.netns == path)
+                    .filter(|v| (inode != 0 && v.ep.netns_inode == inode) || v.ep.netns == path)
                     .collect()
             }
             _ => {
@@ -569,22 +651,28 @@ impl<S: Store> Service<S> {
                 net.name
             )));
         }
-        if let Some(remote) = chosen.iter().find(|e| e.host != self.cfg.host_id) {
+        if let Some(remote) = chosen.iter().find(|v| v.ep.host != self.cfg.host_id) {
             return Err(Error::Conflict(format!(
                 "endpoint {} lives on host {}; detach it there",
-                remote.id, remote.host
+                remote.ep.id, remote.ep.host
             )));
         }
         Ok(chosen)
     }
 
-    async fn detach_one(&self, net: &Network, ep: &Endpoint) -> Result<()> {
+    async fn detach_one(&self, net: &Network, v: &Versioned) -> Result<()> {
+        let ep = &v.ep;
         if ep.host == self.cfg.host_id {
             self.dp
                 .detach(&self.sandbox_spec(net).netns, &ep.host_ifname)
                 .await?;
         }
-        self.release(ep).await;
+        if !self.release(v).await {
+            return Err(Error::Conflict(format!(
+                "endpoint {} ({}) on network {} changed while it was being detached; not released",
+                ep.id, ep.ip, net.name
+            )));
+        }
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "detached");
         Ok(())
     }
@@ -621,11 +709,11 @@ impl<S: Store> Service<S> {
         let networks = self.networks().await?;
         let local = self.local_endpoints().await?;
         let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
-        let known: BTreeSet<String> = networks.iter().map(|n| n.name.to_string()).collect();
-        let run_dir = self.cfg.run_dir.clone();
-        let findings = reconcile::diff(&desired, &observed, &known, |n| {
-            spec::sandbox_path(&run_dir, n)
-        });
+        let known: BTreeSet<PathBuf> = networks
+            .iter()
+            .map(|n| self.sandbox_spec(n).netns)
+            .collect();
+        let findings = reconcile::diff(&desired, &observed, &known);
         if apply {
             for f in &findings {
                 if let Err(e) = self.repair(&f.repair, &networks, &local).await {
@@ -663,26 +751,29 @@ impl<S: Store> Service<S> {
         let mut programmed = self.programmed.lock().await;
         let local: BTreeSet<String> = match only {
             Some(net) => [net.name.to_string()].into(),
-            None => {
-                let local: BTreeSet<String> = cache
-                    .endpoints
-                    .values()
-                    .filter(|e| e.host == me)
-                    .map(|e| e.network.to_string())
-                    .collect();
-                programmed.retain(|n, _| local.contains(n));
-                local
-            }
+            None => cache
+                .endpoints
+                .values()
+                .filter(|e| e.host == me)
+                .map(|e| e.network.to_string())
+                .collect(),
         };
+        let nets: Vec<&Network> = local
+            .iter()
+            .filter_map(|name| only.or_else(|| cache.networks.get(name)))
+            .collect();
+        if only.is_none() {
+            programmed.retain(|id, _| nets.iter().any(|n| &n.id == id));
+        }
         let mut findings = Vec::new();
-        for name in &local {
-            let Some(net) = only.or_else(|| cache.networks.get(name)) else {
-                continue;
-            };
+        for net in nets {
+            let name = &net.name.to_string();
             let allowed = self.allowed_peers(net, &reachable, &up);
-            let desired = peers::desired(me, cache.endpoints_of(name), &hosts, &allowed);
+            // Records of an earlier network of the same name are never programmed.
+            let eps = cache.endpoints_of(name).filter(|e| e.network_id == net.id);
+            let desired = peers::desired(me, eps, &hosts, &allowed);
             let sandbox = self.sandbox_spec(net).netns;
-            let (ifindex, observed) = match programmed.get(name) {
+            let (ifindex, observed) = match programmed.get(&net.id) {
                 Some(p) if !full => p.clone(),
                 _ => match self
                     .dp
@@ -700,12 +791,12 @@ impl<S: Store> Service<S> {
                     continue;
                 }
                 if self.dp.apply_tables(&sandbox, ifindex, &diff).await? > 0 {
-                    programmed.remove(name); // read the kernel back next time
+                    programmed.remove(&net.id); // read the kernel back next time
                     continue;
                 }
                 tracing::debug!(network = %name, changes = diff.len(), "peer tables programmed");
             }
-            programmed.insert(name.clone(), (ifindex, desired));
+            programmed.insert(net.id.clone(), (ifindex, desired));
         }
         Ok(findings)
     }
@@ -757,14 +848,11 @@ impl<S: Store> Service<S> {
                 req.host
             )));
         }
-        let released: Vec<Endpoint> = self
-            .endpoints(None)
-            .await?
-            .into_iter()
-            .filter(|e| e.host == req.host)
-            .collect();
-        for ep in &released {
-            self.release(ep).await;
+        let mut released = Vec::new();
+        for v in self.versioned_endpoints(None).await? {
+            if v.ep.host == req.host && self.release(&v).await {
+                released.push(v.ep);
+            }
         }
         self.store.delete(&keys::host_info(&req.host)).await?;
         tracing::info!(host = %req.host, released = released.len(), "garbage-collected host");
@@ -791,8 +879,10 @@ impl<S: Store> Service<S> {
         local: &[Endpoint],
     ) -> Result<(Vec<DesiredNetwork>, Observed)> {
         let mut observed = Observed::default();
-        for path in self.sandbox_paths() {
-            if let Some(state) = self.dp.observe_sandbox(&path).await? {
+        let tunnel = crate::wireguard::tunnel_netns(&self.cfg.run_dir);
+        let tunnel = netns::is_mounted(&tunnel).then_some(tunnel.as_path());
+        for (path, _, _) in self.sandbox_paths() {
+            if let Some(state) = self.dp.observe_sandbox(&path, tunnel).await? {
                 observed.sandboxes.insert(path, state);
             }
         }
@@ -817,21 +907,19 @@ impl<S: Store> Service<S> {
         Ok((desired, observed))
     }
 
-    /// The sandbox bind mounts present in the run directory.
-    fn sandbox_paths(&self) -> Vec<PathBuf> {
+    /// The sandbox bind mounts present in the run directory, with their network's name and id.
+    fn sandbox_paths(&self) -> Vec<(PathBuf, String, NetworkId)> {
         let dir = spec::netns_dir(&self.cfg.run_dir);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
         };
         entries
             .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(spec::sandbox_network)
-                    .is_some()
+            .filter_map(|e| {
+                let file = e.file_name();
+                let (name, id) = spec::sandbox_network(file.to_str()?)?;
+                Some((e.path(), name.to_string(), id))
             })
-            .map(|e| e.path())
             .collect()
     }
 
@@ -852,8 +940,8 @@ impl<S: Store> Service<S> {
                 self.ensured
                     .lock()
                     .expect("poisoned")
-                    .insert(network.clone());
-                self.programmed.lock().await.remove(network);
+                    .insert(net.id.clone(), net.encryption);
+                self.programmed.lock().await.remove(&net.id);
             }
             // Peer tables are programmed by the peer pass that follows.
             Repair::SyncPeers { .. } => return Ok(false),
@@ -884,7 +972,8 @@ impl<S: Store> Service<S> {
 
     /// Re-create a lost veth pair if the endpoint's workload namespace is still the same one.
     async fn reattach(&self, net: &Network, ep: &Endpoint) -> Result<bool> {
-        let ns = match NetNs::open(Path::new(&ep.netns)) {
+        // The path comes from a store record: opened off the runtime, with a deadline.
+        let ns = match NetNs::open_untrusted(Path::new(&ep.netns)).await {
             Ok(ns) if ns.inode() == ep.netns_inode => ns,
             _ => {
                 tracing::warn!(id = %ep.id, netns = %ep.netns, "workload namespace is gone; `rnet detach` releases the endpoint");
@@ -905,12 +994,16 @@ impl<S: Store> Service<S> {
     }
 }
 
-/// Open the workload's namespace from a path or a PID (exactly one).
-fn open_workload(netns: Option<&str>, pid: Option<u32>) -> Result<(NetNs, String)> {
+/// Open the workload's namespace from a path or a PID (exactly one), off the runtime's
+/// workers and with a deadline: a caller's path may be anything (a FIFO, a hung mount).
+async fn open_workload(netns: Option<&str>, pid: Option<u32>) -> Result<(NetNs, String)> {
     match (netns, pid) {
-        (Some(path), None) => Ok((NetNs::open(Path::new(path))?, path.to_string())),
+        (Some(path), None) => Ok((
+            NetNs::open_untrusted(Path::new(path)).await?,
+            path.to_string(),
+        )),
         (None, Some(pid)) => Ok((
-            NetNs::of_pid(pid)?,
+            NetNs::of_pid_untrusted(pid).await?,
             netns::pid_netns_path(pid).display().to_string(),
         )),
         _ => Err(Error::Invalid(
@@ -924,4 +1017,90 @@ fn known_hosts(cache: &Cache) -> std::collections::BTreeMap<String, crate::model
     let mut hosts = cache.host_info.clone();
     hosts.extend(cache.presence.iter().map(|(k, v)| (k.clone(), v.clone())));
     hosts
+}
+
+#[cfg(all(test, feature = "root-tests"))]
+mod tests {
+    use super::*;
+    use crate::model::HostRecord;
+    use crate::store::EmbeddedStore;
+
+    /// A service over an embedded store; nothing of the kernel is touched by what these
+    /// tests call (the netlink connection only needs root to open).
+    async fn service(dir: &Path) -> Service<EmbeddedStore> {
+        let store = EmbeddedStore::open(&dir.join("store.redb")).unwrap();
+        let record = HostRecord {
+            id: "h1".into(),
+            underlay: Ipv4Addr::new(198, 18, 0, 11),
+            vtep_mac: Mac([2, 0, 0, 0, 0, 1]),
+            started: 0,
+            renewed: 0,
+            wireguard: None,
+        };
+        Service::new(
+            store,
+            Netlink::new().unwrap(),
+            HostConfig {
+                host_id: "h1".into(),
+                run_dir: dir.join("run"),
+                underlay: Underlay {
+                    address: record.underlay,
+                    ifindex: 1,
+                    mtu: 1500,
+                },
+                store_name: "embedded".into(),
+            },
+            Default::default(),
+            std::sync::Arc::new(Liveness::new(std::time::Duration::from_secs(1))),
+            Tunnel {
+                wireguard: Err("not in this test".into()),
+                record: tokio::sync::watch::channel(record).0,
+            },
+        )
+    }
+
+    fn template(net: &Network, id: &str) -> Endpoint {
+        Endpoint {
+            network: net.name.clone(),
+            network_id: net.id.clone(),
+            id: id.parse().unwrap(),
+            ip: Ipv4Network::new(net.gateway, net.subnet.prefix()).unwrap(),
+            mac: Mac([0; 6]),
+            host: "h1".into(),
+            ifname: "eth0".parse().unwrap(),
+            netns: String::new(),
+            netns_inode: 0,
+            host_ifname: String::new(),
+            created: 0,
+            origin: Default::default(),
+            owner: None,
+            mtu: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_release_never_frees_a_newer_allocation_of_the_same_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path()).await;
+        let net = svc
+            .create_network(&NetworkRequest {
+                name: "late".into(),
+                subnet: "10.65.0.0/24".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let a = svc.allocate(&net, template(&net, "a"), None).await.unwrap();
+        assert!(svc.release(&a).await, "the first release frees it");
+        // The lowest free address again: the same one, for another endpoint.
+        let b = svc.allocate(&net, template(&net, "b"), None).await.unwrap();
+        assert_eq!(a.ep.ip, b.ep.ip);
+        // A detach of `a` that read its record before the first release comes late.
+        assert!(!svc.release(&a).await, "a late release is refused");
+        let left = svc.endpoints(Some("late")).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id.as_str(), "b", "b keeps its address");
+        assert!(svc.release(&b).await);
+        assert!(svc.endpoints(Some("late")).await.unwrap().is_empty());
+    }
 }

@@ -305,6 +305,7 @@ mod tests {
         let ep = |net: &str, ip: &str| {
             let ip: std::net::Ipv4Addr = ip.parse().unwrap();
             let e = Endpoint {
+                network_id: "00000000000000aa".parse().unwrap(),
                 network: net.parse().unwrap(),
                 id: "x".parse().unwrap(),
                 ip: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),

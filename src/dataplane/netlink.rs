@@ -17,14 +17,16 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, TokioSocket};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
-use super::spec::{EndpointSpec, SandboxSpec, BRIDGE};
+use super::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
 use super::tables;
 use crate::model::{Mac, VXLAN_PORT};
 use crate::netns::{self, NetNs, NetnsError};
@@ -47,6 +49,9 @@ pub enum DataplaneError {
     NoUnderlay(Ipv4Addr),
     #[error("opening a netlink socket: {0}")]
     Socket(std::io::Error),
+    /// An existing sandbox that must not be used as asked (another network's, or a downgrade).
+    #[error("refusing to use sandbox {path}: {why}")]
+    SandboxRefused { path: String, why: String },
 }
 
 impl DataplaneError {
@@ -111,6 +116,11 @@ pub struct LinkState {
     pub proxy: Option<bool>,
     pub port: Option<u16>,
     pub mac: Option<Mac>,
+    /// `IFLA_IFALIAS`: rnet marks a sandbox's bridge with what the sandbox is for.
+    pub alias: Option<String>,
+    /// `IFLA_LINK_NETNSID`: for a VXLAN device, the namespace (as an id local to the
+    /// namespace that reads it) where its UDP socket lives; None when it is the device's own.
+    pub link_netnsid: Option<i32>,
 }
 
 impl LinkState {
@@ -129,6 +139,8 @@ impl LinkState {
                     s.mac = Some(Mac([a[0], a[1], a[2], a[3], a[4], a[5]]))
                 }
                 LinkAttribute::LinkInfo(infos) => s.read_info(infos),
+                LinkAttribute::IfAlias(a) => s.alias = Some(a.clone()),
+                LinkAttribute::LinkNetNsId(id) => s.link_netnsid = Some(*id),
                 _ => {}
             }
         }
@@ -162,6 +174,10 @@ pub struct SandboxState {
     pub links: Vec<LinkState>,
     /// IPv4 addresses per interface index.
     pub addresses: Vec<(u32, Ipv4Network)>,
+    /// The ids, as the sandbox knows them, of the host namespace and the tunnel namespace:
+    /// compared with a VXLAN device's `link_netnsid`, they tell where its socket lives.
+    pub host_nsid: Option<i32>,
+    pub tunnel_nsid: Option<i32>,
 }
 
 impl SandboxState {
@@ -181,6 +197,8 @@ pub struct Underlay {
 /// The rtnetlink dataplane of one host.
 pub struct Netlink {
     host: Handle,
+    /// The host namespace itself, to ask a sandbox which id it knows it by.
+    host_ns: NetNs,
     sandboxes: Mutex<HashMap<PathBuf, Handle>>,
     /// Per sandbox, a raw socket for batched peer-table writes.
     batch: Mutex<HashMap<PathBuf, Arc<Mutex<Socket>>>>,
@@ -191,6 +209,7 @@ impl Netlink {
     pub fn new() -> Result<Netlink> {
         Ok(Netlink {
             host: connect(None)?,
+            host_ns: NetNs::open(Path::new("/proc/thread-self/ns/net"))?,
             sandboxes: Mutex::new(HashMap::new()),
             batch: Mutex::new(HashMap::new()),
         })
@@ -301,11 +320,13 @@ impl Netlink {
         let bridge = match get_link(&sb, BRIDGE).await? {
             Some(b) => b,
             None => {
-                let msg = LinkBridge::new(BRIDGE)
+                let mut msg = LinkBridge::new(BRIDGE)
                     .mtu(spec.mtu)
                     .address(spec.bridge_mac.0.to_vec())
                     .up()
                     .build();
+                msg.attributes
+                    .push(LinkAttribute::IfAlias(spec.marker.alias()));
                 add_link(
                     &sb,
                     msg,
@@ -315,6 +336,7 @@ impl Netlink {
                 require_link(&sb, BRIDGE).await?
             }
         };
+        self.check_marker(spec, &sb, &bridge).await?;
         if !bridge.up || bridge.mtu != spec.mtu {
             set_link(
                 &sb,
@@ -341,13 +363,54 @@ impl Netlink {
         self.ensure_vxlan(spec, &sb, bridge.index).await
     }
 
+    /// Refuse a sandbox whose bridge says it is another network's, or an encrypted one the
+    /// spec would rebuild in the clear; mark it (again) as the spec's.
+    async fn check_marker(
+        &self,
+        spec: &SandboxSpec,
+        sb: &Handle,
+        bridge: &LinkState,
+    ) -> Result<()> {
+        if let Some(have) = bridge.alias.as_deref().and_then(SandboxMarker::parse) {
+            if let Some(why) = have.refuses(&spec.marker) {
+                return Err(DataplaneError::SandboxRefused {
+                    path: spec.netns.display().to_string(),
+                    why,
+                });
+            }
+        }
+        let alias = spec.marker.alias();
+        if bridge.alias.as_deref() != Some(alias.as_str()) {
+            let mut msg = LinkUnspec::new_with_index(bridge.index).build();
+            msg.attributes.push(LinkAttribute::IfAlias(alias));
+            set_link(sb, msg, &format!("marking {BRIDGE} with its network")).await?;
+        }
+        Ok(())
+    }
+
+    /// The id by which the sandbox knows the namespace that should hold its VXLAN socket.
+    async fn vtep_nsid(&self, spec: &SandboxSpec, sb: &Handle) -> Result<Option<i32>> {
+        match &spec.vtep_netns {
+            None => nsid_of(sb, &self.host_ns).await,
+            Some(path) => nsid_of(sb, &NetNs::open(path)?).await,
+        }
+    }
+
     async fn ensure_vxlan(&self, spec: &SandboxSpec, sb: &Handle, bridge: u32) -> Result<()> {
         let existing = get_link(sb, &spec.vxlan).await?;
+        // A device is trusted only with its socket where the spec wants it: an encrypted
+        // network's in the tunnel namespace (whose only exit is WireGuard), never the host's.
+        let socket_ns = match &existing {
+            Some(_) => self.vtep_nsid(spec, sb).await?,
+            None => None,
+        };
         let wanted = |l: &LinkState| {
             l.vni == Some(spec.vni)
                 && l.learning == Some(false)
                 && l.proxy == Some(true)
                 && l.port == Some(VXLAN_PORT)
+                && socket_ns.is_some()
+                && l.link_netnsid == socket_ns
         };
         let vx = match existing {
             Some(l) if wanted(&l) => l,
@@ -441,21 +504,49 @@ impl Netlink {
     }
 
     /// Remove a sandbox: dropping the namespace tears down its devices in the kernel's own time.
+    /// Every handle cached for it goes too: a cached socket would keep the old namespace (and
+    /// its VXLAN device) alive and be used for whatever later appears at the same path.
     pub async fn remove_sandbox(&self, path: &Path) -> Result<()> {
-        self.sandboxes
-            .lock()
-            .expect("sandbox map poisoned")
-            .remove(path);
+        // The namespace dies only once nothing refers to it; its VXLAN device (and with it
+        // the VNI on the shared UDP socket) goes now, so a successor can be built at once.
+        if netns::is_mounted(path) {
+            let sb = self.sandbox(path)?;
+            for l in list_links(&sb).await? {
+                if l.kind.as_deref() == Some("vxlan") {
+                    del_link(&sb, l.index, &l.name).await?;
+                }
+            }
+        }
+        self.forget_sandbox(path);
         netns::remove(path)?;
         Ok(())
     }
 
-    /// Read back a sandbox; None if it does not exist.
-    pub async fn observe_sandbox(&self, path: &Path) -> Result<Option<SandboxState>> {
+    /// Drop the cached netlink connection and batch socket of a sandbox.
+    pub fn forget_sandbox(&self, path: &Path) {
+        self.sandboxes
+            .lock()
+            .expect("sandbox map poisoned")
+            .remove(path);
+        self.batch.lock().expect("batch map poisoned").remove(path);
+    }
+
+    /// Read back a sandbox; None if it does not exist. `tunnel`: the tunnel namespace, if
+    /// this host has one, so an encrypted network's VXLAN socket can be checked.
+    pub async fn observe_sandbox(
+        &self,
+        path: &Path,
+        tunnel: Option<&Path>,
+    ) -> Result<Option<SandboxState>> {
         if !netns::is_mounted(path) {
             return Ok(None);
         }
         let sb = self.sandbox(path)?;
+        let host_nsid = nsid_of(&sb, &self.host_ns).await?;
+        let tunnel_nsid = match tunnel.map(NetNs::open) {
+            Some(Ok(ns)) => nsid_of(&sb, &ns).await?,
+            _ => None,
+        };
         let links = list_links(&sb).await?;
         let mut addresses = Vec::new();
         let mut addrs = sb.address().get().execute();
@@ -472,7 +563,12 @@ impl Netlink {
                 }
             }
         }
-        Ok(Some(SandboxState { links, addresses }))
+        Ok(Some(SandboxState {
+            links,
+            addresses,
+            host_nsid,
+            tunnel_nsid,
+        }))
     }
 
     /// Connect a workload namespace to a sandbox's bridge as `ep` says. On failure nothing
@@ -830,6 +926,42 @@ async fn addresses_of(h: &Handle, index: u32) -> Result<Vec<Ipv4Network>> {
         }
     }
     Ok(out)
+}
+
+/// The id by which the namespace of connection `h` knows namespace `ns` (`RTM_GETNSID`);
+/// None when it has assigned none (then no device there can have its socket in `ns`).
+async fn nsid_of(h: &Handle, ns: &NetNs) -> Result<Option<i32>> {
+    use futures::StreamExt;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    let mut msg = NsidMessage::default();
+    msg.attributes
+        .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let op = || format!("asking for the id of namespace {}", ns.path().display());
+    let mut replies = h
+        .clone()
+        .request(req)
+        .map_err(|e| DataplaneError::netlink(op(), e))?;
+    let mut id = None;
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                id = m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(i) if *i >= 0 => Some(*i),
+                    _ => None,
+                });
+            }
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(DataplaneError::netlink(
+                    op(),
+                    rtnetlink::Error::NetlinkError(e),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(id)
 }
 
 async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Encryption, Endpoint, Mac, Network, VXLAN_OVERHEAD};
+use crate::model::{Encryption, Endpoint, Mac, Network, NetworkId, VXLAN_OVERHEAD};
 
 /// The bridge inside every sandbox; sandboxes are separate namespaces, so one name fits all.
 pub const BRIDGE: &str = "br0";
@@ -17,6 +17,10 @@ const BRIDGE_MAC_KIND: u8 = 0x42;
 pub struct SandboxSpec {
     /// Where the sandbox namespace is bind-mounted.
     pub netns: PathBuf,
+    /// The network this sandbox is for, and how its traffic is carried: both written into the
+    /// kernel (the bridge's alias) so a sandbox is never mistaken for another network's, and
+    /// an encrypted one is never quietly rebuilt in the clear.
+    pub marker: SandboxMarker,
     pub vxlan: String,
     pub vni: u32,
     /// VTEP source address (the host's underlay address).
@@ -34,7 +38,11 @@ impl SandboxSpec {
     /// The sandbox of `net` on a host whose run directory is `run_dir`.
     pub fn for_network(net: &Network, run_dir: &Path, local: Ipv4Addr) -> SandboxSpec {
         SandboxSpec {
-            netns: sandbox_path(run_dir, net.name.as_str()),
+            netns: sandbox_path(run_dir, net.name.as_str(), &net.id),
+            marker: SandboxMarker {
+                network_id: net.id.clone(),
+                encryption: net.encryption,
+            },
             vxlan: net.name.vxlan_ifname(),
             vni: net.vni.get(),
             local,
@@ -53,14 +61,70 @@ pub fn netns_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("netns")
 }
 
-/// The bind mount of a network's sandbox.
-pub fn sandbox_path(run_dir: &Path, network: &str) -> PathBuf {
-    netns_dir(run_dir).join(format!("sb-{network}"))
+/// The bind mount of a network's sandbox: `sb-<name>-<id>`, so a network re-created under
+/// the same name never finds its predecessor's sandbox.
+pub fn sandbox_path(run_dir: &Path, network: &str, id: &NetworkId) -> PathBuf {
+    netns_dir(run_dir).join(format!("sb-{network}-{id}"))
 }
 
-/// The network a sandbox bind mount belongs to, if the file name is one of ours.
-pub fn sandbox_network(file_name: &str) -> Option<&str> {
-    file_name.strip_prefix("sb-")
+/// The network name and id of a sandbox bind mount, if the file name is one of ours.
+pub fn sandbox_network(file_name: &str) -> Option<(&str, NetworkId)> {
+    let (name, id) = file_name.strip_prefix("sb-")?.rsplit_once('-')?;
+    Some((name, id.parse().ok()?))
+}
+
+/// What a sandbox is for, kept in the kernel as its bridge's alias (`IFLA_IFALIAS`), which
+/// lives exactly as long as the sandbox does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxMarker {
+    pub network_id: NetworkId,
+    pub encryption: Encryption,
+}
+
+impl SandboxMarker {
+    const PREFIX: &'static str = "rnet";
+
+    /// The alias text: `rnet net=<id> enc=<encryption>`.
+    pub fn alias(&self) -> String {
+        format!(
+            "{} net={} enc={}",
+            Self::PREFIX,
+            self.network_id,
+            self.encryption
+        )
+    }
+
+    /// Parse an alias written by [`SandboxMarker::alias`]; None for anything else.
+    pub fn parse(alias: &str) -> Option<SandboxMarker> {
+        let mut words = alias.split(' ');
+        if words.next()? != Self::PREFIX {
+            return None;
+        }
+        let network_id = words.next()?.strip_prefix("net=")?.parse().ok()?;
+        let encryption = words.next()?.strip_prefix("enc=")?.parse().ok()?;
+        words.next().is_none().then_some(SandboxMarker {
+            network_id,
+            encryption,
+        })
+    }
+
+    /// Why a sandbox marked `self` must not be used as `wanted`, if it must not.
+    pub fn refuses(&self, wanted: &SandboxMarker) -> Option<String> {
+        if self.network_id != wanted.network_id {
+            return Some(format!(
+                "it belongs to network id {}, not {}",
+                self.network_id, wanted.network_id
+            ));
+        }
+        if self.encryption != Encryption::None && wanted.encryption != self.encryption {
+            return Some(format!(
+                "it carries its traffic with encryption {} and the store now says {}; \
+                 a network's encryption is never turned off while its sandbox exists",
+                self.encryption, wanted.encryption
+            ));
+        }
+        None
+    }
 }
 
 /// What one endpoint's veth pair should look like.
@@ -108,6 +172,7 @@ mod tests {
     #[test]
     fn sandbox_spec_from_network() {
         let net = Network {
+            id: "00000000000000aa".parse().unwrap(),
             name: "blue".parse().unwrap(),
             vni: Vni::new(7).unwrap(),
             subnet: "10.9.0.0/16".parse().unwrap(),
@@ -118,10 +183,47 @@ mod tests {
         };
         let s =
             SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
-        assert_eq!(s.netns, PathBuf::from("/run/rnet/netns/sb-blue"));
+        assert_eq!(
+            s.netns,
+            PathBuf::from("/run/rnet/netns/sb-blue-00000000000000aa")
+        );
         assert_eq!(s.vxlan, "vx-blue");
         assert_eq!(s.gateway.to_string(), "10.9.0.1/16");
-        assert_eq!(sandbox_network("sb-blue"), Some("blue"));
+        assert_eq!(
+            sandbox_network("sb-blue-00000000000000aa"),
+            Some(("blue", net.id.clone()))
+        );
+        assert_eq!(
+            sandbox_network("sb-a-b-00000000000000aa"),
+            Some(("a-b", net.id.clone()))
+        );
+        assert_eq!(sandbox_network("sb-blue"), None);
+        assert_eq!(sandbox_network("sb-blue-XYZ"), None);
+        assert_eq!(sandbox_network("wg"), None);
+    }
+
+    #[test]
+    fn marker_round_trips_and_refuses_a_downgrade_or_another_network() {
+        let enc = SandboxMarker {
+            network_id: "00000000000000aa".parse().unwrap(),
+            encryption: Encryption::Wireguard,
+        };
+        assert_eq!(SandboxMarker::parse(&enc.alias()), Some(enc.clone()));
+        assert_eq!(SandboxMarker::parse("rnet net=00000000000000aa"), None);
+        assert_eq!(SandboxMarker::parse("something else"), None);
+        assert_eq!(enc.refuses(&enc), None);
+        let plain = SandboxMarker {
+            encryption: Encryption::None,
+            ..enc.clone()
+        };
+        assert!(enc.refuses(&plain).unwrap().contains("never turned off"));
+        // Turning encryption on is a rebuild, not a downgrade.
+        assert_eq!(plain.refuses(&enc), None);
+        let other = SandboxMarker {
+            network_id: "00000000000000bb".parse().unwrap(),
+            ..enc.clone()
+        };
+        assert!(other.refuses(&enc).unwrap().contains("network id"));
     }
 
     #[test]

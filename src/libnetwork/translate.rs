@@ -777,6 +777,7 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         Endpoint {
+            network_id: "00000000000000aa".parse().unwrap(),
             network: "blue".parse().unwrap(),
             id: reservation_id(7),
             ip: "10.1.0.5/24".parse().unwrap(),

@@ -630,3 +630,25 @@ pub fn udp_socket_in(netns: &Path, addr: &str) -> std::net::UdpSocket {
     .join()
     .unwrap()
 }
+
+/// The sandbox bind mount of network `net` under a daemon's run dir (`netns/sb-<net>-<id>`),
+/// if one exists.
+pub fn find_sandbox(run_dir: &Path, net: &str) -> Option<PathBuf> {
+    let prefix = format!("sb-{net}-");
+    fs::read_dir(run_dir.join("netns"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(&prefix)
+                    .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+        })
+        .map(|e| e.path())
+}
+
+/// The sandbox of network `net` under `run_dir`; panics when there is none.
+pub fn sandbox_in(run_dir: &Path, net: &str) -> PathBuf {
+    find_sandbox(run_dir, net)
+        .unwrap_or_else(|| panic!("no sandbox of network {net} under {}", run_dir.display()))
+}

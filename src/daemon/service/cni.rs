@@ -72,7 +72,7 @@ impl Teardowns {
         if self.pending.lock().expect("poisoned").is_empty() {
             return;
         }
-        let Ok(ns) = NetNs::open(Path::new(netns)) else {
+        let Ok(ns) = NetNs::open_untrusted(Path::new(netns)).await else {
             return;
         };
         let key = (ns.inode(), ifname.to_string());
@@ -148,7 +148,7 @@ impl<S: Store> Service<S> {
         let Some(path) = netns else {
             return "none";
         };
-        let Ok(ns) = NetNs::open(Path::new(path)) else {
+        let Ok(ns) = NetNs::open_untrusted(Path::new(path)).await else {
             return "none";
         };
         if ns.inode() != ep.netns_inode {
@@ -227,7 +227,7 @@ impl<S: Store> Service<S> {
             }
         };
         self.check_cni_owned(&ep)?;
-        let ns = NetNs::open(Path::new(&req.netns))?;
+        let ns = NetNs::open_untrusted(Path::new(&req.netns)).await?;
         if ep.netns_inode != 0 && ns.inode() != ep.netns_inode {
             return Err(Error::Conflict(format!(
                 "endpoint {} was attached to another network namespace than {}",

@@ -97,6 +97,7 @@ impl<S: Store> Service<S> {
         }
         let template = Endpoint {
             network: net.name.clone(),
+            network_id: net.id.clone(),
             id,
             ip: Ipv4Network::new(net.gateway, net.subnet.prefix()).expect("valid prefix"),
             mac: Mac([0; 6]),
@@ -110,9 +111,9 @@ impl<S: Store> Service<S> {
             owner: None,
             mtu: None,
         };
-        let ep = self.allocate(net, template, requested).await?;
-        tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "address held for Docker");
-        Ok(Versioned { ep, rev: 0 })
+        let held = self.allocate(net, template, requested).await?;
+        tracing::info!(network = %net.name, id = %held.ep.id, ip = %held.ep.ip, "address held for Docker");
+        Ok(held)
     }
 
     /// Rewrite an endpoint record as `change` says, compare-and-swap on its revision; the id
@@ -228,7 +229,8 @@ impl<S: Store> Service<S> {
         sandbox_key: &str,
         peer: &str,
     ) -> Result<Versioned> {
-        let inode = NetNs::open(Path::new(sandbox_key))
+        let inode = NetNs::open_untrusted(Path::new(sandbox_key))
+            .await
             .map(|n| n.inode())
             .unwrap_or(0);
         let _guard = self.kernel.read().await;

@@ -170,7 +170,10 @@ impl<S: Store> Service<S> {
             if net.encryption != Encryption::Wireguard {
                 continue;
             }
-            let eps: Vec<_> = cache.endpoints_of(net.name.as_str()).collect();
+            let eps: Vec<_> = cache
+                .endpoints_of(net.name.as_str())
+                .filter(|e| e.network_id == net.id)
+                .collect();
             if !eps.iter().any(|e| e.host == me) {
                 continue;
             }
