@@ -35,6 +35,13 @@ const OTHER_MEMBER: User = User {
     groups: &[USERS_GID],
 };
 
+/// Root, as the tests themselves run.
+const ROOT: User = User {
+    uid: 0,
+    gid: 0,
+    groups: &[0],
+};
+
 #[derive(Clone, Copy)]
 struct User {
     uid: u32,
@@ -434,4 +441,68 @@ fn a_trickled_body_is_refused_after_the_body_deadline() {
 
 fn connect(sock: &Path) -> UnixStream {
     UnixStream::connect(sock).expect("connect to the API socket")
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn docker_plugin_socket_is_roots_alone_and_closes_idle_connections() {
+    let mut h = host("dockersock");
+    let plugins = h.dir().join("plugins");
+    let plugin = plugins.join("rnet.sock");
+    let watcher = Watcher::start(plugin.clone());
+    h.start_daemon_with(&[
+        "--api-group",
+        "users",
+        "--docker-plugin-dir",
+        plugins.to_str().unwrap(),
+    ]);
+    wait_until("the plugin socket", Duration::from_secs(10), || {
+        plugin.exists()
+    });
+    assert_eq!(
+        watcher.seen(),
+        vec![(0o600, 0)],
+        "root's alone, whatever --api-group says"
+    );
+    assert!(rnet_as(&h, MEMBER, &["status"]).status.success());
+    let activate = |user: User| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .arg("--unix-socket")
+        .arg(&plugin)
+        .arg("http://rnetd/Plugin.Activate");
+        let out = output_with_timeout(as_user(&mut cmd, user), Duration::from_secs(30));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out))
+    };
+    assert!(activate(ROOT).ends_with("\n200"), "{}", activate(ROOT));
+    let refused = activate(MEMBER);
+    // The file's mode: connect(2) fails (EACCES), curl never gets to send.
+    assert!(
+        refused.contains("\n000") && refused.contains("Couldn't connect"),
+        "{refused}"
+    );
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = activate(MEMBER);
+    assert!(refused.ends_with("\n403"), "{refused}");
+    assert!(refused.contains("uid 64000 is not root"), "{refused}");
+
+    let t = Instant::now();
+    let closed = wait_closed(connect(&plugin), Duration::from_secs(20));
+    assert!(
+        closed.is_some(),
+        "an idle plugin connection was never closed"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "closed after {:?}",
+        t.elapsed()
+    );
 }
