@@ -28,6 +28,9 @@ pub enum Error {
     /// This host cannot do what is asked (e.g. an encrypted network where WireGuard cannot run).
     #[error("{0}")]
     Unsupported(String),
+    /// The caller may not do this (not root, nor allowed to touch that namespace).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Exhausted(_) => "exhausted",
             Error::Unsupported(_) => "unsupported",
+            Error::Forbidden(_) => "forbidden",
             Error::Store(StoreError::Unavailable(_)) => "unavailable",
             Error::Dataplane(DataplaneError::IfaceExists { .. }) => "conflict",
             Error::Dataplane(DataplaneError::Netns(NetnsError::NotFound { .. }))
@@ -58,6 +62,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self.kind() {
             "invalid" => 400,
+            "forbidden" => 403,
             "not_found" => 404,
             "conflict" | "exhausted" => 409,
             "unavailable" => 503,

@@ -6,7 +6,7 @@
 //! namespace switch happens on a fresh OS thread that exits afterwards.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -150,6 +150,45 @@ impl NetNs {
         nix::sys::stat::fstat(&self.fd)
             .map(|st| st.st_ino)
             .unwrap_or(0)
+    }
+
+    /// The uid that owns this namespace: the owner of the user namespace it belongs to, as
+    /// seen from ours. Namespaces made by root in the initial user namespace are owned by 0.
+    pub fn owner_uid(&self) -> Result<u32, NetnsError> {
+        // From <linux/nsfs.h>: NS_GET_USERNS = _IO(0xb7, 0x1), NS_GET_OWNER_UID = _IO(0xb7, 0x4).
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+        // Read errno first: building the error allocates.
+        let sys = |op: &'static str| {
+            let source = nix::Error::last();
+            NetnsError::Sys {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        };
+        // SAFETY: NS_GET_USERNS takes no argument and only reads the descriptor we own; on
+        // success it returns a new descriptor that nothing else owns.
+        let raw = unsafe { libc::ioctl(self.fd.as_raw_fd(), NS_GET_USERNS as _) };
+        if raw < 0 {
+            return Err(sys("finding the user namespace of"));
+        }
+        // SAFETY: `raw` is a fresh, open descriptor (checked above) owned by nobody else.
+        let userns = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut uid: libc::uid_t = 0;
+        // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which points to a
+        // live local of that type; the descriptor is open for the whole call.
+        let rc = unsafe {
+            libc::ioctl(
+                userns.as_raw_fd(),
+                NS_GET_OWNER_UID as _,
+                &mut uid as *mut libc::uid_t,
+            )
+        };
+        if rc < 0 {
+            return Err(sys("finding the owner of the user namespace of"));
+        }
+        Ok(uid)
     }
 
     /// Move the calling thread into this namespace, for good. Only for a thread that exists

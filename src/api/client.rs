@@ -116,12 +116,17 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|_| ClientError::NotRunning {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                self.protocol(
+                    "permission denied: only root and members of rnetd's --api-group may use its socket".into(),
+                )
+            } else {
+                ClientError::NotRunning {
                     socket: self.socket.clone(),
-                })?;
+                }
+            }
+        })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e.to_string()))?;

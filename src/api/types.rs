@@ -148,7 +148,7 @@ pub struct DoctorReport {
 /// What the daemon answers instead of a result.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
-    /// One of: invalid, not_found, conflict, exhausted, unavailable, unsupported, internal.
+    /// One of: invalid, forbidden, not_found, conflict, exhausted, unavailable, unsupported, internal.
     pub kind: String,
     pub error: String,
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rnet::daemon::access::Access;
 use rnet::daemon::docker::PluginConfig;
 use rnet::daemon::{self, DaemonConfig};
 
@@ -14,9 +15,13 @@ use rnet::daemon::{self, DaemonConfig};
 #[derive(Parser, Debug)]
 #[command(name = "rnetd", version, about, args_override_self = true)]
 struct Flags {
-    /// API socket (mode 0660).
+    /// API socket: root's alone (mode 0600), or root:GROUP mode 0660 with --api-group.
     #[arg(long, env = "RNET_SOCKET", default_value = rnet::api::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Also let members of this group use the API socket (they may attach only network
+    /// namespaces they own; root may attach any).
+    #[arg(long, env = "RNET_API_GROUP", value_name = "NAME")]
+    api_group: Option<String>,
     /// Persistent state: the embedded store, keys.
     #[arg(long, env = "RNET_STATE_DIR", default_value = "/var/lib/rnet")]
     state_dir: PathBuf,
@@ -103,6 +108,11 @@ fn main() -> anyhow::Result<()> {
             &flags.docker_plugin_name,
         )
         .context("--docker-plugin-name")?,
+        api_access: match &flags.api_group {
+            Some(name) => Access::for_group_name(name)?,
+            None => Access::root_only(),
+        },
+        limits: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,12 +1,12 @@
 //! The rnetd API server: axum routes on the daemon's unix socket, each a thin call into
-//! the service. Bodies are read as bytes and decoded here, so a malformed or oversized
+//! the service. [`serve`](super::serve) puts the checked caller in each request's extensions. Bodies are read as bytes and decoded here, so a malformed or oversized
 //! body gets the same JSON error shape as every other failure.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::access::Caller;
 use super::service::Service;
 use crate::api::types::{AttachRequest, DetachRequest, ErrorBody, NetworkRequest, MAX_BODY_BYTES};
 use crate::error::Error;
@@ -150,10 +151,11 @@ async fn endpoints<S: Store>(
 
 async fn attach<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::model::Endpoint> {
     let req: AttachRequest = decode_body(body)?;
-    Ok(Json(s.attach(&req).await?))
+    Ok(Json(s.attach(&req, caller).await?))
 }
 
 async fn detach<S: Store>(
@@ -200,10 +202,11 @@ async fn gc<S: Store>(
 
 async fn cni_add<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::CniAttachment> {
     let req: AttachRequest = decode_body(body)?;
-    Ok(Json(s.cni_add(&req).await?))
+    Ok(Json(s.cni_add(&req, caller).await?))
 }
 
 async fn cni_del<S: Store>(

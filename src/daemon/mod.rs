@@ -3,10 +3,13 @@
 //! periodically), and serves the API until told to stop. Stopping leaves the datapath alone:
 //! workloads keep talking while no daemon runs.
 
+pub mod access;
 pub mod docker;
 pub mod http;
 pub mod liveness;
+pub mod serve;
 pub mod service;
+mod socket;
 pub mod sync;
 
 use std::future::Future;
@@ -15,8 +18,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::net::UnixListener;
 
 use crate::dataplane::spec::netns_dir;
 use crate::dataplane::Netlink;
@@ -49,6 +50,10 @@ pub struct DaemonConfig {
     pub wireguard_rotate_every: Option<Duration>,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
+    /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
+    pub api_access: access::Access,
+    /// Timeouts and the connection limit of both sockets.
+    pub limits: serve::Limits,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -130,14 +135,16 @@ async fn run_with_store<S: Store>(
     let plugin_socket = match &cfg.docker_plugin {
         Some(p) => {
             let socket = p.socket();
-            let listener = bind_socket(&socket).await?;
+            let listener = socket::bind(&socket, &access::Access::root_only()).await?;
             let plugin = Arc::new(docker::Plugin::open(service.clone(), &cfg.state_dir));
             tracing::info!(socket = %socket.display(), name = %p.name, "serving Docker's network and IPAM driver protocols");
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, docker::router(plugin)).await {
-                    tracing::error!(error = %e, "Docker plugin server stopped");
-                }
-            });
+            tokio::spawn(serve::serve(
+                listener,
+                docker::router(plugin),
+                access::Access::root_only(),
+                cfg.limits,
+                std::future::pending(),
+            ));
             Some(socket)
         }
         None => None,
@@ -154,12 +161,16 @@ async fn run_with_store<S: Store>(
     if let Some(every) = cfg.wireguard_rotate_every {
         tokio::spawn(rotate_keys(service.clone(), every));
     }
-    let listener = bind_socket(&cfg.socket).await?;
+    let listener = socket::bind(&cfg.socket, &cfg.api_access).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
-    axum::serve(listener, http::router(service.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("serving the API: {e}")))?;
+    serve::serve(
+        listener,
+        http::router(service.clone()),
+        cfg.api_access.clone(),
+        cfg.limits,
+        shutdown,
+    )
+    .await;
     service.release_tunnel_namespace();
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
@@ -167,26 +178,6 @@ async fn run_with_store<S: Store>(
     }
     tracing::info!("rnetd stopped; the datapath is left as it is");
     Ok(())
-}
-
-/// Bind the API socket, replacing a stale one but never a live daemon's.
-async fn bind_socket(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(Error::Conflict(format!(
-                "another rnetd is already serving {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(|e| io_err("removing stale socket", path, e))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("creating socket dir", dir, e))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| io_err("binding", path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| io_err("setting mode of", path, e))?;
-    Ok(listener)
 }
 
 fn now_secs() -> u64 {

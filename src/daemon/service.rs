@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnetwork::Ipv4Network;
 use tokio::sync::RwLock;
 
+use super::access::{self, Caller};
 use super::liveness::Liveness;
 use super::sync::{Cache, Shared};
 use crate::api::types::{
@@ -339,7 +340,7 @@ impl<S: Store> Service<S> {
     // ----- endpoints -----
 
     /// Attach a workload to a network.
-    pub async fn attach(&self, req: &AttachRequest) -> Result<Endpoint> {
+    pub async fn attach(&self, req: &AttachRequest, caller: Caller) -> Result<Endpoint> {
         let ifname: IfName = req.ifname.as_deref().unwrap_or("eth0").parse()?;
         let id: EndpointId = match &req.id {
             Some(id) => id.parse()?,
@@ -355,6 +356,7 @@ impl<S: Store> Service<S> {
             return Err(Error::Invalid("owner is longer than 128 characters".into()));
         }
         let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid).await?;
+        access::check_may_attach(&workload, caller)?;
         let net = self.network(&req.network).await?;
         if let Some(ip) = requested_ip {
             ipam::check_requested(&net, ip)?;

@@ -28,6 +28,7 @@ use crate::api::types::{
     AttachRequest, CniAttachment, CniCheckRequest, CniDelRequest, CniDelResponse, CniGcRequest,
     CniGcResponse, CniStatus,
 };
+use crate::daemon::access::Caller;
 use crate::dataplane::netlink::delete_link_blocking;
 use crate::error::{Error, Result};
 use crate::ipam;
@@ -100,12 +101,13 @@ impl<S: Store> Service<S> {
     }
 
     /// CNI ADD: attach, and answer with the network as well.
-    pub async fn cni_add(&self, req: &AttachRequest) -> Result<CniAttachment> {
+    pub async fn cni_add(&self, req: &AttachRequest, caller: Caller) -> Result<CniAttachment> {
         if let (Some(netns), Some(ifname)) = (&req.netns, &req.ifname) {
             self.teardowns.wait(netns, ifname).await;
         }
         // The network record's gateway and MTU never change: read it alongside.
-        let (endpoint, network) = tokio::join!(self.attach(req), self.network(&req.network));
+        let (endpoint, network) =
+            tokio::join!(self.attach(req, caller), self.network(&req.network));
         Ok(CniAttachment {
             endpoint: endpoint?,
             network: network?,

@@ -1,0 +1,176 @@
+//! Serving an axum router on a unix socket so that no client can hold the daemon: each
+//! connection's peer is checked at accept time (see [`access`](super::access)), headers must
+//! arrive within [`Limits::header_timeout`] (also the longest a kept-alive connection may sit
+//! idle), a request body within [`Limits::body_timeout`], and at most
+//! [`Limits::max_connections`] connections are served at once; further ones wait in the
+//! listen backlog until a slot frees, which the timeouts guarantee happens.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::access::{self, Access, Caller};
+use super::http::ApiError;
+use crate::api::types::MAX_BODY_BYTES;
+use crate::error::Error;
+
+/// How long clients get.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// For a request's headers, from the first read; and for an idle kept-alive connection.
+    pub header_timeout: Duration,
+    /// For a request's whole body, from when its headers were read.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 128,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serve `router` on `listener` for the callers `access` allows until `shutdown` completes.
+/// Handlers find the [`Caller`] in the request's extensions.
+pub async fn serve(
+    listener: UnixListener,
+    router: Router,
+    access: Access,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        limits.body_timeout,
+        body_deadline,
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut full_reported = false;
+    tokio::pin!(shutdown);
+    loop {
+        if slots.available_permits() == 0 && !full_reported {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "connection limit reached; new connections wait until one closes"
+            );
+        }
+        full_reported = slots.available_permits() == 0;
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, mostly: give connections in flight time to close.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let verdict = match access::peer_of(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(peer) => access.decide(&peer).inspect_err(|why| {
+                tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    "refused a connection: {why}"
+                );
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection: reading its credentials failed");
+                Err(format!(
+                    "rnetd could not read the caller's credentials: {e}"
+                ))
+            }
+        };
+        let allowed = verdict.is_ok();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (router, verdict) = (router.clone(), verdict.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(match verdict {
+                    Ok(caller) => {
+                        let mut req = req.map(Body::new);
+                        req.extensions_mut().insert::<Caller>(caller);
+                        match router.oneshot(req).await {
+                            Ok(resp) => resp,
+                            Err(never) => match never {},
+                        }
+                    }
+                    Err(why) => ApiError::from(Error::Forbidden(why)).into_response(),
+                })
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(allowed)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "requests still in flight at shutdown were cut off");
+    }
+}
+
+/// Read the whole body within `deadline` (a client trickling its body holds nothing for
+/// longer), then hand the request on with the body in memory.
+async fn body_deadline(State(deadline): State<Duration>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES));
+    let msg = match read.await {
+        Ok(Ok(bytes)) => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(_) => format!("the request body did not arrive within {deadline:?}"),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                format!("request body is larger than {MAX_BODY_BYTES} bytes")
+            } else {
+                format!("reading request body: {e}")
+            }
+        }
+    };
+    let mut resp = ApiError::from(Error::Invalid(msg)).into_response();
+    // The rest of the body may still be on its way: do not read another request after it.
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
+}
