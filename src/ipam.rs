@@ -15,6 +15,9 @@ use crate::model::{
 pub const AUTO_VNI_BASE: u32 = 4096;
 /// The smallest MTU IPv4 allows.
 pub const MIN_MTU: u32 = 68;
+/// The shortest subnet prefix a network may have: /8 is 16 million addresses, more than any
+/// overlay needs, and a bound that keeps address planning cheap.
+pub const MIN_PREFIX: u8 = 8;
 
 /// A request to create a network, as it arrives (strings not yet parsed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
