@@ -6,7 +6,7 @@
 //! bins (rnetd, rnet, rnet-cni)
 //!   └─ daemon (service: the one orchestrator; http: the API server) · cli · cni · api (types, client)
 //!        └─ reconcile (pure diff) · ipam (pure planning) · dataplane (spec: pure; netlink: kernel)
-//!           · store (trait, keys, embedded backend) · netns
+//!           · store (trait, keys, embedded backend) · netns · validate (store records, pure)
 //!             └─ model (validated names, VNIs, MACs, records)
 //! ```
 //!
@@ -30,6 +30,7 @@ pub mod netns;
 pub mod peers;
 pub mod reconcile;
 pub mod store;
+pub mod validate;
 pub mod wireguard;
 
 pub use error::{Error, Result};

@@ -30,6 +30,9 @@ pub struct Status {
     /// Changes the last reconcile applied, and when (unix seconds).
     pub last_reconcile_changes: usize,
     pub last_reconcile_at: u64,
+    /// Invalid records in the store that this host skips (`rnet doctor` names them).
+    #[serde(default)]
+    pub bad_records: usize,
     #[serde(default)]
     pub wireguard: WireguardStatus,
 }
@@ -131,7 +134,7 @@ pub struct RemoveResponse {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DriftLine {
     pub network: String,
-    /// "missing", "stray" or "wrong".
+    /// "missing", "stray", "wrong", or "invalid" (a store record that is skipped).
     pub kind: String,
     /// The object, e.g. "sandbox", "veth ve0a000002", "fdb 02:52:.. -> 198.18.0.2".
     pub object: String,

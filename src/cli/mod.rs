@@ -392,6 +392,12 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                 (None, Some(why)) => println!("WireGuard: unavailable ({why})"),
                 (None, None) => {}
             }
+            if s.bad_records > 0 {
+                println!(
+                    "Invalid store records skipped: {} (`rnet doctor` names them)",
+                    s.bad_records
+                );
+            }
         }
     }
     Ok(())
@@ -404,8 +410,14 @@ async fn doctor(client: &Client, fmt: Format, repair: bool) -> Result<(), Failur
             Format::Json => print_json(&r),
             Format::Table => {
                 for d in &r.drift {
+                    // An invalid record is the store's to fix: the daemon only skips it.
+                    let doing = if d.kind == "invalid" {
+                        "left"
+                    } else {
+                        "repairing"
+                    };
                     println!(
-                        "repairing {} {}: {} {}",
+                        "{doing} {} {}: {} {}",
                         d.network, d.kind, d.object, d.detail
                     );
                 }
@@ -429,14 +441,17 @@ async fn doctor(client: &Client, fmt: Format, repair: bool) -> Result<(), Failur
             }
         }
     }
-    if r.drift.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure {
-            message: format!("{} difference(s) between records and kernel", r.drift.len()),
-            code: 1,
-        })
-    }
+    let invalid = r.drift.iter().filter(|d| d.kind == "invalid").count();
+    let differences = r.drift.len() - invalid;
+    let message = match (differences, invalid) {
+        (0, 0) => return Ok(()),
+        (d, 0) => format!("{d} difference(s) between records and kernel"),
+        (0, i) => format!("{i} invalid record(s) in the store, skipped"),
+        (d, i) => format!(
+            "{d} difference(s) between records and kernel; {i} invalid record(s) in the store, skipped"
+        ),
+    };
+    Err(Failure { message, code: 1 })
 }
 
 /// Percent-encode a user-supplied name for a URL path or query (names are validated by

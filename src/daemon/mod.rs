@@ -65,6 +65,10 @@ pub async fn run(
     cfg: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Peers check every record's host against the same rule: a host whose own id fails it
+    // would find its own records skipped everywhere.
+    crate::validate::host_id(&cfg.host_id)
+        .map_err(|e| Error::Invalid(format!("--host-id: {e}")))?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| io_err("creating state dir", &cfg.state_dir, e))?;
     std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
@@ -102,7 +106,10 @@ async fn run_with_store<S: Store>(
         })?,
     };
     let underlay = dp.underlay(address).await?;
-    let shared = Arc::new(sync::Shared::default());
+    let shared = Arc::new(sync::Shared::new(crate::validate::Own {
+        host_id: cfg.host_id.clone(),
+        underlay: Some(address),
+    }));
     let wireguard = start_wireguard(&cfg, &dp, address, underlay.mtu, shared.clone()).await;
     let record = HostRecord {
         id: cfg.host_id.clone(),

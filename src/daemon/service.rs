@@ -19,7 +19,7 @@ use super::access::{self, Caller};
 use super::liveness::Liveness;
 use super::sync::{Cache, Shared};
 use crate::api::types::{
-    AttachRequest, DetachRequest, DetachResponse, DoctorReport, GcRequest, GcResponse,
+    AttachRequest, DetachRequest, DetachResponse, DoctorReport, DriftLine, GcRequest, GcResponse,
     NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
 };
 use crate::dataplane::netlink::Underlay;
@@ -33,7 +33,8 @@ use crate::model::{
 use crate::netns::{self, NetNs};
 use crate::peers::{self, PeerState, Tables};
 use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
-use crate::store::{keys, Compare, KeyValue, Store, TxnOp};
+use crate::store::{keys, Compare, KeyValue, Revision, Store, TxnOp};
+use crate::validate::{self, Rejected};
 
 mod cni;
 mod docker;
@@ -75,10 +76,15 @@ pub struct Service<S: Store> {
     tunnel: Tunnel,
     /// Hosts that cannot be WireGuard peers, and why.
     tunnel_problems: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Invalid records this process warned about (key -> revision) that the watched cache
+    /// did not list yet, so a listing repeated every second logs each once.
+    warned: Mutex<HashMap<String, Revision>>,
 }
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
 const MAX_ALLOCATION_ATTEMPTS: usize = 256;
+/// At most this many keys are remembered in `Service::warned`.
+const WARNED_MAX: usize = 4096;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -94,6 +100,13 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
     serde_json::from_slice(&kv.value)
         .map_err(|e| Error::Internal(format!("undecodable record {}: {e}", kv.key)))
+}
+
+/// The error for a request that needs a record the store holds in an invalid form.
+fn bad_record_error(r: &Rejected) -> Error {
+    Error::Conflict(format!(
+        "{r}; the record is skipped until it is repaired or removed"
+    ))
 }
 
 /// A fresh endpoint id when the caller gives none.
@@ -133,6 +146,7 @@ impl<S: Store> Service<S> {
             teardowns: cni::Teardowns::default(),
             tunnel,
             tunnel_problems: Mutex::new(Default::default()),
+            warned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -154,20 +168,30 @@ impl<S: Store> Service<S> {
 
     // ----- reading the store -----
 
+    /// The networks with a valid record (invalid ones are skipped and reported).
     pub async fn networks(&self) -> Result<Vec<Network>> {
         let (kvs, _) = self.store.list(keys::NETWORKS).await?;
-        kvs.iter().map(decode).collect()
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| self.valid(kv, validate::network(&kv.key, &kv.value)))
+            .collect())
     }
 
+    /// One network; an invalid record is an error that names the problem.
     pub async fn network(&self, name: &str) -> Result<Network> {
         let key_name: NetworkName = name.parse()?;
         match self.store.get(&keys::network(key_name.as_str())).await? {
-            Some(kv) => decode(&kv),
+            Some(kv) => validate::network(&kv.key, &kv.value).map_err(|r| {
+                let e = bad_record_error(&r);
+                self.skip_bad(kv.mod_revision, r);
+                e
+            }),
             None => Err(Error::NotFound(format!("network {name} does not exist"))),
         }
     }
 
-    /// Endpoints of one network, or of all networks.
+    /// Endpoints of one network, or of all networks: those whose record is valid and fits
+    /// its network's (the others are skipped and reported).
     pub async fn endpoints(&self, network: Option<&str>) -> Result<Vec<Endpoint>> {
         Ok(self
             .versioned_endpoints(network)
@@ -177,24 +201,56 @@ impl<S: Store> Service<S> {
             .collect())
     }
 
-    /// Endpoints with the revision of their record, for changes that must compare it.
+    /// Valid endpoints with the revision of their record, for changes that must compare it.
     async fn versioned_endpoints(&self, network: Option<&str>) -> Result<Vec<Versioned>> {
-        let prefix = match network {
-            Some(n) => {
-                self.network(n).await?;
-                keys::endpoints_of(n)
-            }
-            None => keys::ENDPOINTS.to_string(),
+        let (prefix, networks) = match network {
+            Some(n) => (keys::endpoints_of(n), vec![self.network(n).await?]),
+            None => (keys::ENDPOINTS.to_string(), self.networks().await?),
         };
+        let networks: HashMap<&str, &Network> =
+            networks.iter().map(|n| (n.name.as_str(), n)).collect();
         let (kvs, _) = self.store.list(&prefix).await?;
-        kvs.iter()
-            .map(|kv| {
-                Ok(Versioned {
-                    ep: decode(kv)?,
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let net = keys::network_of_endpoint_key(&kv.key).and_then(|n| networks.get(n));
+                let ep = self.valid(kv, validate::endpoint(&kv.key, &kv.value, net.copied()))?;
+                Some(Versioned {
+                    ep,
                     rev: kv.mod_revision,
                 })
             })
-            .collect()
+            .collect())
+    }
+
+    /// The checked value, or None after reporting why the record is skipped.
+    fn valid<T>(&self, kv: &KeyValue, checked: std::result::Result<T, Rejected>) -> Option<T> {
+        checked.map_err(|r| self.skip_bad(kv.mod_revision, r)).ok()
+    }
+
+    /// Report a record skipped as invalid: a warning once per key and revision (the watched
+    /// cache logs what it sees itself; this covers what a listing meets first).
+    fn skip_bad(&self, revision: Revision, r: Rejected) {
+        let cache = self.shared.cache.read().expect("cache poisoned");
+        if cache
+            .bad
+            .get(&r.key)
+            .is_some_and(|b| b.revision == revision)
+        {
+            return;
+        }
+        let mut warned = self.warned.lock().expect("poisoned");
+        if warned.get(&r.key) == Some(&revision) {
+            return;
+        }
+        if warned.len() >= WARNED_MAX {
+            warned.retain(|k, _| !cache.bad.contains_key(k));
+            if warned.len() >= WARNED_MAX {
+                warned.clear();
+            }
+        }
+        tracing::warn!(key = %r.shown_key(), revision, reason = %r.reason, "skipping an invalid store record");
+        warned.insert(r.key, revision);
     }
 
     async fn local_endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -209,6 +265,7 @@ impl<S: Store> Service<S> {
     pub async fn status(&self) -> Result<Status> {
         let networks = self.networks().await?.len();
         let local_endpoints = self.local_endpoints().await?.len();
+        let bad_records = self.shared.cache.read().expect("cache poisoned").bad.len();
         let (changes, at) = *self.last_reconcile.lock().expect("poisoned");
         Ok(Status {
             api_version: crate::api::types::API_VERSION,
@@ -221,6 +278,7 @@ impl<S: Store> Service<S> {
             local_endpoints,
             last_reconcile_changes: changes,
             last_reconcile_at: at,
+            bad_records,
             wireguard: self.wireguard_status(),
         })
     }
@@ -464,12 +522,21 @@ impl<S: Store> Service<S> {
         let Some(kv) = self.store.get(&keys::endpoint_id(network, id)).await? else {
             return Ok(None);
         };
-        let ip: Ipv4Addr = String::from_utf8_lossy(&kv.value).parse().map_err(|_| {
-            Error::Internal(format!("undecodable record {}: not an address", kv.key))
-        })?;
+        // An invalid index or record is skipped: the endpoint is unknown here.
+        let Some(ip) = self.valid(&kv, validate::endpoint_id_index(&kv.key, &kv.value)) else {
+            return Ok(None);
+        };
         match self.store.get(&keys::endpoint(network, ip)).await? {
             Some(kv) => {
-                let ep: Endpoint = decode(&kv)?;
+                let net = match self.network_fast(network).await {
+                    Ok(n) => Some(n),
+                    Err(Error::NotFound(_) | Error::Conflict(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                let checked = validate::endpoint(&kv.key, &kv.value, net.as_ref());
+                let Some(ep) = self.valid(&kv, checked) else {
+                    return Ok(None);
+                };
                 Ok((ep.id.as_str() == id).then_some(Versioned {
                     ep,
                     rev: kv.mod_revision,
@@ -869,10 +936,33 @@ impl<S: Store> Service<S> {
         let findings = self.reconcile(repair).await?;
         let mut drift: Vec<_> = findings.into_iter().map(|f| f.line).collect();
         drift.extend(self.tunnel_drift());
+        drift.extend(self.bad_record_drift());
         Ok(DoctorReport {
             networks_checked: self.shared.snapshot().networks.len(),
             drift,
         })
+    }
+
+    /// One drift line per invalid record in the store (as the watch last saw it).
+    fn bad_record_drift(&self) -> Vec<DriftLine> {
+        let cache = self.shared.cache.read().expect("cache poisoned");
+        cache
+            .bad
+            .values()
+            .map(|b| {
+                let r = &b.rejected;
+                let network = match keys::classify(&r.key) {
+                    keys::Key::Network(n) => Some(n),
+                    _ => keys::network_of_endpoint_key(&r.key),
+                };
+                DriftLine {
+                    network: network.map_or("store".into(), validate::shown_key),
+                    kind: "invalid".into(),
+                    object: format!("{} record {}", r.kind, r.shown_key()),
+                    detail: format!("skipped: {}", r.reason),
+                }
+            })
+            .collect()
     }
 
     async fn desired_and_observed(

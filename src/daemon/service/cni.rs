@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use super::{decode, Service};
+use super::Service;
 use crate::api::types::{
     AttachRequest, CniAttachment, CniCheckRequest, CniDelRequest, CniDelResponse, CniGcRequest,
     CniGcResponse, CniStatus,
@@ -35,6 +35,7 @@ use crate::ipam;
 use crate::model::{Endpoint, Mac, Network, Origin};
 use crate::netns::NetNs;
 use crate::store::{keys, Compare, Revision, Store, TxnOp};
+use crate::validate;
 
 type Pending = Shared<BoxFuture<'static, ()>>;
 
@@ -332,7 +333,8 @@ impl<S: Store> Service<S> {
         let mut released = Vec::new();
         let mut failures = Vec::new();
         for kv in &kvs {
-            let Ok(ep) = decode::<Endpoint>(kv) else {
+            let checked = validate::endpoint(&kv.key, &kv.value, Some(&net));
+            let Some(ep) = self.valid(kv, checked) else {
                 continue;
             };
             let stale = ep.host == self.cfg.host_id
