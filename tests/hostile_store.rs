@@ -118,7 +118,7 @@ fn hostile_records_are_skipped_reported_and_never_programmed() {
     let gateway = endpoint("10.90.0.1/24", "02:bb:00:00:00:06", "h2");
     put(&lab, bad[4], &gateway.to_string());
     // A record left by an earlier network of the same name (another id).
-    let mut stale = endpoint("10.90.0.55/24", "02:bb:00:00:00:07", "h2");
+    let mut stale = endpoint("10.90.0.55/24", "02:bb:00:00:00:08", "h2");
     stale["network_id"] = Value::from("00000000000000ff");
     put(&lab, bad[9], &stale.to_string());
     // Garbage keys and index values.
@@ -251,6 +251,8 @@ fn hostile_records_are_skipped_reported_and_never_programmed() {
             "02:bb:00:00:00:06",
             "02:bb:00:00:00:03",
             "10.90.0.90",
+            "02:bb:00:00:00:08",
+            "10.90.0.55",
             claimed[0],
             claimed[1],
         ] {
@@ -274,7 +276,7 @@ fn hostile_records_are_skipped_reported_and_never_programmed() {
             "/rnet/v1/networks/junk",
         ],
     );
-    wait_until("h1 counts 9 bad records", Duration::from_secs(10), || {
-        lab.host_rnet_json("h1", &["status"])["bad_records"] == 9
+    wait_until("h1 counts 10 bad records", Duration::from_secs(10), || {
+        lab.host_rnet_json("h1", &["status"])["bad_records"] == 10
     });
 }
