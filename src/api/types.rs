@@ -168,6 +168,13 @@ pub struct PeerInfo {
     pub tunnel: Option<crate::wireguard::TunnelStatus>,
 }
 
+/// `POST /v1/peers/{host}/trust`: what the host is now pinned to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrustResponse {
+    pub host: String,
+    pub pin: crate::wireguard::pins::Pin,
+}
+
 /// `POST /v1/gc`: release the endpoints of a host that is gone.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
