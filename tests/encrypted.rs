@@ -384,10 +384,12 @@ fn a_reinstalled_or_moved_host_is_refused_across_a_restart_until_an_operator_tru
     assert!(!a.ping(&ipb, 3), "traffic reached the unapproved host");
     doctor_fails_naming(&lab, "h1", "host h2 is refused as a WireGuard peer");
 
-    let new_identity = presence_record(&lab, "h2")["wireguard"]["identity"]
+    // The operator compares the identity h1 is offered with what h2 itself says.
+    let new_identity = lab.host_rnet_json("h2", &["status"])["wireguard"]["identity"]
         .as_str()
         .unwrap()
         .to_string();
+    assert!(problem.contains(&new_identity), "{problem}");
     let out = lab.host_rnet_ok("h1", &["peers", "--trust", "h2"]);
     assert!(
         out.contains(&format!("host h2 pinned: identity {new_identity}")),

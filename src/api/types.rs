@@ -46,6 +46,10 @@ pub struct WireguardStatus {
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// This host's Ed25519 identity key, which peers pin: compare it with what a peer's
+    /// `rnet peers` offers before running `rnet peers --trust` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Datagrams and packets the tunnel dropped, by reason.
     #[serde(default)]
     pub drops: crate::wireguard::DropCounters,

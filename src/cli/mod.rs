@@ -388,8 +388,9 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
             let wg = &s.wireguard;
             match (&wg.public_key, &wg.error) {
                 (Some(key), _) => println!(
-                    "WireGuard: port {}, public key {key}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                    "WireGuard: port {}, public key {key}, identity {}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
                     wg.port.unwrap_or_default(),
+                    wg.identity.as_deref().unwrap_or("-"),
                     wg.drops.malformed,
                     wg.drops.rejected,
                     wg.drops.spoofed,

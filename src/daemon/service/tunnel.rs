@@ -151,6 +151,7 @@ impl<S: Store> Service<S> {
                     error: None,
                     public_key: Some(info.public_key),
                     port: Some(info.port),
+                    identity: info.identity,
                     drops: wg.drops(),
                 }
             }
