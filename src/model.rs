@@ -529,6 +529,13 @@ pub struct WireguardInfo {
     pub port: u16,
     /// Unix seconds when the key was made.
     pub key_created: u64,
+    /// The host's Ed25519 identity key, base64: peers pin it on first sight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Ed25519 signature by `identity` over the host id, underlay and the fields above
+    /// (`wireguard::identity`): how peers accept a rotated key without an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[cfg(test)]

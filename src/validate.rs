@@ -778,6 +778,8 @@ mod tests {
             public_key: key.clone(),
             port: 51820,
             key_created: 1,
+            identity: None,
+            signature: None,
         });
         assert!(host(&keys::host("h2"), &json(&h), &own()).is_ok());
         h.wireguard.as_mut().unwrap().public_key = "AAAA".into();

@@ -1,7 +1,8 @@
 //! Encrypted networks (`--encrypt wireguard`) on `rnet lab` hosts: what crosses the lab
 //! switch is only WireGuard, before a handshake and after a peer dies nothing of the network
-//! leaves in clear, a tampered key gets no traffic and rnet says why, keys rotate under a
-//! running transfer, garbage and replays are dropped harmlessly, and where the tunnel cannot
+//! leaves in clear, peers' identities are pinned on first sight (a forged key gets no
+//! traffic and rnet says why; a re-installed or moved host waits for `rnet peers --trust`),
+//! keys rotate under a running transfer, garbage and replays are dropped harmlessly, and where the tunnel cannot
 //! run the encrypted path fails loudly and changes nothing.
 mod common;
 
@@ -196,90 +197,235 @@ fn nothing_leaves_in_clear_after_a_peer_dies_or_before_the_handshake_after_its_r
     );
 }
 
-#[test]
-#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
-fn a_tampered_key_gets_no_traffic_rnet_says_why_and_rotation_republishes() {
-    let lab = Lab::up(2, FAST);
-    let (sec, a, b, ipb) = encrypted_pair(&lab);
+/// `etcdctl` against the lab's etcd, run on h1; returns stdout.
+fn etcdctl(lab: &Lab, args: &[&str]) -> String {
+    let base = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
+    lab.exec_ok("h1", &[base.as_slice(), args].concat())
+}
 
-    // Replace h2's public key in its presence record with another valid key, keeping the lease.
-    let etcdctl = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
-    let get = lab.exec_ok(
-        "h1",
-        &[
-            etcdctl.as_slice(),
-            &["get", "/rnet/v1/hosts/h2", "-w", "json"],
-        ]
-        .concat(),
+/// `host`'s presence record as the store holds it.
+fn presence_record(lab: &Lab, host: &str) -> Value {
+    let get = etcdctl(
+        lab,
+        &["get", &format!("/rnet/v1/hosts/{host}"), "-w", "json"],
     );
     let kv = &serde_json::from_str::<Value>(&get).unwrap()["kvs"][0];
-    let lease = format!("{:x}", kv["lease"].as_i64().unwrap());
-    let value = String::from_utf8(base64_decode(kv["value"].as_str().unwrap())).unwrap();
-    let mut record: Value = serde_json::from_str(&value).unwrap();
+    serde_json::from_slice(&base64_decode(kv["value"].as_str().unwrap())).unwrap()
+}
+
+/// A host's rnetd stopped with SIGSTOP (so it cannot put its own record back), thawed on drop.
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(lab: &Lab, host: &str) -> Frozen {
+        let pid = std::fs::read_to_string(lab.dir().join(host).join("rnetd.pid")).unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Why `from` has no tunnel to `to`, once it says something `accept`s.
+fn wait_problem(lab: &Lab, from: &str, to: &str, accept: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    wait_until(
+        &format!("{from} refuses {to} for the expected reason"),
+        Duration::from_secs(30),
+        || {
+            let peers = lab.host_rnet_json(from, &["peers"]);
+            let t = &peer(&peers, to)["tunnel"];
+            last = t["problem"].as_str().unwrap_or_default().to_string();
+            t["up"] == false && accept(&last)
+        },
+    );
+    last
+}
+
+fn doctor_fails_naming(lab: &Lab, host: &str, what: &str) {
+    let doctor = lab.host_rnet(host, &["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.code() == Some(1) && text.contains(what),
+        "{host}'s doctor: {doctor:?}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_forged_key_is_refused_against_the_pin_nothing_is_sent_to_it_and_rnet_says_why() {
+    let lab = Lab::up(2, FAST);
+    let (sec, a, _b, ipb) = encrypted_pair(&lab);
+    let record = presence_record(&lab, "h2");
     let real = record["wireguard"]["public_key"]
         .as_str()
         .unwrap()
         .to_string();
-    let forged = rnet::wireguard::keys::HostKey::generate().public_b64();
-    record["wireguard"]["public_key"] = Value::String(forged.clone());
-    lab.exec_ok(
-        "h1",
-        &[
-            etcdctl.as_slice(),
+    // h2's own daemon would put its record back: freeze it, and keep the forged records
+    // under a lease of the attacker's own, so they outlive h2's.
+    let frozen = Frozen::new(&lab, "h2");
+    let granted = etcdctl(&lab, &["lease", "grant", "300"]);
+    let lease = granted.split_whitespace().nth(1).unwrap().to_string();
+    let put = |record: &Value| {
+        etcdctl(
+            &lab,
             &[
                 "put",
                 "/rnet/v1/hosts/h2",
                 &record.to_string(),
                 &format!("--lease={lease}"),
             ],
-        ]
-        .concat(),
-    );
+        )
+    };
 
-    let ipa = a.ipv4_addrs("eth0")[0].to_string();
-    wait_until("h1 refuses h2's real key", Duration::from_secs(40), || {
-        // Data from h2 that goes unanswered makes h2 handshake again (boringtun's rule),
-        // and h1 sees the key it presents.
-        b.ping(&ipa, 1);
-        let peers = lab.host_rnet_json("h1", &["peers"]);
-        let t = &peer(&peers, "h2")["tunnel"];
-        t["up"] == false
-            && t["problem"]
-                .as_str()
-                .is_some_and(|p| p.contains(&real) && p.contains("the store says host h2's key is"))
+    // A store writer's own WireGuard key for h2, under h2's identity and old signature.
+    let fake = rnet::wireguard::keys::HostKey::generate().public_b64();
+    let mut forged = record.clone();
+    forged["wireguard"]["public_key"] = Value::String(fake.clone());
+    put(&forged);
+    let problem = wait_problem(&lab, "h1", "h2", |p| {
+        p.contains(&fake) && p.contains("does not verify")
     });
-    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
     assert!(
-        !a.ping(&ipb, 5),
-        "traffic reached the host with the tampered key"
+        problem.contains(&format!("it offers WireGuard key {fake}, pinned is {real}")),
+        "{problem}"
     );
+    // Fail closed: no session, and nothing at all goes to the refused host.
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
+    assert!(!a.ping(&ipb, 6), "traffic reached the forged key's host");
     let seen = cap.finish();
     assert!(!seen.vxlan_vnis().contains(&sec));
+    let h2: std::net::Ipv4Addr = "198.18.0.12".parse().unwrap();
+    let sent = seen.wireguard().iter().filter(|u| u.dst == h2).count();
+    assert_eq!(
+        sent, 0,
+        "h1 sent {sent} WireGuard datagrams to the refused host"
+    );
     let table = lab.host_rnet_ok("h1", &["peers"]);
     assert!(
-        table.contains("down") && table.contains("h2: its handshakes carry public key"),
+        table.contains("down")
+            && table.contains(&format!(
+                "h2: refused the store's record: it offers WireGuard key {fake}"
+            )),
         "{table}"
     );
-    let doctor = lab.host_rnet("h1", &["doctor"]);
-    let text = String::from_utf8_lossy(&doctor.stdout);
+    doctor_fails_naming(&lab, "h1", "host h2 is refused as a WireGuard peer");
     assert!(
-        !doctor.status.success() && text.contains("no WireGuard session with h2"),
-        "{text}"
+        lab.log("h1").contains("WireGuard peer refused"),
+        "h1 does not log the refusal:\n{}",
+        lab.log("h1")
     );
-    assert!(
-        lab.log("h2").contains("changed by someone else"),
-        "h2 does not say its record was altered:\n{}",
-        lab.log("h2")
-    );
-    // The record stays tampered (rnetd cannot tell who is right) until h2 publishes it again.
-    std::thread::sleep(Duration::from_secs(2)); // over one renewal period (TTL/3): the point
-    assert!(!tunnel_up(&lab, "h1", "h2"));
 
-    let rotated = lab.host_rnet_json("h2", &["rotate-key"]);
-    let new_key = rotated["public_key"].as_str().unwrap();
-    assert!(new_key != real && new_key != forged);
-    wait_ping(&a, &ipb, Duration::from_secs(20));
+    // Re-signed under an identity of the writer's own: the signature is valid, the identity
+    // is not the pinned one, so only an operator could accept it.
+    let mut info: rnet::model::WireguardInfo =
+        serde_json::from_value(record["wireguard"].clone()).unwrap();
+    info.public_key = fake.clone();
+    let theirs = rnet::wireguard::identity::Identity::generate();
+    theirs.sign("h2", h2, &mut info);
+    let mut resigned = record.clone();
+    resigned["wireguard"] = serde_json::to_value(&info).unwrap();
+    put(&resigned);
+    let problem = wait_problem(&lab, "h1", "h2", |p| p.contains(&theirs.public_b64()));
+    assert!(
+        problem.contains("is not the pinned") && problem.contains("rnet peers --trust h2"),
+        "{problem}"
+    );
+    assert!(!a.ping(&ipb, 2));
+
+    // h2's daemon thawed publishes its own record again: it matches the pin, so h1 takes it
+    // back with no operator.
+    drop(frozen);
+    wait_ping(&a, &ipb, Duration::from_secs(30));
     assert!(tunnel_up(&lab, "h1", "h2"));
+    wait_until(
+        "h1's doctor is clean again",
+        Duration::from_secs(20),
+        || lab.host_rnet("h1", &["doctor"]).status.success(),
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_reinstalled_or_moved_host_is_refused_across_a_restart_until_an_operator_trusts_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::up(2, FAST);
+    let (_, a, _b, ipb) = encrypted_pair(&lab);
+    let pins = lab.dir().join("h1/state/pinned-peers.json");
+    let mode = std::fs::metadata(&pins).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first_identity = presence_record(&lab, "h2")["wireguard"]["identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::fs::read_to_string(&pins)
+        .unwrap()
+        .contains(&first_identity));
+
+    // h2 re-installed (its keys gone) while h1's daemon is down: h1 comes back with its pins.
+    lab.ok(&["stop", "h1"]);
+    lab.ok(&["stop", "h2"]);
+    for f in ["identity.key", "wireguard.key", "pinned-peers.json"] {
+        std::fs::remove_file(lab.dir().join("h2/state").join(f)).unwrap();
+    }
+    lab.ok(&["start", "h2"]);
+    lab.ok(&["start", "h1"]);
+    let problem = wait_problem(&lab, "h1", "h2", |p| p.contains("identity key"));
+    assert!(
+        problem.contains(&format!("is not the pinned {first_identity}"))
+            && problem.contains("rnet peers --trust h2"),
+        "{problem}"
+    );
+    assert!(!a.ping(&ipb, 3), "traffic reached the unapproved host");
+    doctor_fails_naming(&lab, "h1", "host h2 is refused as a WireGuard peer");
+
+    // The operator compares the identity h1 is offered with what h2 itself says.
+    let new_identity = lab.host_rnet_json("h2", &["status"])["wireguard"]["identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(problem.contains(&new_identity), "{problem}");
+    let out = lab.host_rnet_ok("h1", &["peers", "--trust", "h2"]);
+    assert!(
+        out.contains(&format!("host h2 pinned: identity {new_identity}")),
+        "{out}"
+    );
+    wait_ping(&a, &ipb, Duration::from_secs(20));
+    wait_until("h1's doctor is clean", Duration::from_secs(20), || {
+        lab.host_rnet("h1", &["doctor"]).status.success()
+    });
+    assert!(std::fs::read_to_string(&pins)
+        .unwrap()
+        .contains(&new_identity));
+
+    // h2 moved to another underlay address: its record is validly signed by the pinned
+    // identity, but a new underlay needs the operator too.
+    lab.exec_ok("h2", &["ip", "addr", "add", "198.18.0.22/24", "dev", "ul0"]);
+    let config = lab.dir().join("lab.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut cfg: Value = serde_json::from_str(&text).unwrap();
+    for arg in cfg["hosts"][1]["rnetd_args"].as_array_mut().unwrap() {
+        if arg == "198.18.0.12" {
+            *arg = Value::String("198.18.0.22".into());
+        }
+    }
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    lab.ok(&["stop", "h2"]);
+    lab.ok(&["start", "h2"]);
+    wait_problem(&lab, "h1", "h2", |p| {
+        p.contains("its underlay 198.18.0.22 is not the pinned 198.18.0.12")
+    });
+    lab.host_rnet_ok("h1", &["peers", "--trust", "h2"]);
+    wait_until(
+        "h1's tunnel to the moved h2 is up",
+        Duration::from_secs(20),
+        || tunnel_up(&lab, "h1", "h2"),
+    );
 }
 
 #[test]
@@ -333,6 +479,16 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
         assert_ne!(&now, before, "{h}'s key did not change");
     }
     assert!(tunnel_up(&lab, "h1", "h2") && tunnel_up(&lab, "h2", "h1"));
+    // Each side took the other's new key on its pinned identity's signature, no operator.
+    for (h, other) in [("h1", "h2"), ("h2", "h1")] {
+        assert!(
+            lab.log(h)
+                .contains("accepted a new WireGuard key signed by the host's pinned identity")
+                && !lab.log(h).contains("WireGuard peer refused"),
+            "{h} on {other}'s rotation:\n{}",
+            lab.log(h)
+        );
+    }
 }
 
 #[test]

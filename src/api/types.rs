@@ -49,6 +49,10 @@ pub struct WireguardStatus {
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// This host's Ed25519 identity key, which peers pin: compare it with what a peer's
+    /// `rnet peers` offers before running `rnet peers --trust` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Datagrams and packets the tunnel dropped, by reason.
     #[serde(default)]
     pub drops: crate::wireguard::DropCounters,
@@ -169,6 +173,13 @@ pub struct PeerInfo {
     /// The WireGuard tunnel to it (None: this host runs no tunnel, or it is this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::wireguard::TunnelStatus>,
+}
+
+/// `POST /v1/peers/{host}/trust`: what the host is now pinned to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrustResponse {
+    pub host: String,
+    pub pin: crate::wireguard::pins::Pin,
 }
 
 /// `POST /v1/gc`: release the endpoints of a host that is gone.

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::types::{
     AttachRequest, DetachRequest, DetachResponse, DoctorReport, GcRequest, GcResponse,
-    NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
+    NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status, TrustResponse,
 };
 use crate::api::{Client, ClientError, DEFAULT_SOCKET};
 use crate::model::{Encryption, Endpoint, Network, WireguardInfo};
@@ -66,7 +66,12 @@ pub enum Command {
     /// Show the daemon's status.
     Status,
     /// List the hosts this daemon knows, with their state.
-    Peers,
+    Peers {
+        /// Approve HOST's changed identity key or underlay: pin what the store says now
+        /// (its WireGuard tunnel then comes up).
+        #[arg(long, value_name = "HOST")]
+        trust: Option<String>,
+    },
     /// Release the endpoints of a host that is gone.
     Gc {
         /// The host whose endpoints to release.
@@ -198,7 +203,8 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Detach(a) => detach(&client, fmt, a).await,
         Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
         Command::Status => status(&client, fmt).await,
-        Command::Peers => peers(&client, fmt).await,
+        Command::Peers { trust: None } => peers(&client, fmt).await,
+        Command::Peers { trust: Some(host) } => trust(&client, fmt, host).await,
         Command::RotateKey => rotate_key(&client, fmt).await,
         Command::Gc { host, force } => gc(&client, fmt, host, *force).await,
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
@@ -382,8 +388,9 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
             let wg = &s.wireguard;
             match (&wg.public_key, &wg.error) {
                 (Some(key), _) => println!(
-                    "WireGuard: port {}, public key {key}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                    "WireGuard: port {}, public key {key}, identity {}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
                     wg.port.unwrap_or_default(),
+                    wg.identity.as_deref().unwrap_or("-"),
                     wg.drops.malformed,
                     wg.drops.rejected,
                     wg.drops.spoofed,
@@ -518,6 +525,19 @@ async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
                 println!("{p}");
             }
         }
+    }
+    Ok(())
+}
+
+async fn trust(client: &Client, fmt: Format, host: &str) -> Result<(), Failure> {
+    let path = format!("/v1/peers/{}/trust", path_segment(host));
+    let r: TrustResponse = client.post(&path, &()).await?;
+    match fmt {
+        Format::Json => print_json(&r),
+        Format::Table => println!(
+            "host {} pinned: identity {}, underlay {}, WireGuard key {}",
+            r.host, r.pin.identity, r.pin.underlay, r.pin.public_key
+        ),
     }
     Ok(())
 }

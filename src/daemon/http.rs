@@ -77,6 +77,7 @@ pub fn router<S: Store>(service: Arc<Service<S>>) -> Router {
         .route("/v1/detach", post(detach::<S>))
         .route("/v1/doctor", get(doctor::<S>))
         .route("/v1/peers", get(peers::<S>))
+        .route("/v1/peers/{host}/trust", post(trust_peer::<S>))
         .route("/v1/gc", post(gc::<S>))
         .route("/v1/wireguard/rotate-key", post(rotate_key::<S>))
         .route("/v1/reconcile", post(reconcile::<S>))
@@ -182,6 +183,13 @@ async fn peers<S: Store>(
     State(s): State<Arc<Service<S>>>,
 ) -> ApiResult<Vec<crate::api::types::PeerInfo>> {
     Ok(Json(s.peers()))
+}
+
+async fn trust_peer<S: Store>(
+    State(s): State<Arc<Service<S>>>,
+    Path(host): Path<String>,
+) -> ApiResult<crate::api::types::TrustResponse> {
+    Ok(Json(s.trust_peer(&host)?))
 }
 
 async fn rotate_key<S: Store>(

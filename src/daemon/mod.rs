@@ -204,7 +204,10 @@ async fn start_wireguard(
     shared: Arc<sync::Shared>,
 ) -> std::result::Result<WireGuard, String> {
     let wg_cfg = WgConfig {
+        host_id: cfg.host_id.clone(),
         key_file: cfg.state_dir.join(wireguard::KEY_FILE),
+        identity_file: cfg.state_dir.join(wireguard::identity::IDENTITY_FILE),
+        pins_file: cfg.state_dir.join(wireguard::pins::PINS_FILE),
         netns: wireguard::tunnel_netns(&cfg.run_dir),
         underlay: address,
         underlay_mtu: mtu,

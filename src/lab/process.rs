@@ -133,12 +133,16 @@ pub(crate) struct Victim<'a> {
 /// Send `signal` to every victim that is still the lab's, then wait until all are gone.
 /// Fails naming the first one still running after `deadline`.
 pub(crate) fn stop(victims: &[Victim], signal: Signal, deadline: Duration) -> Result<(), LabError> {
+    let mut signalled = Vec::new();
     for v in victims.iter().filter(|v| alive(v.pid, v.marker)) {
         signal_session(v.pid, signal);
+        signalled.push(v.pid);
     }
     let end = Instant::now() + deadline;
     loop {
-        let left = victims.iter().find(|v| alive(v.pid, v.marker));
+        let left = victims
+            .iter()
+            .find(|v| alive(v.pid, v.marker) || (signalled.contains(&v.pid) && !released(v.pid)));
         match left {
             None => return Ok(()),
             Some(v) if Instant::now() >= end => {
@@ -156,6 +160,16 @@ pub(crate) fn stop(victims: &[Victim], signal: Signal, deadline: Duration) -> Re
             }
             Some(_) => std::thread::sleep(POLL),
         }
+    }
+}
+
+/// Whether `pid` has let go of everything it held (sockets, ports): reaped, or a zombie whose
+/// threads have all exited. An exiting process loses its command line (so `alive` says no)
+/// before its files are closed, and a restart in that window finds its ports still bound.
+fn released(pid: u32) -> bool {
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Err(_) => true,
+        Ok(tasks) => tasks.count() <= 1 && zombie(pid),
     }
 }
 

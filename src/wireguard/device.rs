@@ -29,7 +29,9 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
 use super::batch::{self, RecvBatch, SendBatch, BUF};
+use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
+use super::pins::PinBook;
 use super::plan::PeerSpec;
 use super::tun::{Tun, TunWriter};
 use super::{WgError, KEEPALIVE_SECS, TUN_NAME};
@@ -48,7 +50,13 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// What the tunnel needs to know about its host.
 #[derive(Clone, Debug)]
 pub struct WgConfig {
+    /// This host's id: its record's signature covers it.
+    pub host_id: String,
     pub key_file: PathBuf,
+    /// This host's Ed25519 identity key (see `identity`).
+    pub identity_file: PathBuf,
+    /// The peers' pinned identities (see `pins`).
+    pub pins_file: PathBuf,
     /// Where the tunnel namespace is bind-mounted.
     pub netns: PathBuf,
     pub underlay: Ipv4Addr,
@@ -118,6 +126,8 @@ struct Inner {
     tun: Tun,
     socket: UdpSocket,
     keys: RwLock<Keys>,
+    identity: Identity,
+    pins: PinBook,
     peers: RwLock<Arc<PeerMap>>,
     /// Why hosts that are not peers (yet) were refused, by underlay address.
     strangers: Mutex<HashMap<Ipv4Addr, String>>,
@@ -149,6 +159,8 @@ impl WireGuard {
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         let key = HostKey::load_or_generate(&cfg.key_file)?;
+        let identity = Identity::load_or_generate(&cfg.identity_file)?;
+        let pins = PinBook::open(&cfg.pins_file)?;
         let socket = bind(cfg.underlay, cfg.port)?;
         if !netns::is_mounted(&cfg.netns) {
             netns::remove(&cfg.netns).map_err(|e| WgError::Setup(e.to_string()))?;
@@ -171,6 +183,8 @@ impl WireGuard {
             tun,
             socket,
             keys: RwLock::new(Keys { key, limiter }),
+            identity,
+            pins,
             peers: RwLock::new(Arc::new(PeerMap::default())),
             strangers: Mutex::new(HashMap::new()),
             next_index: AtomicU32::new(1),
@@ -210,14 +224,26 @@ impl WireGuard {
         self.inner.keys.read().key.public_b64()
     }
 
-    /// What goes into this host's record.
+    /// What goes into this host's record, signed with its identity key.
     pub fn info(&self) -> WireguardInfo {
         let keys = self.inner.keys.read();
-        WireguardInfo {
+        let mut info = WireguardInfo {
             public_key: keys.key.public_b64(),
             port: self.inner.cfg.port,
             key_created: keys.key.created,
-        }
+            identity: None,
+            signature: None,
+        };
+        let cfg = &self.inner.cfg;
+        self.inner
+            .identity
+            .sign(&cfg.host_id, cfg.underlay, &mut info);
+        info
+    }
+
+    /// The peers' pinned identities.
+    pub fn pins(&self) -> &PinBook {
+        &self.inner.pins
     }
 
     /// The namespace whose sockets carry encrypted networks' VXLAN traffic.

@@ -1,8 +1,6 @@
 //! The host's static X25519 key: generated on first start, kept in the state directory
 //! (mode 0600), never logged and never sent anywhere; only its public half is published.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -10,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use super::WgError;
+use super::{private_file, WgError};
 
 /// A static key pair and when it was made (unix seconds).
 #[derive(Clone)]
@@ -43,30 +41,18 @@ impl HostKey {
 
     /// The key stored at `path`, or a new one written there when there is none.
     pub fn load_or_generate(path: &Path) -> Result<HostKey, WgError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse_file(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match private_file::read(path).map_err(WgError::Key)? {
+            Some(text) => Self::parse_file(path, &text),
+            None => {
                 let key = HostKey::generate();
                 key.save(path)?;
                 tracing::info!(path = %path.display(), public_key = %key.public_b64(), "generated this host's WireGuard key");
                 Ok(key)
             }
-            Err(e) => Err(WgError::Key(format!("reading {}: {e}", path.display()))),
         }
     }
 
     fn parse_file(path: &Path, text: &str) -> Result<HostKey, WgError> {
-        let mode = std::fs::metadata(path)
-            .map_err(|e| WgError::Key(format!("reading {}: {e}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(WgError::Key(format!(
-                "{} is readable by others (mode {:o}); it must be 0600",
-                path.display(),
-                mode & 0o777
-            )));
-        }
         let bytes = decode32(text.trim()).map_err(|why| {
             WgError::Key(format!("{} does not hold a key: {why}", path.display()))
         })?;
@@ -86,21 +72,11 @@ impl HostKey {
 
     /// Write the private key to `path` atomically, readable by root only.
     pub fn save(&self, path: &Path) -> Result<(), WgError> {
-        let tmp = path.with_extension("tmp");
-        let fail =
-            |what: &str, e: std::io::Error| WgError::Key(format!("{what} {}: {e}", tmp.display()));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| fail("creating", e))?;
-        writeln!(file, "{}", STANDARD.encode(self.secret.to_bytes()))
-            .and_then(|_| file.sync_all())
-            .map_err(|e| fail("writing", e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| WgError::Key(format!("replacing {}: {e}", path.display())))
+        private_file::write(
+            path,
+            &format!("{}\n", STANDARD.encode(self.secret.to_bytes())),
+        )
+        .map_err(WgError::Key)
     }
 
     pub fn public_b64(&self) -> String {
@@ -118,7 +94,7 @@ pub fn parse_public(s: &str) -> Result<PublicKey, String> {
     decode32(s).map(PublicKey::from)
 }
 
-fn decode32(s: &str) -> Result<[u8; 32], String> {
+pub(super) fn decode32(s: &str) -> Result<[u8; 32], String> {
     let bytes = STANDARD
         .decode(s)
         .map_err(|e| format!("{s:?} is not base64 ({e})"))?;
@@ -137,6 +113,7 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_generated_key_is_saved_0600_and_loads_back_the_same() {

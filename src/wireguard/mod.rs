@@ -9,8 +9,11 @@
 
 pub mod batch;
 mod device;
+pub mod identity;
 pub mod keys;
+pub mod pins;
 pub mod plan;
+mod private_file;
 pub mod tun;
 
 use std::path::{Path, PathBuf};

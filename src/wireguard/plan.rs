@@ -110,6 +110,8 @@ mod tests {
                 public_key: k.public_b64(),
                 port: 51820,
                 key_created: 7,
+                identity: None,
+                signature: None,
             }),
         }
     }

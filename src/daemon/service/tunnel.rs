@@ -1,10 +1,11 @@
 //! The service's side of the encrypted overlay: which peers the tunnel keeps, which hosts
-//! encrypted traffic may go to, key rotation, and what `rnet peers` / `rnet doctor` say.
+//! encrypted traffic may go to, peers' pinned identities, key rotation, and what
+//! `rnet peers` / `rnet doctor` say.
 
 use std::collections::BTreeSet;
 
 use super::Service;
-use crate::api::types::DriftLine;
+use crate::api::types::{DriftLine, TrustResponse};
 use crate::error::{Error, Result};
 use crate::model::{Encryption, HostRecord, Network, WireguardInfo};
 use crate::store::Store;
@@ -39,7 +40,8 @@ impl<S: Store> Service<S> {
         }
     }
 
-    /// Keep one tunnel per live peer host, as the store's host records say.
+    /// Keep one tunnel per live peer host, as the store's host records say, for the hosts
+    /// whose records match their pinned identity (the others get none: fail closed).
     pub fn sync_tunnels(&self) {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
@@ -50,10 +52,44 @@ impl<S: Store> Service<S> {
             if !cache.synced {
                 return;
             }
-            plan::wanted(&self.cfg.host_id, &wg.public(), cache.presence.values())
+            let (admitted, mut refused) =
+                wg.pins().admit(&self.cfg.host_id, cache.presence.values());
+            let (specs, problems) = plan::wanted(&self.cfg.host_id, &wg.public(), admitted);
+            refused.extend(problems);
+            (specs, refused)
         };
         wg.set_peers(specs);
         *self.tunnel_problems.lock().expect("poisoned") = problems;
+    }
+
+    /// `rnet peers --trust HOST`: pin HOST's identity and underlay to what its live record
+    /// says now (an operator approving a re-installed or moved host); its tunnel follows.
+    pub fn trust_peer(&self, host: &str) -> Result<TrustResponse> {
+        let wg = self.require_tunnel(&format!("trust host {host}"))?;
+        if host == self.cfg.host_id {
+            return Err(Error::Invalid(format!(
+                "host {host} is this host; only peers are pinned"
+            )));
+        }
+        let record = self
+            .shared
+            .cache
+            .read()
+            .expect("cache poisoned")
+            .presence
+            .get(host)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "host {host} has no live record in the store: nothing to trust"
+                ))
+            })?;
+        let pin = wg.pins().trust(&record).map_err(Error::Conflict)?;
+        self.sync_tunnels();
+        Ok(TrustResponse {
+            host: host.to_string(),
+            pin,
+        })
     }
 
     /// Hosts with a live WireGuard session.
@@ -115,6 +151,7 @@ impl<S: Store> Service<S> {
                     error: None,
                     public_key: Some(info.public_key),
                     port: Some(info.port),
+                    identity: info.identity,
                     drops: wg.drops(),
                 }
             }
@@ -165,7 +202,21 @@ impl<S: Store> Service<S> {
         let cache = self.shared.snapshot();
         let me = self.cfg.host_id.as_str();
         let up = self.tunnels_up();
-        let mut lines = Vec::new();
+        // A refused identity is drift whether or not the host holds endpoints yet.
+        let mut lines: Vec<DriftLine> = match &self.tunnel.wireguard {
+            Ok(wg) => wg
+                .pins()
+                .refused()
+                .into_iter()
+                .map(|(host, why)| DriftLine {
+                    network: "-".into(),
+                    kind: "tunnel".into(),
+                    object: format!("peer {host}"),
+                    detail: format!("host {host} is refused as a WireGuard peer: {why}"),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         for net in cache.networks.values() {
             if net.encryption != Encryption::Wireguard {
                 continue;
