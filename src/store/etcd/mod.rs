@@ -7,7 +7,8 @@
 //!
 //! | trait                | etcd                                                                |
 //! |----------------------|---------------------------------------------------------------------|
-//! | `get` / `list`       | `Range` of one key / of the prefix (etcd sorts by key); `list` returns the header revision |
+//! | `get`                | `Range` of one key                                                  |
+//! | `list`               | `Range`s of the prefix in pages of [`PAGE_KEYS`](paging::PAGE_KEYS) keys (etcd sorts by key), each page from the last key + `\0`, every page at the first page's header revision (which `list` returns): one snapshot however big the prefix, and no answer near gRPC's 4 MiB message limit (a page of huge values is asked again with fewer keys) |
 //! | `put`                | `Put` (with the lease if any); returns the header revision          |
 //! | `delete`             | `DeleteRange` of one key; `deleted > 0` says whether it existed     |
 //! | `txn`                | `Txn`: compares, `success` = the writes, `failure` = one `Range` per compared key, so a failed txn reports the current value of each compared key, in compare order, read atomically with the compare |
@@ -72,6 +73,7 @@ mod client;
 mod convert;
 mod endpoints;
 mod lease;
+mod paging;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -82,7 +84,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use tokio::sync::mpsc;
 
 use self::convert::{key_value, put_options, revision_of};
@@ -187,16 +189,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
-        let p = prefix.to_string();
-        let resp = self
-            .call(
-                &format!("listing {prefix:?}"),
-                NO_LEASE,
-                move |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await },
-            )
-            .await?;
-        let revision = revision_of(resp.header())?;
-        Ok((resp.kvs().iter().map(key_value).collect(), revision))
+        self.list_paged(prefix).await
     }
 
     async fn put(

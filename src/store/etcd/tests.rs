@@ -113,3 +113,14 @@ async fn connect_checks_endpoints_without_io() {
         .expect("lazy connect");
     assert_eq!(store.endpoints(), ["192.0.2.1:9"]);
 }
+
+#[test]
+fn prefix_ends_bound_exactly_the_prefix() {
+    use super::paging::{key_after, prefix_end};
+    assert_eq!(prefix_end(b"/rnet/v1/"), b"/rnet/v10".to_vec());
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff\xff"), vec![0], "no end: every key");
+    assert_eq!(prefix_end(b""), vec![0]);
+    assert_eq!(key_after(b"/a/b"), b"/a/b\0".to_vec());
+    assert!(key_after(b"/a/b").as_slice() < b"/a/b0".as_slice());
+}
