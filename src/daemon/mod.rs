@@ -22,6 +22,7 @@ use crate::dataplane::spec::netns_dir;
 use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::model::{HostRecord, Mac};
+use crate::store::etcd::{EtcdSecurity, EtcdStore};
 use crate::store::{keys, Compare, EmbeddedStore, LeaseId, Revision, Store, StoreError, TxnOp};
 use crate::wireguard::{self, WgConfig, WireGuard};
 pub use service::{HostConfig, Service};
@@ -35,8 +36,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// `embedded`, or `etcd://HOST:PORT[,HOST:PORT...]`.
+    /// `embedded`, `etcd://HOST:PORT[,HOST:PORT...]` (or `http://…`), or `https://…` (TLS).
     pub store: String,
+    /// TLS files and user for etcd.
+    pub etcd: EtcdSecurity,
     pub host_id: String,
     pub underlay: Option<Ipv4Addr>,
     pub lease_ttl: Duration,
@@ -71,15 +74,36 @@ pub async fn run(
             let store = EmbeddedStore::open(&cfg.state_dir.join("store.redb"))?;
             run_with_store(cfg, store, shutdown).await
         }
-        url if url.starts_with("etcd://") => {
-            let endpoints = crate::store::etcd::EtcdStore::parse_url(url)?;
-            let store = crate::store::etcd::EtcdStore::connect(&endpoints).await?;
+        url if ["etcd://", "http://", "https://"]
+            .iter()
+            .any(|s| url.starts_with(s)) =>
+        {
+            let store = open_etcd(url, &cfg.etcd).await?;
             run_with_store(cfg, store, shutdown).await
         }
         other => Err(Error::Invalid(format!(
-            "unknown store {other:?}: use \"embedded\" or etcd://HOST:PORT[,HOST:PORT...]"
+            "unknown store {other:?}: use \"embedded\", etcd://HOST:PORT[,HOST:PORT...] or https://HOST:PORT[,...]"
         ))),
     }
+}
+
+/// Connect to etcd and check the connection once: what waiting cannot fix (a refused
+/// certificate or user, plain HTTP to a TLS etcd) stops the daemon now; an etcd that
+/// is merely down is waited for, as always.
+async fn open_etcd(url: &str, security: &EtcdSecurity) -> Result<EtcdStore> {
+    if security.user.is_some() || security.has_tls_files() {
+        tracing::info!(store = url, tls = security.has_tls_files(), user = ?security.user.as_ref().map(|u| &u.name), "connecting to etcd");
+    }
+    let endpoints = EtcdStore::parse_url(url)?;
+    let store = EtcdStore::connect_with(&endpoints, security).await?;
+    match store.preflight().await {
+        Ok(()) => {}
+        Err(StoreError::Unavailable(why)) => {
+            tracing::warn!(error = %why, "etcd is not reachable yet; starting anyway")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(store)
 }
 
 async fn run_with_store<S: Store>(
