@@ -219,11 +219,17 @@ impl EtcdStore {
     ///
     /// `StoreError::Backend` with the reason and the flag to fix, or `Unavailable`.
     pub async fn preflight(&self) -> StoreResult<()> {
-        let result = self
-            .call("checking the connection", NO_LEASE, |mut c| async move {
+        let check = || {
+            self.call("checking the connection", NO_LEASE, |mut c| async move {
                 c.status().await
             })
-            .await;
+        };
+        let mut result = check().await;
+        // TLS 1.3: etcd checks a client certificate after the handshake, so the first
+        // call may only see a closed connection; the next one gets etcd's alert.
+        if self.inner.tls.is_some() && matches!(result, Err(StoreError::Unavailable(_))) {
+            result = check().await;
+        }
         match result {
             Err(StoreError::Unavailable(why)) if self.inner.tls.is_none() => {
                 for endpoint in &self.inner.endpoints {
