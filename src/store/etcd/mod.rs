@@ -55,8 +55,10 @@
 //!
 //! # Failures
 //!
-//! [`EtcdStore::connect`] does no I/O: the gRPC channel connects lazily, so a daemon
-//! can start while etcd is down. Every call runs under [`CALL_TIMEOUT`]; a timeout, a
+//! [`EtcdStore::connect`] does no I/O (with an etcd user it authenticates, but an
+//! unreachable etcd is still not an error): the gRPC channel connects lazily, so a
+//! daemon can start while etcd is down; [`EtcdStore::preflight`] is one round trip that
+//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`). Every call runs under [`CALL_TIMEOUT`]; a timeout, a
 //! refused or broken connection, or a gRPC `Unavailable` / `DeadlineExceeded` /
 //! `Cancelled` status becomes [`StoreError::Unavailable`] naming the endpoints and the
 //! operation, and makes the next call build a fresh client (the channel also
