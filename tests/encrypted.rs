@@ -2,7 +2,8 @@
 //! switch is only WireGuard, before a handshake and after a peer dies nothing of the network
 //! leaves in clear, peers' identities are pinned on first sight (a forged key gets no
 //! traffic and rnet says why; a re-installed or moved host waits for `rnet peers --trust`),
-//! keys rotate under a running transfer, garbage and replays are dropped harmlessly, and where the tunnel cannot
+//! a tampered record is written back by its own host, keys rotate under a running transfer,
+//! garbage and replays are dropped harmlessly, and where the tunnel cannot
 //! run the encrypted path fails loudly and changes nothing.
 mod common;
 
@@ -256,6 +257,27 @@ fn doctor_fails_naming(lab: &Lab, host: &str, what: &str) {
     );
 }
 
+/// `etcdctl` against the lab's etcd (plain: the lab runs without TLS).
+const ETCDCTL: [&str; 3] = ["etcdctl", "--endpoints", "198.18.0.1:2379"];
+
+/// Host h2's presence record as etcd holds it: (lease, record).
+fn h2_presence(lab: &Lab) -> (i64, Value) {
+    let get = lab.exec_ok(
+        "h1",
+        &[
+            ETCDCTL.as_slice(),
+            &["get", "/rnet/v1/hosts/h2", "-w", "json"],
+        ]
+        .concat(),
+    );
+    let kv = &serde_json::from_str::<Value>(&get).unwrap()["kvs"][0];
+    let value = String::from_utf8(base64_decode(kv["value"].as_str().unwrap())).unwrap();
+    (
+        kv["lease"].as_i64().unwrap(),
+        serde_json::from_str(&value).unwrap(),
+    )
+}
+
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn a_forged_key_is_refused_against_the_pin_nothing_is_sent_to_it_and_rnet_says_why() {
@@ -426,6 +448,62 @@ fn a_reinstalled_or_moved_host_is_refused_across_a_restart_until_an_operator_tru
         Duration::from_secs(20),
         || tunnel_up(&lab, "h1", "h2"),
     );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_tampered_key_is_written_back_by_its_host_and_nothing_leaves_in_clear() {
+    let lab = Lab::up(2, FAST);
+    let (sec, a, b, ipb) = encrypted_pair(&lab);
+
+    // Replace h2's public key in its presence record with another valid key, keeping the lease.
+    let (lease, mut record) = h2_presence(&lab);
+    let real = record["wireguard"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = rnet::wireguard::keys::HostKey::generate().public_b64();
+    record["wireguard"]["public_key"] = Value::String(forged.clone());
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
+    lab.exec_ok(
+        "h1",
+        &[
+            ETCDCTL.as_slice(),
+            &[
+                "put",
+                "/rnet/v1/hosts/h2",
+                &record.to_string(),
+                &format!("--lease={lease:x}"),
+            ],
+        ]
+        .concat(),
+    );
+
+    // h2 notices at its next renewal, says so naming the key, and writes its record back:
+    // no operator step (restart, rotate-key) is needed.
+    wait_until(
+        "h2 writes its real key back",
+        Duration::from_secs(10),
+        || h2_presence(&lab).1["wireguard"]["public_key"] == real.as_str(),
+    );
+    let log = lab.log("h2");
+    assert!(
+        log.contains("changed by someone else")
+            && log.contains("/rnet/v1/hosts/h2")
+            && log.contains("its WireGuard public key is not this host's"),
+        "h2 does not say its record was altered:\n{log}"
+    );
+    wait_ping(&a, &ipb, Duration::from_secs(20));
+    assert!(tunnel_up(&lab, "h1", "h2"));
+    let ipa = a.ipv4_addrs("eth0")[0].to_string();
+    assert!(b.ping(&ipa, 3));
+    let seen = cap.finish();
+    assert!(
+        !seen.vxlan_vnis().contains(&sec),
+        "the encrypted network's VXLAN crossed the switch in clear while h2's key was forged"
+    );
+    assert!(!seen.wireguard().is_empty());
+    assert_ne!(forged, real);
 }
 
 #[test]

@@ -725,3 +725,77 @@ fn etcd_store_is_unavailable_while_etcd_is_down_and_recovers() {
         assert_eq!(get(&store, "/f/k2").await.expect("k2").mod_revision, rev);
     });
 }
+
+/// Records written for the paging test: over 4 MiB in all, gRPC's default limit
+/// for one message (so a one-message list fails).
+const MANY: usize = 20_000;
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn etcd_list_pages_past_the_grpc_message_limit_at_one_revision() {
+    let net = EtcdNet::new();
+    net.start();
+    net.run(|| async {
+        let store = EtcdStore::connect(&[endpoint()]).await.expect("connect");
+        net.wait_ready(&store).await;
+        // Endpoint-sized values (~300 bytes), 100 puts a txn (etcd allows 128).
+        let value = |i: usize| format!("{{\"id\":\"{i:064}\",\"pad\":\"{}\"}}", "x".repeat(220));
+        let keys: Vec<String> = (0..MANY).map(|i| format!("/big/ep/{i:06}")).collect();
+        for chunk in keys.chunks(100) {
+            let ops = chunk
+                .iter()
+                .map(|k| put_op(k, &value(k[8..].parse().unwrap())))
+                .collect();
+            assert!(txn(&store, vec![], ops).await.succeeded);
+        }
+        let total: usize = keys.iter().map(|k| k.len() + value(0).len()).sum();
+        assert!(total > 4 << 20, "the records must exceed 4 MiB ({total})");
+        // A key right after the prefix range, which no page may include.
+        put(&store, "/big/eq", "outside").await;
+
+        let (kvs, rev) = store
+            .list("/big/ep/")
+            .await
+            .expect("list of 20,000 records");
+        assert_eq!(kvs.len(), MANY);
+        let listed: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(listed, keys, "every key once, sorted");
+        assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
+
+        // Every page is read at the first page's revision: writes landing while the
+        // list runs are not in it, however many pages it takes.
+        let writer = store.clone();
+        let churn = tokio::spawn(async move {
+            for i in 0..200 {
+                writer
+                    .put(&format!("/big/ep/{i:06}"), b"changed".to_vec(), None)
+                    .await
+                    .expect("churn put");
+                writer
+                    .put(&format!("/big/ep/zz{i:03}"), b"new".to_vec(), None)
+                    .await
+                    .expect("churn put");
+            }
+        });
+        let mut snapshots = 0;
+        while !churn.is_finished() {
+            let (kvs, rev) = store.list("/big/ep/").await.expect("list under churn");
+            assert!(
+                kvs.iter().all(|kv| kv.mod_revision <= rev),
+                "a record newer than the list's revision {rev}"
+            );
+            let changed = kvs.iter().filter(|kv| kv.value == b"changed").count();
+            let added = kvs.iter().filter(|kv| kv.key.contains("/zz")).count();
+            // Each churn step writes "changed" then a new key: a snapshot sees both
+            // counts equal, or one more change than additions (between the two).
+            assert!(
+                added == changed || added + 1 == changed,
+                "not one snapshot: {changed} changed, {added} added at revision {rev}"
+            );
+            assert_eq!(kvs.len(), MANY + added);
+            snapshots += 1;
+        }
+        churn.await.expect("churn");
+        assert!(snapshots > 0);
+    });
+}

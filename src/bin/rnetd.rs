@@ -9,6 +9,10 @@ use clap::Parser;
 use rnet::daemon::access::Access;
 use rnet::daemon::docker::PluginConfig;
 use rnet::daemon::{self, DaemonConfig};
+use rnet::store::etcd::{EtcdSecurity, EtcdUser};
+
+/// The etcd user's password (with `--etcd-user USER`); never logged.
+const PASSWORD_ENV: &str = "RNET_ETCD_PASSWORD";
 
 /// The rnet per-host daemon: keeps this host's overlay networks in the kernel in line
 /// with the store, and serves the rnet API.
@@ -28,9 +32,30 @@ struct Flags {
     /// Runtime state: namespace bind mounts live under RUN_DIR/netns (never /run/netns).
     #[arg(long, env = "RNET_RUN_DIR", default_value = "/run/rnet")]
     run_dir: PathBuf,
-    /// The store: `embedded` (single host, on local disk) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    /// The store: `embedded` (single host, on local disk), `etcd://HOST:PORT[,HOST:PORT...]`
+    /// (plain HTTP; `http://…` also works), or `https://HOST:PORT[,HOST:PORT...]` (TLS).
     #[arg(long, env = "RNET_STORE", default_value = "embedded")]
     store: String,
+    /// PEM CA bundle that signed etcd's server certificate (https:// stores; default: the
+    /// system's roots).
+    #[arg(long, env = "RNET_ETCD_CACERT", value_name = "FILE")]
+    etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd's --client-cert-auth (its common name is the etcd
+    /// user); needs --etcd-key.
+    #[arg(long, env = "RNET_ETCD_CERT", value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "RNET_ETCD_KEY", value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (etcd auth): USER, with the password in $RNET_ETCD_PASSWORD, or
+    /// USER:PASSWORD (visible to `ps`: prefer the variable).
+    #[arg(
+        long,
+        env = "RNET_ETCD_USER",
+        value_name = "USER[:PASSWORD]",
+        hide_env_values = true
+    )]
+    etcd_user: Option<String>,
     /// This host's id (default: the hostname).
     #[arg(long, env = "RNET_HOST_ID")]
     host_id: Option<String>,
@@ -90,11 +115,22 @@ fn main() -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    let etcd = EtcdSecurity {
+        ca_cert: flags.etcd_cacert,
+        cert: flags.etcd_cert,
+        key: flags.etcd_key,
+        user: flags
+            .etcd_user
+            .as_deref()
+            .map(|u| EtcdUser::parse(u, std::env::var(PASSWORD_ENV).ok()))
+            .transpose()?,
+    };
     let cfg = DaemonConfig {
         socket: flags.socket,
         state_dir: flags.state_dir,
         run_dir: flags.run_dir,
         store: flags.store,
+        etcd,
         host_id,
         underlay: flags.underlay,
         lease_ttl: Duration::from_secs(flags.lease_ttl),

@@ -23,6 +23,7 @@ use crate::dataplane::spec::netns_dir;
 use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::model::{HostRecord, Mac};
+use crate::store::etcd::{EtcdSecurity, EtcdStore};
 use crate::store::{keys, Compare, EmbeddedStore, LeaseId, Revision, Store, StoreError, TxnOp};
 use crate::wireguard::{self, WgConfig, WireGuard};
 pub use service::{HostConfig, Service};
@@ -36,8 +37,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// `embedded`, or `etcd://HOST:PORT[,HOST:PORT...]`.
+    /// `embedded`, `etcd://HOST:PORT[,HOST:PORT...]` (or `http://…`), or `https://…` (TLS).
     pub store: String,
+    /// TLS files and user for etcd.
+    pub etcd: EtcdSecurity,
     pub host_id: String,
     pub underlay: Option<Ipv4Addr>,
     pub lease_ttl: Duration,
@@ -80,15 +83,36 @@ pub async fn run(
             let store = EmbeddedStore::open(&cfg.state_dir.join("store.redb"))?;
             run_with_store(cfg, store, shutdown).await
         }
-        url if url.starts_with("etcd://") => {
-            let endpoints = crate::store::etcd::EtcdStore::parse_url(url)?;
-            let store = crate::store::etcd::EtcdStore::connect(&endpoints).await?;
+        url if ["etcd://", "http://", "https://"]
+            .iter()
+            .any(|s| url.starts_with(s)) =>
+        {
+            let store = open_etcd(url, &cfg.etcd).await?;
             run_with_store(cfg, store, shutdown).await
         }
         other => Err(Error::Invalid(format!(
-            "unknown store {other:?}: use \"embedded\" or etcd://HOST:PORT[,HOST:PORT...]"
+            "unknown store {other:?}: use \"embedded\", etcd://HOST:PORT[,HOST:PORT...] or https://HOST:PORT[,...]"
         ))),
     }
+}
+
+/// Connect to etcd and check the connection once: what waiting cannot fix (a refused
+/// certificate or user, plain HTTP to a TLS etcd) stops the daemon now; an etcd that
+/// is merely down is waited for, as always.
+async fn open_etcd(url: &str, security: &EtcdSecurity) -> Result<EtcdStore> {
+    if security.user.is_some() || security.has_tls_files() {
+        tracing::info!(store = url, tls = security.has_tls_files(), user = ?security.user.as_ref().map(|u| &u.name), "connecting to etcd");
+    }
+    let endpoints = EtcdStore::parse_url(url)?;
+    let store = EtcdStore::connect_with(&endpoints, security).await?;
+    match store.preflight().await {
+        Ok(()) => {}
+        Err(StoreError::Unavailable(why)) => {
+            tracing::warn!(error = %why, "etcd is not reachable yet; starting anyway")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(store)
 }
 
 async fn run_with_store<S: Store>(
@@ -233,36 +257,36 @@ async fn start_wireguard(
 /// everything this host owns again: the presence record and the durable host record
 /// (endpoints are durable and need nothing).
 ///
-/// A renewal only overwrites the record this daemon wrote last: if someone else changed it
-/// (a tampered key, a second daemon with this host id), rnetd says so and leaves it, since
-/// it cannot tell who is right; a restart or `rnet rotate-key` publishes it again.
+/// Both records belong to this host alone: a renewal compares each with the revision this
+/// daemon wrote last, and when someone else changed one (a tampered key, an operator's
+/// mistake, a second daemon with this host id) rnetd warns naming the key and writes its
+/// own records back within one renewal period.
 async fn keep_presence<S: Store>(
     store: S,
     mut records: tokio::sync::watch::Receiver<HostRecord>,
     ttl: Duration,
 ) {
     let ttl_secs = ttl.as_secs().max(1) as i64;
-    let mut lease: Option<(LeaseId, Revision)> = None;
-    let mut reported = false;
+    let mut held: Option<Held> = None;
     let mut changed = false;
     let mut closed = false;
     loop {
         let mut record = records.borrow_and_update().clone();
         record.renewed = now_secs();
-        lease = match lease {
+        held = match held {
             None => publish(&store, &record, ttl_secs, None).await,
             // A new record (rotated key) replaces whatever is there, under the same lease,
             // so peers never see this host vanish.
-            Some((id, _)) if changed => publish(&store, &record, ttl_secs, Some(id)).await,
-            Some((id, rev)) => match store.lease_keep_alive(id).await {
-                Ok(_) => renew(&store, &record, id, rev, &mut reported).await,
+            Some(h) if changed => publish(&store, &record, ttl_secs, Some(h.lease)).await,
+            Some(h) => match store.lease_keep_alive(h.lease).await {
+                Ok(_) => renew(&store, &record, h, ttl_secs).await,
                 Err(StoreError::LeaseNotFound(_)) => {
                     tracing::warn!("host lease lost; registering again");
                     publish(&store, &record, ttl_secs, None).await
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing host lease failed");
-                    Some((id, rev))
+                    Some(h)
                 }
             },
         };
@@ -271,56 +295,86 @@ async fn keep_presence<S: Store>(
             _ = tokio::time::sleep(ttl / 3) => {}
             // Err: the service (the only sender) is gone; keep renewing what there is.
             result = records.changed(), if !closed => match result {
-                Ok(()) => {
-                    changed = true;
-                    reported = false;
-                }
+                Ok(()) => changed = true,
                 Err(_) => closed = true,
             }
         }
     }
 }
 
-async fn renew<S: Store>(
-    store: &S,
-    record: &HostRecord,
+/// What this daemon last wrote: its lease and the revisions of its two records.
+#[derive(Clone, Copy, Debug)]
+struct Held {
     lease: LeaseId,
-    rev: Revision,
-    reported: &mut bool,
-) -> Option<(LeaseId, Revision)> {
-    let key = keys::host(&record.id);
+    /// Mod revision of the presence record (`keys::host`).
+    presence: Revision,
+    /// Mod revision of the durable record (`keys::host_info`).
+    info: Revision,
+}
+
+/// Renew the presence record if both records are still the ones this daemon wrote;
+/// otherwise say which changed and write them back.
+async fn renew<S: Store>(store: &S, record: &HostRecord, held: Held, ttl: i64) -> Option<Held> {
+    let (key, info_key) = (keys::host(&record.id), keys::host_info(&record.id));
     let value = serde_json::to_vec(record).expect("host record serializes");
     let put = TxnOp::Put {
         key: key.clone(),
         value,
-        lease: Some(lease),
+        lease: Some(held.lease),
     };
-    match store
-        .txn(vec![Compare::ModRevision(key, rev)], vec![put])
-        .await
-    {
-        Ok(t) if t.succeeded => Some((lease, t.revision)),
-        Ok(t) => match t.current.into_iter().next().flatten() {
-            None => None, // deleted: publish again
-            Some(kv) => {
-                if !*reported {
-                    let theirs: Option<HostRecord> = serde_json::from_slice(&kv.value).ok();
-                    let what = match theirs {
-                        Some(t) if t.wireguard != record.wireguard => "its WireGuard public key is not this host's: peers will refuse this host's tunnel",
-                        Some(_) => "it differs from what this daemon published",
-                        None => "it is not a host record any more",
-                    };
-                    tracing::error!(host = %record.id, "this host's record in the store was changed by someone else ({what}); leaving it as it is: restart rnetd or run `rnet rotate-key` to publish this host's record again");
-                    *reported = true;
-                }
-                Some((lease, rev))
-            }
-        },
-        Err(StoreError::LeaseNotFound(_)) => None,
+    let compares = vec![
+        Compare::ModRevision(key.clone(), held.presence),
+        Compare::ModRevision(info_key.clone(), held.info),
+    ];
+    let t = match store.txn(compares, vec![put]).await {
+        Ok(t) => t,
+        Err(StoreError::LeaseNotFound(_)) => return None,
         Err(e) => {
             tracing::warn!(error = %e, "renewing host record failed");
-            Some((lease, rev))
+            return Some(held);
         }
+    };
+    if t.succeeded {
+        return Some(Held {
+            presence: t.revision,
+            ..held
+        });
+    }
+    let mut current = t.current.into_iter();
+    let (presence, info) = (current.next().flatten(), current.next().flatten());
+    let Some(presence) = presence else {
+        // The presence record is gone (its lease expired, or it was deleted): register again.
+        return None;
+    };
+    for (k, kv, rev) in [
+        (&key, Some(presence), held.presence),
+        (&info_key, info, held.info),
+    ] {
+        match kv {
+            Some(kv) if kv.mod_revision == rev => {}
+            Some(kv) => {
+                let what = how_it_differs(record, &kv.value);
+                tracing::warn!(host = %record.id, key = %k, "this host's record was changed by someone else ({what}); writing this host's record back");
+            }
+            None => {
+                tracing::warn!(host = %record.id, key = %k, "this host's record was deleted by someone else; writing it back");
+            }
+        }
+    }
+    publish(store, record, ttl, Some(held.lease)).await
+}
+
+/// How a record found in the store differs from this host's, for the log.
+fn how_it_differs(record: &HostRecord, found: &[u8]) -> &'static str {
+    match serde_json::from_slice::<HostRecord>(found) {
+        Ok(t) if t.wireguard != record.wireguard => {
+            "its WireGuard public key is not this host's: peers would refuse this host's tunnel"
+        }
+        Ok(t) if t.underlay != record.underlay || t.vtep_mac != record.vtep_mac => {
+            "it points peers at another underlay address or VTEP"
+        }
+        Ok(_) => "it differs from what this daemon published",
+        Err(_) => "it is not a host record any more",
     }
 }
 
@@ -330,7 +384,7 @@ async fn publish<S: Store>(
     record: &HostRecord,
     ttl: i64,
     lease: Option<LeaseId>,
-) -> Option<(LeaseId, Revision)> {
+) -> Option<Held> {
     let value = serde_json::to_vec(record).expect("host record serializes");
     let id = match lease {
         Some(id) => id,
@@ -342,13 +396,21 @@ async fn publish<S: Store>(
             }
         },
     };
-    let durable = store
-        .put(&keys::host_info(&record.id), value.clone(), None)
-        .await;
-    match durable.and(store.put(&keys::host(&record.id), value, Some(id)).await) {
-        Ok(rev) => {
+    let written = async {
+        let info = store
+            .put(&keys::host_info(&record.id), value.clone(), None)
+            .await?;
+        let presence = store.put(&keys::host(&record.id), value, Some(id)).await?;
+        Ok::<_, StoreError>((info, presence))
+    };
+    match written.await {
+        Ok((info, presence)) => {
             tracing::info!(host = %record.id, lease = id, "host registered");
-            Some((id, rev))
+            Some(Held {
+                lease: id,
+                presence,
+                info,
+            })
         }
         Err(e) => {
             tracing::warn!(error = %e, "publishing host record failed");
@@ -407,5 +469,77 @@ async fn periodic_reconcile<S: Store>(service: Arc<Service<S>>, every: Duration)
         if let Err(e) = service.reconcile(true).await {
             tracing::warn!(error = %e, "periodic reconcile failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> HostRecord {
+        HostRecord {
+            id: "h1".into(),
+            underlay: Ipv4Addr::new(198, 18, 0, 11),
+            vtep_mac: Mac::from_name(VTEP_MAC_KIND, "h1"),
+            started: 1,
+            renewed: 1,
+            wireguard: None,
+        }
+    }
+
+    async fn underlay_of(store: &EmbeddedStore, key: &str) -> Option<Ipv4Addr> {
+        let kv = store.get(key).await.expect("get")?;
+        serde_json::from_slice::<HostRecord>(&kv.value)
+            .ok()
+            .map(|r| r.underlay)
+    }
+
+    /// Polls until both of h1's records name `want` as its underlay.
+    async fn until_both_are(store: &EmbeddedStore, want: Ipv4Addr, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let presence = underlay_of(store, &keys::host("h1")).await;
+            let info = underlay_of(store, &keys::host_info("h1")).await;
+            if presence == Some(want) && info == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: presence {presence:?}, info {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_writes_back_its_records_changed_by_someone_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        let mine = record();
+        let (_tx, rx) = tokio::sync::watch::channel(mine.clone());
+        let task = tokio::spawn(keep_presence(store.clone(), rx, Duration::from_secs(1)));
+        until_both_are(&store, mine.underlay, "registered").await;
+
+        // Forge the presence record (keeping its lease) and the durable one.
+        let forged = HostRecord {
+            underlay: Ipv4Addr::new(198, 18, 0, 66),
+            ..mine.clone()
+        };
+        let value = serde_json::to_vec(&forged).unwrap();
+        let lease = store.get(&keys::host("h1")).await.unwrap().unwrap().lease;
+        store
+            .put(&keys::host("h1"), value.clone(), Some(lease))
+            .await
+            .unwrap();
+        store
+            .put(&keys::host_info("h1"), value, None)
+            .await
+            .unwrap();
+        until_both_are(&store, mine.underlay, "presence and info written back").await;
+
+        // A deleted durable record comes back too.
+        store.delete(&keys::host_info("h1")).await.unwrap();
+        until_both_are(&store, mine.underlay, "deleted info written back").await;
+        task.abort();
     }
 }

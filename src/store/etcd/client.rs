@@ -16,13 +16,14 @@ use crate::store::{LeaseId, StoreError, StoreResult};
 /// TCP keep-alive of the connections to etcd.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
+fn connect_options(inner: &Inner) -> ConnectOptions {
+    let base = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
         .with_keep_alive_while_idle(false)
         .with_tcp_keepalive(TCP_KEEPALIVE)
-        .with_require_leader(true)
+        .with_require_leader(true);
+    inner.security.apply(base, inner.tls.clone())
 }
 
 impl Inner {
@@ -43,7 +44,7 @@ impl EtcdStore {
             .deadline(
                 what,
                 NO_LEASE,
-                Client::connect(endpoints, Some(connect_options())),
+                Client::connect(endpoints, Some(connect_options(&self.inner))),
             )
             .await?;
         Ok(self.inner.client_slot().get_or_insert(client).clone())

@@ -7,7 +7,8 @@
 //!
 //! | trait                | etcd                                                                |
 //! |----------------------|---------------------------------------------------------------------|
-//! | `get` / `list`       | `Range` of one key / of the prefix (etcd sorts by key); `list` returns the header revision |
+//! | `get`                | `Range` of one key                                                  |
+//! | `list`               | `Range`s of the prefix in pages of [`PAGE_KEYS`](paging::PAGE_KEYS) keys (etcd sorts by key), each page from the last key + `\0`, every page at the first page's header revision (which `list` returns): one snapshot however big the prefix, and no answer near gRPC's 4 MiB message limit (a page of huge values is asked again with fewer keys) |
 //! | `put`                | `Put` (with the lease if any); returns the header revision          |
 //! | `delete`             | `DeleteRange` of one key; `deleted > 0` says whether it existed     |
 //! | `txn`                | `Txn`: compares, `success` = the writes, `failure` = one `Range` per compared key, so a failed txn reports the current value of each compared key, in compare order, read atomically with the compare |
@@ -54,8 +55,10 @@
 //!
 //! # Failures
 //!
-//! [`EtcdStore::connect`] does no I/O: the gRPC channel connects lazily, so a daemon
-//! can start while etcd is down. Every call runs under [`CALL_TIMEOUT`]; a timeout, a
+//! [`EtcdStore::connect`] does no I/O (with an etcd user it authenticates, but an
+//! unreachable etcd is still not an error): the gRPC channel connects lazily, so a
+//! daemon can start while etcd is down; [`EtcdStore::preflight`] is one round trip that
+//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`). Every call runs under [`CALL_TIMEOUT`]; a timeout, a
 //! refused or broken connection, or a gRPC `Unavailable` / `DeadlineExceeded` /
 //! `Cancelled` status becomes [`StoreError::Unavailable`] naming the endpoints and the
 //! operation, and makes the next call build a fresh client (the channel also
@@ -72,6 +75,9 @@ mod client;
 mod convert;
 mod endpoints;
 mod lease;
+mod paging;
+mod security;
+mod sniff;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -82,12 +88,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use tokio::sync::mpsc;
 
 use self::convert::{key_value, put_options, revision_of};
-use self::endpoints::check_endpoint;
+use self::endpoints::{check_endpoint, host_port, is_https};
 use self::lease::SharedKeeper;
+pub use self::security::{EtcdSecurity, EtcdUser};
 use self::txn::{current_values, etcd_txn, leases_of};
 use self::watch::{forward, watch_options, WATCH_BUFFER};
 #[cfg(doc)]
@@ -118,8 +125,12 @@ pub struct EtcdStore {
 
 /// What every handle shares.
 struct Inner {
-    /// The endpoints as given ("host:port").
+    /// The endpoints as given ("host:port", "http://host:port" or "https://host:port").
     endpoints: Vec<String>,
+    /// TLS files and user.
+    security: EtcdSecurity,
+    /// The TLS options read from `security`'s files (None: plain HTTP).
+    tls: Option<etcd_client::TlsOptions>,
     /// The same, joined for error messages.
     label: String,
     /// The client, or `None` after a connection failure (rebuilt on the next call).
@@ -148,6 +159,23 @@ impl EtcdStore {
     /// `StoreError::Backend` naming the problem when `endpoints` is empty or one is
     /// not `HOST:PORT`.
     pub async fn connect(endpoints: &[String]) -> StoreResult<EtcdStore> {
+        EtcdStore::connect_with(endpoints, &EtcdSecurity::default()).await
+    }
+
+    /// As [`connect`](Self::connect), with TLS and an etcd user. Endpoints are
+    /// "host:port" or "http://host:port" (plain) or "https://host:port" (TLS), all
+    /// of one kind. With a user, connecting authenticates: a wrong password is
+    /// refused here, while an unreachable etcd still is not (the next call retries).
+    ///
+    /// # Errors
+    ///
+    /// `StoreError::Backend` naming the problem and the flag to fix: a bad endpoint,
+    /// mixed plain and TLS endpoints, TLS files for plain endpoints, a certificate
+    /// without its key (or the reverse), an unreadable or non-PEM file, a refused user.
+    pub async fn connect_with(
+        endpoints: &[String],
+        security: &EtcdSecurity,
+    ) -> StoreResult<EtcdStore> {
         if endpoints.is_empty() {
             return Err(StoreError::Backend("etcd: no endpoint given".into()));
         }
@@ -155,21 +183,70 @@ impl EtcdStore {
             check_endpoint(endpoint)
                 .map_err(|why| StoreError::Backend(format!("etcd endpoint {why}")))?;
         }
+        let https = endpoints.iter().filter(|e| is_https(e)).count();
+        if https != 0 && https != endpoints.len() {
+            return Err(StoreError::Backend(format!(
+                "etcd endpoints {}: either all use https:// or none does",
+                endpoints.join(",")
+            )));
+        }
+        let tls = security.tls_options(https != 0)?;
         let inner = Arc::new(Inner {
             endpoints: endpoints.to_vec(),
             label: endpoints.join(","),
+            security: security.clone(),
+            tls,
             client: Mutex::new(None),
             keepers: Mutex::new(HashMap::new()),
         });
         let store = EtcdStore { inner };
-        // Builds the channel now so that a bad endpoint is reported here.
-        store.client().await?;
-        Ok(store)
+        // Builds the channel now so that a bad endpoint (or, with a user, a refused
+        // password) is reported here; an unreachable etcd is not an error yet.
+        match store.client().await {
+            Ok(_) | Err(StoreError::Unavailable(_)) => Ok(store),
+            Err(e) => Err(e),
+        }
     }
 
     /// The endpoints this store talks to.
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
+    }
+
+    /// One round trip to etcd, to fail fast on what waiting cannot fix: an untrusted
+    /// or refused certificate, a refused user, a plain-HTTP client at a TLS etcd. An
+    /// unreachable etcd is `Unavailable` (a daemon may start before its store).
+    ///
+    /// # Errors
+    ///
+    /// `StoreError::Backend` with the reason and the flag to fix, or `Unavailable`.
+    pub async fn preflight(&self) -> StoreResult<()> {
+        let check = || {
+            self.call("checking the connection", NO_LEASE, |mut c| async move {
+                c.status().await
+            })
+        };
+        let mut result = check().await;
+        // TLS 1.3: etcd checks a client certificate after the handshake, so the first
+        // call may only see a closed connection; the next one gets etcd's alert.
+        if self.inner.tls.is_some() && matches!(result, Err(StoreError::Unavailable(_))) {
+            result = check().await;
+        }
+        match result {
+            Err(StoreError::Unavailable(why)) if self.inner.tls.is_none() => {
+                for endpoint in &self.inner.endpoints {
+                    if sniff::speaks_tls(host_port(endpoint)).await {
+                        return Err(StoreError::Backend(format!(
+                            "etcd at {} speaks TLS: use https://{} in --store, and --etcd-cacert with the CA that signed etcd's certificate",
+                            host_port(endpoint),
+                            host_port(endpoint)
+                        )));
+                    }
+                }
+                Err(StoreError::Unavailable(why))
+            }
+            other => other.map(drop),
+        }
     }
 }
 
@@ -187,16 +264,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
-        let p = prefix.to_string();
-        let resp = self
-            .call(
-                &format!("listing {prefix:?}"),
-                NO_LEASE,
-                move |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await },
-            )
-            .await?;
-        let revision = revision_of(resp.header())?;
-        Ok((resp.kvs().iter().map(key_value).collect(), revision))
+        self.list_paged(prefix).await
     }
 
     async fn put(

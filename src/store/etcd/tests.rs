@@ -21,9 +21,22 @@ fn parse_url_accepts_endpoint_lists() {
 }
 
 #[test]
+fn parse_url_keeps_the_scheme_of_http_and_https_urls() {
+    let parsed = EtcdStore::parse_url("https://a:1,[fd00::1]:2").expect("https");
+    assert_eq!(parsed, endpoints(&["https://a:1", "https://[fd00::1]:2"]));
+    let parsed = EtcdStore::parse_url("http://a:1").expect("http");
+    assert_eq!(parsed, endpoints(&["http://a:1"]));
+}
+
+#[test]
 fn parse_url_names_the_problem() {
     let cases = [
-        ("http://h:2379", "does not start with etcd://"),
+        (
+            "ftp://h:2379",
+            "does not start with etcd://, http:// or https://",
+        ),
+        ("https://", "names no endpoint"),
+        ("https://http://h:1", "not contain '/'"),
         ("etcd://", "names no endpoint"),
         ("etcd://h", "has no port"),
         ("etcd://:2379", "has no host"),
@@ -112,4 +125,134 @@ async fn connect_checks_endpoints_without_io() {
         .await
         .expect("lazy connect");
     assert_eq!(store.endpoints(), ["192.0.2.1:9"]);
+}
+
+#[test]
+fn prefix_ends_bound_exactly_the_prefix() {
+    use super::paging::{key_after, prefix_end};
+    assert_eq!(prefix_end(b"/rnet/v1/"), b"/rnet/v10".to_vec());
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff\xff"), vec![0], "no end: every key");
+    assert_eq!(prefix_end(b""), vec![0]);
+    assert_eq!(key_after(b"/a/b"), b"/a/b\0".to_vec());
+    assert!(key_after(b"/a/b").as_slice() < b"/a/b0".as_slice());
+}
+
+fn pem_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    (cert, key)
+}
+
+async fn refused(endpoints: &[&str], security: EtcdSecurity) -> String {
+    let list: Vec<String> = endpoints.iter().map(|s| s.to_string()).collect();
+    EtcdStore::connect_with(&list, &security)
+        .await
+        .expect_err("refused")
+        .to_string()
+}
+
+#[tokio::test]
+async fn mismatched_tls_options_are_refused_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_files(dir.path());
+    let https = ["https://192.0.2.1:9"];
+    let only_cert = EtcdSecurity {
+        cert: Some(cert.clone()),
+        ..Default::default()
+    };
+    assert!(refused(&https, only_cert)
+        .await
+        .contains("--etcd-cert needs --etcd-key"));
+    let only_key = EtcdSecurity {
+        key: Some(key.clone()),
+        ..Default::default()
+    };
+    assert!(refused(&https, only_key)
+        .await
+        .contains("--etcd-key needs --etcd-cert"));
+    let ca = EtcdSecurity {
+        ca_cert: Some(cert.clone()),
+        ..Default::default()
+    };
+    let err = refused(&["192.0.2.1:9"], ca.clone()).await;
+    assert!(err.contains("use https://HOST:PORT"), "{err}");
+    let err = refused(&["https://192.0.2.1:9", "http://192.0.2.2:9"], ca).await;
+    assert!(err.contains("all use https:// or none"), "{err}");
+    let swapped = EtcdSecurity {
+        ca_cert: Some(key.clone()),
+        ..Default::default()
+    };
+    let err = refused(&https, swapped).await;
+    assert!(
+        err.contains("--etcd-cacert") && err.contains("not a PEM certificate"),
+        "{err}"
+    );
+    let not_a_key = EtcdSecurity {
+        cert: Some(cert.clone()),
+        key: Some(cert.clone()),
+        ..Default::default()
+    };
+    assert!(refused(&https, not_a_key)
+        .await
+        .contains("not a PEM private key"));
+    let missing = EtcdSecurity {
+        ca_cert: Some(dir.path().join("nope.pem")),
+        ..Default::default()
+    };
+    let err = refused(&https, missing).await;
+    assert!(
+        err.contains("nope.pem") && err.contains("No such file"),
+        "{err}"
+    );
+    // Well-formed options connect lazily (no I/O: nothing listens there).
+    let good = EtcdSecurity {
+        ca_cert: Some(cert.clone()),
+        cert: Some(cert),
+        key: Some(key),
+        user: None,
+    };
+    let list = endpoints(&https);
+    EtcdStore::connect_with(&list, &good).await.expect("lazy");
+}
+
+#[test]
+fn etcd_users_parse_and_never_show_their_password() {
+    let u = EtcdUser::parse("h1:s3cret", None).unwrap();
+    assert_eq!((u.name.as_str(), u.password.as_str()), ("h1", "s3cret"));
+    let u = EtcdUser::parse("h1", Some("fromenv".into())).unwrap();
+    assert_eq!(u.password, "fromenv");
+    assert!(!format!("{u:?}").contains("fromenv"));
+    let s = EtcdSecurity {
+        user: Some(u),
+        ..Default::default()
+    };
+    assert!(!format!("{s:?}").contains("fromenv"));
+    let err = EtcdUser::parse("h1", None).unwrap_err().to_string();
+    assert!(err.contains("RNET_ETCD_PASSWORD"), "{err}");
+    let err = EtcdUser::parse(":pw", None).unwrap_err().to_string();
+    assert!(
+        err.contains("names no user") && !err.contains("pw\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_records_are_told_from_other_answers() {
+    use super::sniff::is_tls_record;
+    assert!(is_tls_record(&[0x15, 0x03, 0x03, 0, 2]));
+    assert!(is_tls_record(&[0x16, 0x03, 0x01]));
+    // An HTTP/2 SETTINGS frame (a plain gRPC server) and HTTP/1.
+    assert!(!is_tls_record(&[0x00, 0x00, 0x12, 0x04]));
+    assert!(!is_tls_record(b"HTTP/1.1 400"));
+    assert!(!is_tls_record(&[]));
 }
