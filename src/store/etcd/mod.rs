@@ -227,9 +227,18 @@ impl EtcdStore {
             })
         };
         let mut result = check().await;
-        // TLS 1.3: etcd checks a client certificate after the handshake, so the first
-        // call may only see a closed connection; the next one gets etcd's alert.
-        if self.inner.tls.is_some() && matches!(result, Err(StoreError::Unavailable(_))) {
+        // TLS 1.3: etcd checks a client certificate after the handshake, so a call may only
+        // see the connection closed under it; a later one usually reads etcd's alert. Try
+        // again while that is all there is (an etcd that is simply down refuses at once).
+        for _ in 0..PREFLIGHT_TLS_RETRIES {
+            let closed_under_us = matches!(&result, Err(StoreError::Unavailable(why))
+                if ["connection closed", "operation was canceled", "broken pipe", "reset by peer"]
+                    .iter()
+                    .any(|s| why.contains(s)));
+            if self.inner.tls.is_none() || !closed_under_us {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             result = check().await;
         }
         match result {
@@ -249,6 +258,9 @@ impl EtcdStore {
         }
     }
 }
+
+/// Extra start-up checks over TLS while the answer is only a closed connection.
+const PREFLIGHT_TLS_RETRIES: usize = 30;
 
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
