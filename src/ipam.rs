@@ -95,6 +95,17 @@ pub fn plan_network(
     existing: &[Network],
     max_mtu: u32,
 ) -> Result<Network, PlanError> {
+    plan_network_avoiding(req, existing, max_mtu, &BTreeSet::new())
+}
+
+/// As [`plan_network`], never choosing a VNI of `held_vnis` (VNI index entries in the store
+/// that no valid network record explains: a corrupted record's, or one being written).
+pub fn plan_network_avoiding(
+    req: &NetworkRequest,
+    existing: &[Network],
+    max_mtu: u32,
+    held_vnis: &BTreeSet<u32>,
+) -> Result<Network, PlanError> {
     let name: NetworkName = req.name.parse()?;
     let subnet = parse_subnet(&req.subnet)?;
     let same_name = existing.iter().find(|n| n.name == name);
@@ -131,7 +142,7 @@ pub fn plan_network(
         Some(v) => Vni::new(v)?,
         None => match same_name {
             Some(n) => n.vni,
-            None => pick_vni(existing)?,
+            None => pick_vni(existing, held_vnis)?,
         },
     };
     let net = Network {
@@ -208,9 +219,10 @@ fn describe_differences(old: &Network, new: &Network) -> String {
     d.join(", ")
 }
 
-/// The lowest unused VNI from `AUTO_VNI_BASE` up.
-pub fn pick_vni(existing: &[Network]) -> Result<Vni, PlanError> {
-    let used: BTreeSet<u32> = existing.iter().map(|n| n.vni.get()).collect();
+/// The lowest VNI from `AUTO_VNI_BASE` up that no network uses and `held` does not name.
+pub fn pick_vni(existing: &[Network], held: &BTreeSet<u32>) -> Result<Vni, PlanError> {
+    let mut used: BTreeSet<u32> = existing.iter().map(|n| n.vni.get()).collect();
+    used.extend(held);
     (AUTO_VNI_BASE..=VNI_MAX)
         .find(|v| !used.contains(v))
         .map(|v| Vni::new(v).expect("in range"))

@@ -309,9 +309,10 @@ impl<S: Store> Service<S> {
         if let Some(enc) = req.encryption {
             self.check_encryption(&req.name, enc, "create")?;
         }
+        let mut held_vnis = BTreeSet::new();
         for _ in 0..5 {
             let existing = self.networks().await?;
-            let net = ipam::plan_network(req, &existing, self.max_mtu())?;
+            let net = ipam::plan_network_avoiding(req, &existing, self.max_mtu(), &held_vnis)?;
             if existing.contains(&net) {
                 return Ok(net);
             }
@@ -340,6 +341,26 @@ impl<S: Store> Service<S> {
             if txn.succeeded {
                 tracing::info!(network = name, vni = %net.vni, subnet = %net.subnet, "network created");
                 return Ok(net);
+            }
+            // The name's record exists but is not a valid network: say so, do not retry.
+            if let Some(Some(kv)) = txn.current.first() {
+                if let Err(r) = validate::network(&kv.key, &kv.value) {
+                    return Err(bad_record_error(&r));
+                }
+            }
+            // The VNI's index entry exists with no valid network behind it: never pick it
+            // again (asked for explicitly, it is a conflict).
+            if txn.current.get(1).is_some_and(|c| c.is_some())
+                && !existing.iter().any(|n| n.vni == net.vni)
+            {
+                if req.vni.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "VNI {} is held by an index entry ({}) with no valid network record; remove the entry or choose another VNI",
+                        net.vni,
+                        keys::vni(net.vni.get())
+                    )));
+                }
+                held_vnis.insert(net.vni.get());
             }
             // Someone else wrote one of the keys in the meantime: plan again against the news.
         }
@@ -1168,6 +1189,53 @@ mod tests {
             owner: None,
             mtu: None,
         }
+    }
+
+    fn request(name: &str, subnet: &str) -> NetworkRequest {
+        NetworkRequest {
+            name: name.into(),
+            subnet: subnet.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_steps_over_orphaned_vnis_and_names_an_invalid_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path()).await;
+        // A VNI index entry whose network record is gone or broken holds its VNI.
+        let orphan = ipam::AUTO_VNI_BASE;
+        svc.store()
+            .put(&keys::vni(orphan), b"lost".to_vec(), None)
+            .await
+            .unwrap();
+        let net = svc
+            .create_network(&request("fresh", "10.66.0.0/24"))
+            .await
+            .unwrap();
+        assert_eq!(
+            net.vni.get(),
+            orphan + 1,
+            "the orphaned VNI is stepped over"
+        );
+        let mut explicit = request("explicit", "10.66.1.0/24");
+        explicit.vni = Some(orphan);
+        let e = svc.create_network(&explicit).await.unwrap_err().to_string();
+        assert!(e.contains("no valid network record"), "{e}");
+        // An invalid record under the name asked for is named, not retried.
+        svc.store()
+            .put(&keys::network("broken"), b"{not json".to_vec(), None)
+            .await
+            .unwrap();
+        let e = svc
+            .create_network(&request("broken", "10.66.2.0/24"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/rnet/v1/networks/broken") && e.contains("undecodable"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
