@@ -310,6 +310,8 @@ impl<S: Store> Plugin<S> {
                 .update_endpoint(cur, |e| Endpoint {
                     id: id.clone(),
                     mac: mac.unwrap_or(e.mac),
+                    // A reservation is adopted only into the network it is now part of.
+                    network_id: net.id.clone(),
                     ..e.clone()
                 })
                 .await

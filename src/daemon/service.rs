@@ -97,11 +97,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialize")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
-    serde_json::from_slice(&kv.value)
-        .map_err(|e| Error::Internal(format!("undecodable record {}: {e}", kv.key)))
-}
-
 /// The error for a request that needs a record the store holds in an invalid form.
 fn bad_record_error(r: &Rejected) -> Error {
     Error::Conflict(format!(

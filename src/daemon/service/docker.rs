@@ -23,7 +23,7 @@ use std::path::Path;
 
 use ipnetwork::Ipv4Network;
 
-use super::{decode, now_secs, to_json, Service};
+use super::{now_secs, to_json, Service};
 use crate::dataplane::spec::EndpointSpec;
 use crate::error::{Error, Result};
 use crate::ipam;
@@ -73,15 +73,21 @@ impl<S: Store> Service<S> {
         }
     }
 
-    /// The endpoint record holding `ip` on `network`.
+    /// The endpoint record holding `ip` on `network`; an invalid one is an error naming it.
     pub async fn endpoint_at(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Versioned>> {
-        match self.store.get(&keys::endpoint(network, ip)).await? {
-            Some(kv) => Ok(Some(Versioned {
-                ep: decode(&kv)?,
-                rev: kv.mod_revision,
-            })),
-            None => Ok(None),
-        }
+        let Some(kv) = self.store.get(&keys::endpoint(network, ip)).await? else {
+            return Ok(None);
+        };
+        let net = self.network_fast(network).await.ok();
+        let ep = super::validate::endpoint(&kv.key, &kv.value, net.as_ref()).map_err(|r| {
+            let e = super::bad_record_error(&r);
+            self.skip_bad(kv.mod_revision, r);
+            e
+        })?;
+        Ok(Some(Versioned {
+            ep,
+            rev: kv.mod_revision,
+        }))
     }
 
     /// Take an address for Docker with no container yet: `requested`, or the lowest free one,
@@ -172,7 +178,11 @@ impl<S: Store> Service<S> {
                     cur.ep.id
                 )));
             };
-            let now: Endpoint = decode(kv)?;
+            let now = super::validate::endpoint_alone(&kv.key, &kv.value).map_err(|r| {
+                let e = super::bad_record_error(&r);
+                self.skip_bad(kv.mod_revision, r);
+                e
+            })?;
             if now.id != cur.ep.id || now.host != cur.ep.host {
                 return Err(Error::Conflict(format!(
                     "address {ip} on {net} now belongs to endpoint {} on host {}",
