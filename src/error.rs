@@ -45,7 +45,8 @@ impl Error {
             Error::Exhausted(_) => "exhausted",
             Error::Unsupported(_) => "unsupported",
             Error::Forbidden(_) => "forbidden",
-            Error::Store(StoreError::Unavailable(_)) => "unavailable",
+            Error::Store(StoreError::Unavailable(_))
+            | Error::Dataplane(DataplaneError::Netns(NetnsError::Busy { .. })) => "unavailable",
             Error::Dataplane(DataplaneError::IfaceExists { .. }) => "conflict",
             Error::Dataplane(DataplaneError::Netns(NetnsError::NotFound { .. }))
             | Error::Dataplane(DataplaneError::Netns(NetnsError::NotNetns { .. }))

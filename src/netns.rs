@@ -38,6 +38,43 @@ pub enum NetnsError {
     Thread(String),
     #[error("opening {path} took longer than {secs} s (a hung filesystem?)")]
     Timeout { path: PathBuf, secs: u64 },
+    #[error("too many namespace paths are being opened at once ({max}, some hung); try {path} again later")]
+    Busy { path: PathBuf, max: usize },
+}
+
+/// Namespace paths from outside opened at once, at most. A path on a hung filesystem keeps
+/// its thread after the deadline: without a bound, such paths could use up the runtime's
+/// blocking threads (which the embedded store and every namespace switch need too).
+pub const MAX_UNTRUSTED_OPENS: usize = 16;
+
+static UNTRUSTED_OPENS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_UNTRUSTED_OPENS);
+
+/// Run `open` on a blocking thread if one of the [`MAX_UNTRUSTED_OPENS`] places is free
+/// (refused at once otherwise), giving up after [`OPEN_TIMEOUT`]. The place is held until
+/// the thread really ends, hung or not.
+async fn open_bounded(
+    path: PathBuf,
+    open: impl FnOnce() -> Result<NetNs, NetnsError> + Send + 'static,
+) -> Result<NetNs, NetnsError> {
+    let Ok(permit) = UNTRUSTED_OPENS.try_acquire() else {
+        return Err(NetnsError::Busy {
+            path,
+            max: MAX_UNTRUSTED_OPENS,
+        });
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _held = permit;
+        open()
+    });
+    match tokio::time::timeout(OPEN_TIMEOUT, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
+        Err(_) => Err(NetnsError::Timeout {
+            path,
+            secs: OPEN_TIMEOUT.as_secs(),
+        }),
+    }
 }
 
 /// How long opening a namespace path named by a caller or a record may take.
@@ -99,28 +136,12 @@ impl NetNs {
     /// hold a worker (a path on a hung network filesystem blocks even `O_PATH` lookups).
     pub async fn open_untrusted(path: &Path) -> Result<NetNs, NetnsError> {
         let owned = path.to_path_buf();
-        let task = tokio::task::spawn_blocking(move || NetNs::open(&owned));
-        match tokio::time::timeout(OPEN_TIMEOUT, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
-            Err(_) => Err(NetnsError::Timeout {
-                path: path.to_path_buf(),
-                secs: OPEN_TIMEOUT.as_secs(),
-            }),
-        }
+        open_bounded(path.to_path_buf(), move || NetNs::open(&owned)).await
     }
 
     /// [`NetNs::of_pid`] off the async runtime's workers, with a deadline.
     pub async fn of_pid_untrusted(pid: u32) -> Result<NetNs, NetnsError> {
-        let task = tokio::task::spawn_blocking(move || NetNs::of_pid(pid));
-        match tokio::time::timeout(OPEN_TIMEOUT, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
-            Err(_) => Err(NetnsError::Timeout {
-                path: pid_netns_path(pid),
-                secs: OPEN_TIMEOUT.as_secs(),
-            }),
-        }
+        open_bounded(pid_netns_path(pid), move || NetNs::of_pid(pid)).await
     }
 
     /// The network namespace of process `pid`.
@@ -364,6 +385,45 @@ mod tests {
             NetNs::open(Path::new("/proc/self/ns/uts")),
             Err(NetnsError::NotNetns { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_opens_are_bounded_and_refused_at_once_beyond_the_bound() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+        // Stand-ins for opens hung on a dead filesystem: they hold their places until released.
+        let hung: Vec<_> = (0..MAX_UNTRUSTED_OPENS)
+            .map(|_| {
+                let wait = wait.clone();
+                tokio::spawn(open_bounded(PathBuf::from("/hung"), move || {
+                    let _ = wait.lock().unwrap().recv();
+                    Err(NetnsError::Thread("released".into()))
+                }))
+            })
+            .collect();
+        // Wait until every place is taken (each hung open holds one).
+        while UNTRUSTED_OPENS.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let refused = NetNs::open_untrusted(Path::new("/proc/self/ns/net")).await;
+        assert!(
+            matches!(refused, Err(NetnsError::Busy { .. })),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        for _ in 0..MAX_UNTRUSTED_OPENS {
+            release.send(()).unwrap();
+        }
+        for h in hung {
+            let _ = h.await;
+        }
+        while UNTRUSTED_OPENS.available_permits() < MAX_UNTRUSTED_OPENS {
+            tokio::task::yield_now().await;
+        }
+        assert!(NetNs::open_untrusted(Path::new("/proc/self/ns/net"))
+            .await
+            .is_ok());
     }
 
     #[test]
