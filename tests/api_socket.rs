@@ -506,3 +506,72 @@ fn docker_plugin_socket_is_roots_alone_and_closes_idle_connections() {
         t.elapsed()
     );
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn clients_that_never_read_and_one_users_many_connections_cannot_hold_the_daemon() {
+    let mut h = host("unread");
+    h.start_daemon_with(&["--api-group", "users"]);
+    let pid = h.daemon_pid().unwrap();
+    let base = open_fds(pid);
+    // Requests pipelined without ever reading an answer: once the socket buffers fill,
+    // rnetd's writes block; the connection's lifetime (30 s) still ends it.
+    let unread: Vec<UnixStream> = (0..4).map(|_| connect(&h.socket())).collect();
+    let writers: Vec<_> = unread
+        .iter()
+        .map(|s| {
+            let mut w = s.try_clone().unwrap();
+            thread::spawn(move || {
+                let req = b"GET /v1/status HTTP/1.1\r\nhost: rnetd\r\n\r\n";
+                for _ in 0..20_000 {
+                    if w.write_all(req).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // A group member opens 40 connections and keeps them: it gets its share (32), no more.
+    let mut py = Command::new("/usr/bin/python3");
+    py.args([
+        "-c",
+        "import socket, sys, time\n\
+         s = [socket.socket(socket.AF_UNIX) for _ in range(40)]\n\
+         [c.connect(sys.argv[1]) for c in s]\n\
+         print('ok', flush=True)\n\
+         time.sleep(60)\n",
+    ])
+    .arg(h.socket())
+    .stdout(std::process::Stdio::piped());
+    let member = ChildGuard(as_user(&mut py, MEMBER).spawn().unwrap());
+    wait_until(
+        "the member's connections are made",
+        Duration::from_secs(10),
+        || open_fds(pid) >= base + 4 + 32,
+    );
+    wait_until(
+        "connections beyond the member's share are closed",
+        Duration::from_secs(10),
+        || open_fds(pid) <= base + 4 + 32 + 2,
+    );
+    assert!(
+        h.daemon_log().contains("holds its share of connections"),
+        "the refusal is logged"
+    );
+    // Root still gets an answer at once.
+    let t = Instant::now();
+    h.rnet_ok(&["status"]);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(member);
+    // Within the lifetime plus a margin, the unread connections are gone too.
+    wait_until(
+        "connections that never read are closed",
+        Duration::from_secs(45),
+        || open_fds(pid) <= base + 1,
+    );
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(unread);
+    h.rnet_ok(&["status"]);
+}

@@ -2,8 +2,11 @@
 //! connection's peer is checked at accept time (see [`access`](super::access)), headers must
 //! arrive within [`Limits::header_timeout`] (also the longest a kept-alive connection may sit
 //! idle), a request body within [`Limits::body_timeout`], and at most
-//! [`Limits::max_connections`] connections are served at once; further ones wait in the
-//! listen backlog until a slot frees, which the timeouts guarantee happens.
+//! [`Limits::max_connections`] connections are served at once (at most
+//! [`Limits::max_per_user`] of them for any one non-root user); further ones wait in the
+//! listen backlog until a slot frees, which the timeouts guarantee happens: no connection,
+//! even one whose client never reads its answers, lives longer than
+//! [`Limits::connection_lifetime`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +36,10 @@ pub struct Limits {
     /// For a request's whole body, from when its headers were read.
     pub body_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one non-root user may hold at once (root's are bounded by the total only).
+    pub max_per_user: usize,
+    /// The longest any connection lives, answers unread or not (requests take milliseconds).
+    pub connection_lifetime: Duration,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -43,6 +50,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             max_connections: 128,
+            max_per_user: 32,
+            connection_lifetime: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -62,6 +71,7 @@ pub async fn serve(
         body_deadline,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_user: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Default::default();
     let graceful = GracefulShutdown::new();
     let mut full_reported = false;
     tokio::pin!(shutdown);
@@ -106,6 +116,24 @@ pub async fn serve(
             }
         };
         let allowed = verdict.is_ok();
+        // One non-root user cannot take every slot: beyond its share, close at once.
+        let user = match &verdict {
+            Ok(caller) if caller.uid != 0 => Some(caller.uid),
+            _ => None,
+        };
+        if let Some(uid) = user {
+            let mut counts = per_user.lock().expect("poisoned");
+            let n = counts.entry(uid).or_default();
+            if *n >= limits.max_per_user {
+                tracing::warn!(
+                    uid,
+                    limit = limits.max_per_user,
+                    "refused a connection: this user holds its share of connections"
+                );
+                continue;
+            }
+            *n += 1;
+        }
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let (router, verdict) = (router.clone(), verdict.clone());
@@ -129,9 +157,23 @@ pub async fn serve(
             .keep_alive(allowed)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let (lifetime, per_user) = (limits.connection_lifetime, per_user.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tokio::time::timeout(lifetime, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    tracing::debug!(?lifetime, "closed a connection that outlived its lifetime")
+                }
+            }
+            if let Some(uid) = user {
+                let mut counts = per_user.lock().expect("poisoned");
+                if let Some(n) = counts.get_mut(&uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&uid);
+                    }
+                }
             }
             drop(slot);
         });
