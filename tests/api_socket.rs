@@ -575,3 +575,35 @@ fn clients_that_never_read_and_one_users_many_connections_cannot_hold_the_daemon
     drop(unread);
     h.rnet_ok(&["status"]);
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn group_members_cannot_change_trust_or_release_what_is_not_theirs() {
+    let mut h = host("rootonly");
+    h.start_daemon_with(&["--api-group", "users"]);
+    h.rnet_ok(&["create", "ro", "--subnet", "10.67.0.0/24"]);
+    let w = Workload::new("rootws");
+    let path = w.path().display().to_string();
+    let ep = h.rnet_json(&["attach", "ro", "--netns", &path]);
+    let id = ep["id"].as_str().unwrap();
+    for (args, what) in [
+        (vec!["rm", "ro", "--force"], "remove networks"),
+        (vec!["peers", "--trust", "h9"], "approve a peer's identity"),
+        (vec!["rotate-key"], "rotate this host's WireGuard key"),
+        (vec!["gc", "--host", "h9", "--force"], "gc"),
+        (vec!["doctor", "--repair"], "repair the kernel"),
+        (vec!["detach", "ro", "--id", id], "owned by uid 0"),
+    ] {
+        let out = rnet_as(&h, MEMBER, &args);
+        assert!(
+            !out.status.success() && stderr(&out).contains(what),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Nothing changed: root's endpoint and the network are still there.
+    let eps = h.rnet_json(&["endpoints", "ro"]);
+    assert_eq!(eps.as_array().unwrap().len(), 1, "{eps}");
+    h.rnet_ok(&["detach", "ro", "--id", id]);
+    h.rnet_ok(&["rm", "ro"]);
+}

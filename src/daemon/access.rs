@@ -145,6 +145,19 @@ fn peer_groups(sock: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
     }
 }
 
+/// What only root may do through the API: what changes trust (approving a peer's identity,
+/// rotating this host's key), frees other people's addresses (gc, CNI GC and DEL, removing a
+/// network with --force), or changes the kernel wholesale (doctor --repair).
+pub fn require_root(caller: Caller, what: &str) -> Result<()> {
+    if caller.uid == 0 {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "uid {} may not {what}: only root may",
+        caller.uid
+    )))
+}
+
 /// Only root may attach a namespace it does not own: a non-root caller must own `ns` (own
 /// the user namespace it belongs to).
 pub fn check_may_attach(ns: &NetNs, caller: Caller) -> Result<()> {

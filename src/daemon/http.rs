@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::access::Caller;
+use super::access::{self, Caller};
 use super::service::Service;
 use crate::api::types::{AttachRequest, DetachRequest, ErrorBody, NetworkRequest, MAX_BODY_BYTES};
 use crate::error::Error;
@@ -132,9 +132,11 @@ struct RemoveQuery {
 
 async fn remove_network<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<crate::api::types::RemoveResponse> {
+    access::require_root(caller, "remove networks")?;
     Ok(Json(s.remove_network(&name, q.force).await?))
 }
 
@@ -161,10 +163,11 @@ async fn attach<S: Store>(
 
 async fn detach<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::DetachResponse> {
     let req: DetachRequest = decode_body(body)?;
-    Ok(Json(s.detach(&req).await?))
+    Ok(Json(s.detach(&req, caller).await?))
 }
 
 async fn doctor<S: Store>(
@@ -175,7 +178,9 @@ async fn doctor<S: Store>(
 
 async fn reconcile<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<crate::api::types::DoctorReport> {
+    access::require_root(caller, "repair the kernel (doctor --repair)")?;
     Ok(Json(s.doctor(true).await?))
 }
 
@@ -187,21 +192,27 @@ async fn peers<S: Store>(
 
 async fn trust_peer<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     Path(host): Path<String>,
 ) -> ApiResult<crate::api::types::TrustResponse> {
+    access::require_root(caller, "approve a peer's identity")?;
     Ok(Json(s.trust_peer(&host)?))
 }
 
 async fn rotate_key<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<crate::model::WireguardInfo> {
+    access::require_root(caller, "rotate this host's WireGuard key")?;
     Ok(Json(s.rotate_key()?))
 }
 
 async fn gc<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::GcResponse> {
+    access::require_root(caller, "release a host's addresses (gc)")?;
     let req: crate::api::types::GcRequest = decode_body(body)?;
     Ok(Json(s.gc(&req).await?))
 }
@@ -219,8 +230,10 @@ async fn cni_add<S: Store>(
 
 async fn cni_del<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::CniDelResponse> {
+    access::require_root(caller, "release CNI attachments (CNI DEL)")?;
     let req: crate::api::types::CniDelRequest = decode_body(body)?;
     Ok(Json(s.cni_del(&req).await?))
 }
@@ -247,8 +260,10 @@ async fn cni_status<S: Store>(
 
 async fn cni_gc<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::CniGcResponse> {
+    access::require_root(caller, "release CNI attachments (CNI GC)")?;
     let req: crate::api::types::CniGcRequest = decode_body(body)?;
     Ok(Json(s.cni_gc(&req).await?))
 }

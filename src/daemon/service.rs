@@ -685,9 +685,31 @@ impl<S: Store> Service<S> {
     }
 
     /// Detach endpoints chosen by id, namespace path or PID.
-    pub async fn detach(&self, req: &DetachRequest) -> Result<DetachResponse> {
+    /// A caller other than root detaches only endpoints in network namespaces it owns.
+    pub async fn detach(
+        &self,
+        req: &DetachRequest,
+        caller: access::Caller,
+    ) -> Result<DetachResponse> {
         let net = self.network(&req.network).await?;
         let chosen = self.select_endpoints(&net, req).await?;
+        if caller.uid != 0 {
+            for v in &chosen {
+                let ns = NetNs::open_untrusted(Path::new(&v.ep.netns))
+                    .await
+                    .ok()
+                    .filter(|ns| ns.inode() == v.ep.netns_inode);
+                match ns {
+                    Some(ns) => access::check_may_attach(&ns, caller)?,
+                    None => {
+                        return Err(Error::Forbidden(format!(
+                            "uid {} may not detach endpoint {}: its network namespace is gone, and only root may release it",
+                            caller.uid, v.ep.id
+                        )))
+                    }
+                }
+            }
+        }
         let _guard = self.kernel.read().await;
         for v in &chosen {
             self.detach_one(&net, v).await?;
