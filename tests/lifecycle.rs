@@ -425,3 +425,68 @@ fn a_storm_of_attach_duplicate_detach_and_gc_leaves_no_duplicate_and_no_leak() {
         assert_eq!(veths_in(&sb), Vec::<String>::new(), "{h}: leaked veths");
     }
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_store_record_cannot_make_the_reconcile_plug_a_namespace_into_an_overlay() {
+    let lab = Lab::up(2, &["--resync", "1"]);
+    let net = lab.host_rnet_json("h1", &["create", "fj", "--subnet", "10.68.0.0/24"]);
+    // A workload h1 really attached: its lost veth pair is rebuilt by the reconcile.
+    let w = Workload::new("real");
+    let ip = lab.attach("h1", "fj", &w.path());
+    let sandbox = sandbox_in(&lab.dir().join("h1/run"), "fj");
+    let veth = format!("ve{:08x}", u32::from(ip.parse::<Ipv4Addr>().unwrap()));
+    let del = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", sandbox.display()))
+        .args(["--", "ip", "link", "del", &veth])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    wait_until(
+        "the real workload's veth is rebuilt",
+        Duration::from_secs(10),
+        || veths_in(&sandbox).contains(&veth),
+    );
+    // A forged record: this host, h1's own (host) namespace with its true inode, an address
+    // of the network. The reconcile must never build it.
+    let host_ns = lab.dir().join("netns/h1");
+    let inode = std::fs::metadata(&host_ns)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let forged_ip: Ipv4Addr = "10.68.0.50".parse().unwrap();
+    let forged = serde_json::json!({
+        "network": "fj", "network_id": net["id"], "id": "forged",
+        "ip": "10.68.0.50/24", "mac": "02:52:0a:44:00:32", "host": "h1", "ifname": "rnet9",
+        "netns": host_ns.display().to_string(), "netns_inode": inode,
+        "host_ifname": format!("ve{:08x}", u32::from(forged_ip)), "created": 0,
+    });
+    lab.exec_ok(
+        "h2",
+        &[
+            "etcdctl",
+            "--endpoints",
+            "http://198.18.0.1:2379",
+            "put",
+            "/rnet/v1/endpoints/fj/10.68.0.50",
+            &forged.to_string(),
+        ],
+    );
+    wait_until(
+        "h1 refuses to build the forged endpoint",
+        Duration::from_secs(10),
+        || {
+            lab.log("h1")
+                .contains("not rebuilding an endpoint this daemon did not attach")
+        },
+    );
+    let host_links = links_in(&host_ns);
+    assert!(
+        !host_links.iter().any(|l| l == "rnet9"),
+        "the host namespace got an overlay interface: {host_links:?}"
+    );
+    assert!(!veths_in(&sandbox).contains(&format!("ve{:08x}", u32::from(forged_ip))));
+    // doctor shows it as drift rnet will not repair by itself.
+    let out = lab.host_rnet("h1", &["doctor"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forged"));
+}

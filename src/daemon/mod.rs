@@ -6,6 +6,7 @@
 pub mod access;
 pub mod docker;
 pub mod http;
+pub mod journal;
 pub mod liveness;
 pub mod serve;
 pub mod service;

@@ -73,6 +73,8 @@ pub struct Service<S: Store> {
     programmed: tokio::sync::Mutex<HashMap<NetworkId, (u32, Tables)>>,
     /// Veth pairs of released CNI attachments still being deleted in the background.
     teardowns: cni::Teardowns,
+    /// What this daemon attached itself: the only endpoints a reconcile rebuilds.
+    journal: super::journal::Journal,
     tunnel: Tunnel,
     /// Hosts that cannot be WireGuard peers, and why.
     tunnel_problems: Mutex<std::collections::BTreeMap<String, String>>,
@@ -128,6 +130,7 @@ impl<S: Store> Service<S> {
         tunnel: Tunnel,
     ) -> Self {
         Service {
+            journal: super::journal::Journal::new(&cfg.run_dir),
             store,
             dp,
             cfg,
@@ -401,6 +404,7 @@ impl<S: Store> Service<S> {
         debug_assert!(txn.succeeded);
         self.ensured.lock().expect("poisoned").remove(&net.id);
         self.programmed.lock().await.remove(&net.id);
+        self.journal.forget_network(&net.id);
         self.dp
             .remove_sandbox(&self.sandbox_spec(&net).netns)
             .await?;
@@ -475,6 +479,7 @@ impl<S: Store> Service<S> {
             return Err(e.into());
         }
         let ep = held.ep;
+        self.journal_record(&ep);
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok(ep)
     }
@@ -516,6 +521,30 @@ impl<S: Store> Service<S> {
         Ok(())
     }
 
+    /// Drop journal entries of endpoints this host no longer has (released elsewhere, or by
+    /// a path that did not say so). Runs under the reconcile's exclusive lock, so no attach
+    /// is between its veth and its entry.
+    fn sweep_journal(&self, local: &[Endpoint]) {
+        let live: HashSet<(String, String)> = local
+            .iter()
+            .filter(|e| !e.netns.is_empty())
+            .map(|e| (e.network_id.to_string(), e.id.to_string()))
+            .collect();
+        for (net, ep) in self.journal.entries() {
+            if !live.contains(&(net.clone(), ep.clone())) {
+                self.journal.remove_entry(&net, &ep);
+            }
+        }
+    }
+
+    /// Note an endpoint this daemon attached (see `journal`); a failure only costs the
+    /// reconcile's ability to rebuild it, so it is logged, not returned.
+    fn journal_record(&self, ep: &Endpoint) {
+        if let Err(e) = self.journal.record(ep) {
+            tracing::warn!(error = %e, id = %ep.id, "recording an attachment in the run directory failed; the reconcile will not rebuild it");
+        }
+    }
+
     /// Remove the sandboxes of networks that no longer exist before building `net`'s: one
     /// left by an earlier network of the same name (or VNI) holds a VXLAN device that the
     /// new one would clash with, and must never be mistaken for it.
@@ -526,6 +555,7 @@ impl<S: Store> Service<S> {
                 tracing::info!(sandbox = %path.display(), "removing the sandbox of a network that no longer exists");
                 self.ensured.lock().expect("poisoned").remove(&id);
                 self.programmed.lock().await.remove(&id);
+                self.journal.forget_network(&id);
                 self.dp.remove_sandbox(&path).await?;
             }
         }
@@ -773,6 +803,7 @@ impl<S: Store> Service<S> {
             self.dp
                 .detach(&self.sandbox_spec(net).netns, &ep.host_ifname)
                 .await?;
+            self.journal.forget(ep);
         }
         if !self.release(v).await {
             return Err(Error::Conflict(format!(
@@ -827,6 +858,7 @@ impl<S: Store> Service<S> {
                     tracing::warn!(error = %e, finding = ?f.line, "repair failed");
                 }
             }
+            self.sweep_journal(&local);
         }
         Ok(findings)
     }
@@ -1100,8 +1132,14 @@ impl<S: Store> Service<S> {
         Ok(true)
     }
 
-    /// Re-create a lost veth pair if the endpoint's workload namespace is still the same one.
+    /// Re-create a lost veth pair if this daemon attached the endpoint to that very
+    /// namespace (its journal says so: a store record alone never names a namespace to plug
+    /// in) and the namespace is still the same one.
     async fn reattach(&self, net: &Network, ep: &Endpoint) -> Result<bool> {
+        if !self.journal.vouches_for(ep) {
+            tracing::warn!(id = %ep.id, netns = %ep.netns, "not rebuilding an endpoint this daemon did not attach to that namespace (its record alone is not trusted)");
+            return Ok(false);
+        }
         // The path comes from a store record: opened off the runtime, with a deadline.
         let ns = match NetNs::open_untrusted(Path::new(&ep.netns)).await {
             Ok(ns) if ns.inode() == ep.netns_inode => ns,

@@ -190,6 +190,7 @@ impl<S: Store> Service<S> {
         if !self.release_at(&ep, rev).await? {
             return Ok(nothing());
         }
+        self.journal.forget(&ep);
         let teardown = self.tear_down(&net, &ep, req.netns.as_deref()).await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, teardown, "released (CNI DEL)");
         Ok(CniDelResponse {
@@ -346,6 +347,7 @@ impl<S: Store> Service<S> {
             }
             match self.release_at(&ep, kv.mod_revision).await {
                 Ok(true) => {
+                    self.journal.forget(&ep);
                     self.tear_down(&net, &ep, None).await;
                     tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "released (CNI GC)");
                     released.push(ep);

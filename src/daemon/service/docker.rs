@@ -263,6 +263,7 @@ impl<S: Store> Service<S> {
             }
             return Err(e.into());
         }
+        self.journal_record(&joined.ep);
         tracing::info!(network = %net.name, ip = %joined.ep.ip, peer, "joined for Docker");
         Ok(joined)
     }
@@ -273,6 +274,7 @@ impl<S: Store> Service<S> {
     pub async fn docker_leave(&self, net: &Network, cur: Versioned) -> Result<Versioned> {
         let _guard = self.kernel.read().await;
         let left = self.update_endpoint(cur, unjoined).await?;
+        self.journal.forget(&left.ep);
         self.dp
             .detach_in_background(&self.sandbox_spec(net).netns, &left.ep.host_ifname)
             .await?;
@@ -288,6 +290,7 @@ impl<S: Store> Service<S> {
         hold: Option<EndpointId>,
     ) -> Result<()> {
         let _guard = self.kernel.read().await;
+        self.journal.forget(&cur.ep);
         if !cur.ep.netns.is_empty() {
             // Docker never sent Leave (or it failed): the veth is still there.
             self.dp
