@@ -548,10 +548,15 @@ impl<S: Store> Service<S> {
     /// Remove the sandboxes of networks that no longer exist before building `net`'s: one
     /// left by an earlier network of the same name (or VNI) holds a VXLAN device that the
     /// new one would clash with, and must never be mistaken for it.
+    ///
+    /// The directory is read before the store: a sandbox built meanwhile for another network
+    /// (attaches to other networks run alongside) has its record in the store by then. A
+    /// sandbox whose network has any record, valid or not, is kept.
     async fn remove_stale_sandboxes(&self, net: &Network) -> Result<()> {
-        let live: HashSet<NetworkId> = self.networks().await?.into_iter().map(|n| n.id).collect();
-        for (path, _, id) in self.sandbox_paths() {
-            if id != net.id && !live.contains(&id) {
+        let sandboxes = self.sandbox_paths();
+        let present = self.network_ids_in_store().await?;
+        for (path, _, id) in sandboxes {
+            if id != net.id && !present.contains(id.as_str()) {
                 tracing::info!(sandbox = %path.display(), "removing the sandbox of a network that no longer exists");
                 self.ensured.lock().expect("poisoned").remove(&id);
                 self.programmed.lock().await.remove(&id);
@@ -560,6 +565,19 @@ impl<S: Store> Service<S> {
             }
         }
         Ok(())
+    }
+
+    /// The ids named by every network record in the store, valid or not (read leniently): a
+    /// network whose record is briefly broken keeps its sandboxes on every host.
+    async fn network_ids_in_store(&self) -> Result<HashSet<String>> {
+        let (kvs, _) = self.store.list(keys::NETWORKS).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+                v.get("id")?.as_str().map(str::to_string)
+            })
+            .collect())
     }
 
     /// The endpoint with id `id` on `network`, with its record's revision (through the id
@@ -847,9 +865,14 @@ impl<S: Store> Service<S> {
         let networks = self.networks().await?;
         let local = self.local_endpoints().await?;
         let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
-        let known: BTreeSet<PathBuf> = networks
-            .iter()
-            .map(|n| self.sandbox_spec(n).netns)
+        // Not stray: the sandboxes of every network with a record, valid or not.
+        let present = self.network_ids_in_store().await?;
+        let known: BTreeSet<PathBuf> = self
+            .sandbox_paths()
+            .into_iter()
+            .filter(|(_, _, id)| present.contains(id.as_str()))
+            .map(|(path, _, _)| path)
+            .chain(networks.iter().map(|n| self.sandbox_spec(n).netns))
             .collect();
         let findings = reconcile::diff(&desired, &observed, &known);
         if apply {
