@@ -177,13 +177,21 @@ impl<S: Store> Service<S> {
 
     /// One network; an invalid record is an error that names the problem.
     pub async fn network(&self, name: &str) -> Result<Network> {
+        Ok(self.network_at(name).await?.0)
+    }
+
+    /// One network with its record's revision (what an allocation compares, so an address
+    /// is never taken in a network removed or re-created meanwhile).
+    async fn network_at(&self, name: &str) -> Result<(Network, Revision)> {
         let key_name: NetworkName = name.parse()?;
         match self.store.get(&keys::network(key_name.as_str())).await? {
-            Some(kv) => validate::network(&kv.key, &kv.value).map_err(|r| {
-                let e = bad_record_error(&r);
-                self.skip_bad(kv.mod_revision, r);
-                e
-            }),
+            Some(kv) => validate::network(&kv.key, &kv.value)
+                .map(|n| (n, kv.mod_revision))
+                .map_err(|r| {
+                    let e = bad_record_error(&r);
+                    self.skip_bad(kv.mod_revision, r);
+                    e
+                }),
             None => Err(Error::NotFound(format!("network {name} does not exist"))),
         }
     }
@@ -370,7 +378,7 @@ impl<S: Store> Service<S> {
 
     /// Remove a network; with `force`, detach its endpoints first.
     pub async fn remove_network(&self, name: &str, force: bool) -> Result<RemoveResponse> {
-        let net = self.network(name).await?;
+        let (net, net_rev) = self.network_at(name).await?;
         let eps = self.versioned_endpoints(Some(name)).await?;
         if !eps.is_empty() && !force {
             let ids: Vec<String> = eps.iter().take(5).map(|e| e.ep.id.to_string()).collect();
@@ -390,7 +398,8 @@ impl<S: Store> Service<S> {
         let txn = self
             .store
             .txn(
-                vec![],
+                // Only the network read above: one re-created meanwhile is not removed.
+                vec![Compare::ModRevision(keys::network(name), net_rev)],
                 vec![
                     TxnOp::Delete {
                         key: keys::network(name),
@@ -401,7 +410,11 @@ impl<S: Store> Service<S> {
                 ],
             )
             .await?;
-        debug_assert!(txn.succeeded);
+        if !txn.succeeded {
+            return Err(Error::Conflict(format!(
+                "network {name} was changed or re-created while it was being removed; not removed"
+            )));
+        }
         self.ensured.lock().expect("poisoned").remove(&net.id);
         self.programmed.lock().await.remove(&net.id);
         self.journal.forget_network(&net.id);
@@ -435,7 +448,7 @@ impl<S: Store> Service<S> {
         }
         let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid).await?;
         access::check_may_attach(&workload, caller)?;
-        let net = self.network(&req.network).await?;
+        let (net, net_rev) = self.network_at(&req.network).await?;
         if let Some(ip) = requested_ip {
             ipam::check_requested(&net, ip)?;
         }
@@ -464,7 +477,9 @@ impl<S: Store> Service<S> {
             owner: req.owner.clone(),
             mtu: req.mtu.filter(|m| *m != net.mtu),
         };
-        let held = self.allocate(&net, template, requested_ip).await?;
+        let held = self
+            .allocate(&net, template, requested_ip, Some(net_rev))
+            .await?;
         let sandbox = self.sandbox_spec(&net);
         if let Err(e) = self
             .dp
@@ -619,11 +634,13 @@ impl<S: Store> Service<S> {
     /// Take an address: the requested one, or the lowest free one, by create-if-absent on
     /// its key (and on the endpoint id's key), so no two callers anywhere get the same.
     /// Returns the record with the revision it was written at (what a release compares).
+    /// With `net_rev`, the network's record must still be the one read at that revision.
     pub(super) async fn allocate(
         &self,
         net: &Network,
         mut ep: Endpoint,
         requested: Option<Ipv4Addr>,
+        net_rev: Option<Revision>,
     ) -> Result<Versioned> {
         let name = net.name.as_str();
         // The addresses are the keys: no need to decode the records.
@@ -658,10 +675,13 @@ impl<S: Store> Service<S> {
             let txn = self
                 .store
                 .txn(
-                    vec![
+                    [
                         Compare::Absent(keys::endpoint(name, ip)),
                         Compare::Absent(keys::endpoint_id(name, ep.id.as_str())),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(net_rev.map(|rev| Compare::ModRevision(keys::network(name), rev)))
+                    .collect(),
                     vec![
                         TxnOp::Put {
                             key: keys::endpoint(name, ip),
@@ -681,6 +701,16 @@ impl<S: Store> Service<S> {
                     ep,
                     rev: txn.revision,
                 });
+            }
+            if net_rev.is_some()
+                && txn
+                    .current
+                    .get(2)
+                    .is_some_and(|c| c.as_ref().map(|kv| kv.mod_revision) != net_rev)
+            {
+                return Err(Error::Conflict(format!(
+                    "network {name} was removed or changed while attaching; try again"
+                )));
             }
             if txn.current.get(1).is_some_and(|c| c.is_some()) {
                 return Err(Error::Conflict(format!(
@@ -1317,6 +1347,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn no_address_is_taken_in_a_network_removed_or_recreated_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path()).await;
+        svc.create_network(&request("gone", "10.69.0.0/24"))
+            .await
+            .unwrap();
+        let (net, rev) = svc.network_at("gone").await.unwrap();
+        // Removed and created again between the attach's read and its allocation.
+        svc.store().delete(&keys::network("gone")).await.unwrap();
+        svc.store().delete(&keys::vni(net.vni.get())).await.unwrap();
+        svc.create_network(&request("gone", "10.69.0.0/24"))
+            .await
+            .unwrap();
+        let e = svc
+            .allocate(&net, template(&net, "late"), None, Some(rev))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("removed or changed while attaching"), "{e}");
+        assert!(svc.endpoints(Some("gone")).await.unwrap().is_empty());
+        // Read afresh, it goes through.
+        let (net, rev) = svc.network_at("gone").await.unwrap();
+        assert!(svc
+            .allocate(&net, template(&net, "fresh"), None, Some(rev))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
     async fn a_late_release_never_frees_a_newer_allocation_of_the_same_address() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path()).await;
@@ -1328,10 +1387,16 @@ mod tests {
             })
             .await
             .unwrap();
-        let a = svc.allocate(&net, template(&net, "a"), None).await.unwrap();
+        let a = svc
+            .allocate(&net, template(&net, "a"), None, None)
+            .await
+            .unwrap();
         assert!(svc.release(&a).await, "the first release frees it");
         // The lowest free address again: the same one, for another endpoint.
-        let b = svc.allocate(&net, template(&net, "b"), None).await.unwrap();
+        let b = svc
+            .allocate(&net, template(&net, "b"), None, None)
+            .await
+            .unwrap();
         assert_eq!(a.ep.ip, b.ep.ip);
         // A detach of `a` that read its record before the first release comes late.
         assert!(!svc.release(&a).await, "a late release is refused");

@@ -117,7 +117,7 @@ impl<S: Store> Service<S> {
             owner: None,
             mtu: None,
         };
-        let held = self.allocate(net, template, requested).await?;
+        let held = self.allocate(net, template, requested, None).await?;
         tracing::info!(network = %net.name, id = %held.ep.id, ip = %held.ep.ip, "address held for Docker");
         Ok(held)
     }
