@@ -275,9 +275,13 @@ impl Shared {
 }
 
 /// Keep `shared` in line with the store, forever.
+/// Watches lost in a row, without an event between, before the cache lists the store again.
+const RELIST_AFTER_LOST: u32 = 3;
+
 pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
     let mut backoff = Backoff::default();
     let mut resume_from: Option<Revision> = None;
+    let mut lost_in_a_row = 0;
     loop {
         let from = match resume_from {
             Some(rev) => rev + 1,
@@ -302,10 +306,17 @@ pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
         match follow(&store, &shared, from).await {
             Ended::Compacted => resume_from = None,
             Ended::Lost(last) => {
-                resume_from = Some(last);
+                // A watch that keeps failing from the same point (its catch-up too large for
+                // one gRPC message, say) is given up for a paged list.
+                lost_in_a_row += 1;
+                resume_from = (lost_in_a_row < RELIST_AFTER_LOST).then_some(last);
+                if resume_from.is_none() {
+                    lost_in_a_row = 0;
+                }
                 backoff.wait().await;
             }
             Ended::Healthy(last) => {
+                lost_in_a_row = 0;
                 resume_from = Some(last);
                 backoff.reset();
             }

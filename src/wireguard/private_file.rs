@@ -8,15 +8,14 @@ use std::path::Path;
 /// The file's text, None if it does not exist; an error naming the file if others may
 /// read or write it or it cannot be read.
 pub fn read(path: &Path) -> Result<Option<String>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let failed = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        Err(e) => return Err(failed(e)),
     };
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?
-        .permissions()
-        .mode();
+    // The mode of the file that is read, not of whatever the path names a moment later.
+    let mode = file.metadata().map_err(failed)?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
             "{} is readable by others (mode {:o}); it must be 0600",
@@ -24,6 +23,8 @@ pub fn read(path: &Path) -> Result<Option<String>, String> {
             mode & 0o777
         ));
     }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(failed)?;
     Ok(Some(text))
 }
 
@@ -41,7 +42,14 @@ pub fn write(path: &Path, text: &str) -> Result<(), String> {
     file.write_all(text.as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(|e| fail("writing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("replacing {}: {e}", path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| format!("replacing {}: {e}", path.display()))?;
+    // The rename itself must reach the disk too, or a crash can bring back the old file.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("syncing {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
