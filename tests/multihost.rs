@@ -368,10 +368,12 @@ fn a_daemon_behind_a_compaction_lists_again_and_misses_nothing() {
     );
     nix::sys::signal::kill(h2, nix::sys::signal::Signal::SIGCONT).unwrap();
     wait_ping(&b, &iplate, Duration::from_secs(30));
-    let log = std::fs::read_to_string(lab.dir().join("h2/rnetd.log")).unwrap();
-    assert!(
-        log.contains("compacted; listing again"),
-        "h2 re-listed after the compaction:\n{log}"
+    // The ping can pass on flooding alone: the re-list is what this test is about.
+    let log = || std::fs::read_to_string(lab.dir().join("h2/rnetd.log")).unwrap_or_default();
+    wait_until(
+        "h2 to re-list after the compaction",
+        Duration::from_secs(30),
+        || log().contains("compacted; listing again"),
     );
     no_drift(&lab, &["h1", "h2"]);
 }
