@@ -42,29 +42,92 @@ pub enum NetnsError {
     Busy { path: PathBuf, max: usize },
 }
 
-/// Namespace paths from outside opened at once, at most. A path on a hung filesystem keeps
-/// its thread after the deadline: without a bound, such paths could use up the runtime's
-/// blocking threads (which the embedded store and every namespace switch need too).
+/// Namespace paths opened at once for root and the daemon itself, at most. A path on a hung
+/// filesystem keeps its thread after the deadline: without a bound, such paths could use up
+/// the runtime's blocking threads (which the embedded store and every namespace switch need
+/// too).
 pub const MAX_UNTRUSTED_OPENS: usize = 16;
+/// Paths opened at once for any one non-root caller: one user's hung paths use up its own
+/// places, never root's or another user's.
+pub const MAX_OPENS_PER_USER: usize = 4;
 
 static UNTRUSTED_OPENS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(MAX_UNTRUSTED_OPENS);
+static USER_OPENS: std::sync::Mutex<std::collections::BTreeMap<u32, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// Run `open` on a blocking thread if one of the [`MAX_UNTRUSTED_OPENS`] places is free
-/// (refused at once otherwise), giving up after [`OPEN_TIMEOUT`]. The place is held until
-/// the thread really ends, hung or not.
+/// On whose behalf a path is opened, which decides whose places it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// Root, or the daemon itself (paths it recorded, or dockerd's).
+    Trusted,
+    /// A non-root caller of the API.
+    User(u32),
+}
+
+impl Opener {
+    pub fn for_uid(uid: u32) -> Opener {
+        if uid == 0 {
+            Opener::Trusted
+        } else {
+            Opener::User(uid)
+        }
+    }
+}
+
+/// One place taken in a pool, given back when dropped (with the thread that holds it).
+enum Place {
+    Trusted(#[allow(dead_code)] tokio::sync::SemaphorePermit<'static>),
+    User(u32),
+}
+
+impl Place {
+    fn take(who: Opener) -> Option<Place> {
+        match who {
+            Opener::Trusted => UNTRUSTED_OPENS.try_acquire().ok().map(Place::Trusted),
+            Opener::User(uid) => {
+                let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
+                let n = users.entry(uid).or_default();
+                (*n < MAX_OPENS_PER_USER).then(|| {
+                    *n += 1;
+                    Place::User(uid)
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Place::User(uid) = self {
+            let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = users.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(uid);
+                }
+            }
+        }
+    }
+}
+
+/// Run `open` on a blocking thread if `who` has a place free (refused at once otherwise),
+/// giving up after [`OPEN_TIMEOUT`]. The place is held until the thread really ends, hung
+/// or not.
 async fn open_bounded(
     path: PathBuf,
+    who: Opener,
     open: impl FnOnce() -> Result<NetNs, NetnsError> + Send + 'static,
 ) -> Result<NetNs, NetnsError> {
-    let Ok(permit) = UNTRUSTED_OPENS.try_acquire() else {
-        return Err(NetnsError::Busy {
-            path,
-            max: MAX_UNTRUSTED_OPENS,
-        });
+    let Some(place) = Place::take(who) else {
+        let max = match who {
+            Opener::Trusted => MAX_UNTRUSTED_OPENS,
+            Opener::User(_) => MAX_OPENS_PER_USER,
+        };
+        return Err(NetnsError::Busy { path, max });
     };
     let task = tokio::task::spawn_blocking(move || {
-        let _held = permit;
+        let _held = place;
         open()
     });
     match tokio::time::timeout(OPEN_TIMEOUT, task).await {
@@ -134,14 +197,14 @@ impl NetNs {
     /// [`NetNs::open`] for a path that came from outside (an API caller, a store record):
     /// off the async runtime's workers, and given up after [`OPEN_TIMEOUT`], so no path can
     /// hold a worker (a path on a hung network filesystem blocks even `O_PATH` lookups).
-    pub async fn open_untrusted(path: &Path) -> Result<NetNs, NetnsError> {
+    pub async fn open_untrusted(path: &Path, who: Opener) -> Result<NetNs, NetnsError> {
         let owned = path.to_path_buf();
-        open_bounded(path.to_path_buf(), move || NetNs::open(&owned)).await
+        open_bounded(path.to_path_buf(), who, move || NetNs::open(&owned)).await
     }
 
     /// [`NetNs::of_pid`] off the async runtime's workers, with a deadline.
-    pub async fn of_pid_untrusted(pid: u32) -> Result<NetNs, NetnsError> {
-        open_bounded(pid_netns_path(pid), move || NetNs::of_pid(pid)).await
+    pub async fn of_pid_untrusted(pid: u32, who: Opener) -> Result<NetNs, NetnsError> {
+        open_bounded(pid_netns_path(pid), who, move || NetNs::of_pid(pid)).await
     }
 
     /// The network namespace of process `pid`.
@@ -388,42 +451,51 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hung_opens_are_bounded_and_refused_at_once_beyond_the_bound() {
+    async fn one_users_hung_opens_take_only_its_own_places() {
+        const UID: u32 = 4_000_123;
+        let users = || USER_OPENS.lock().unwrap().get(&UID).copied().unwrap_or(0);
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
         // Stand-ins for opens hung on a dead filesystem: they hold their places until released.
-        let hung: Vec<_> = (0..MAX_UNTRUSTED_OPENS)
+        let hung: Vec<_> = (0..MAX_OPENS_PER_USER)
             .map(|_| {
                 let wait = wait.clone();
-                tokio::spawn(open_bounded(PathBuf::from("/hung"), move || {
-                    let _ = wait.lock().unwrap().recv();
-                    Err(NetnsError::Thread("released".into()))
-                }))
+                tokio::spawn(open_bounded(
+                    PathBuf::from("/hung"),
+                    Opener::User(UID),
+                    move || {
+                        let _ = wait.lock().unwrap().recv();
+                        Err(NetnsError::Thread("released".into()))
+                    },
+                ))
             })
             .collect();
-        // Wait until every place is taken (each hung open holds one).
-        while UNTRUSTED_OPENS.available_permits() > 0 {
+        while users() < MAX_OPENS_PER_USER {
             tokio::task::yield_now().await;
         }
+        let own = Path::new("/proc/self/ns/net");
         let started = std::time::Instant::now();
-        let refused = NetNs::open_untrusted(Path::new("/proc/self/ns/net")).await;
+        let refused = NetNs::open_untrusted(own, Opener::User(UID)).await;
         assert!(
             matches!(refused, Err(NetnsError::Busy { .. })),
             "{refused:?}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        for _ in 0..MAX_UNTRUSTED_OPENS {
+        // Root's and other users' places are untouched.
+        assert!(NetNs::open_untrusted(own, Opener::Trusted).await.is_ok());
+        assert!(NetNs::open_untrusted(own, Opener::User(UID + 1))
+            .await
+            .is_ok());
+        for _ in 0..MAX_OPENS_PER_USER {
             release.send(()).unwrap();
         }
         for h in hung {
             let _ = h.await;
         }
-        while UNTRUSTED_OPENS.available_permits() < MAX_UNTRUSTED_OPENS {
+        while users() > 0 {
             tokio::task::yield_now().await;
         }
-        assert!(NetNs::open_untrusted(Path::new("/proc/self/ns/net"))
-            .await
-            .is_ok());
+        assert!(NetNs::open_untrusted(own, Opener::User(UID)).await.is_ok());
     }
 
     #[test]

@@ -240,10 +240,11 @@ async fn cni_del<S: Store>(
 
 async fn cni_check<S: Store>(
     State(s): State<Arc<Service<S>>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::CniAttachment> {
     let req: crate::api::types::CniCheckRequest = decode_body(body)?;
-    Ok(Json(s.cni_check(&req).await?))
+    Ok(Json(s.cni_check(&req, caller).await?))
 }
 
 #[derive(Deserialize)]

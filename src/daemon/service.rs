@@ -30,7 +30,7 @@ use crate::ipam;
 use crate::model::{
     fnv1a, Encryption, Endpoint, EndpointId, IfName, Mac, Network, NetworkId, NetworkName,
 };
-use crate::netns::{self, NetNs};
+use crate::netns::{self, NetNs, Opener};
 use crate::peers::{self, PeerState, Tables};
 use crate::reconcile::{self, DesiredNetwork, Finding, Observed, Repair};
 use crate::store::{keys, Compare, KeyValue, Revision, Store, TxnOp};
@@ -446,7 +446,8 @@ impl<S: Store> Service<S> {
         if req.owner.as_ref().is_some_and(|o| o.len() > 128) {
             return Err(Error::Invalid("owner is longer than 128 characters".into()));
         }
-        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid).await?;
+        let opener = Opener::for_uid(caller.uid);
+        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid, opener).await?;
         access::check_may_attach(&workload, caller)?;
         let (net, net_rev) = self.network_at(&req.network).await?;
         if let Some(ip) = requested_ip {
@@ -770,21 +771,25 @@ impl<S: Store> Service<S> {
         caller: access::Caller,
     ) -> Result<DetachResponse> {
         let net = self.network(&req.network).await?;
-        let chosen = self.select_endpoints(&net, req).await?;
+        let opener = Opener::for_uid(caller.uid);
+        let chosen = self.select_endpoints(&net, req, opener).await?;
         if caller.uid != 0 {
             for v in &chosen {
-                let ns = NetNs::open_untrusted(Path::new(&v.ep.netns))
-                    .await
-                    .ok()
-                    .filter(|ns| ns.inode() == v.ep.netns_inode);
-                match ns {
-                    Some(ns) => access::check_may_attach(&ns, caller)?,
-                    None => {
-                        return Err(Error::Forbidden(format!(
-                            "uid {} may not detach endpoint {}: its network namespace is gone, and only root may release it",
-                            caller.uid, v.ep.id
-                        )))
+                let gone = || {
+                    Error::Forbidden(format!(
+                        "uid {} may not detach endpoint {}: its network namespace is gone, and only root may release it",
+                        caller.uid, v.ep.id
+                    ))
+                };
+                match NetNs::open_untrusted(Path::new(&v.ep.netns), opener).await {
+                    Ok(ns) if ns.inode() == v.ep.netns_inode => {
+                        access::check_may_attach(&ns, caller)?
                     }
+                    Ok(_)
+                    | Err(crate::netns::NetnsError::NotFound { .. })
+                    | Err(crate::netns::NetnsError::NotNetns { .. }) => return Err(gone()),
+                    // Busy, a timeout: say so, not that the namespace is gone.
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -797,7 +802,12 @@ impl<S: Store> Service<S> {
         })
     }
 
-    async fn select_endpoints(&self, net: &Network, req: &DetachRequest) -> Result<Vec<Versioned>> {
+    async fn select_endpoints(
+        &self,
+        net: &Network,
+        req: &DetachRequest,
+        opener: Opener,
+    ) -> Result<Vec<Versioned>> {
         let all = self.versioned_endpoints(Some(net.name.as_str())).await?;
         let chosen: Vec<Versioned> = match (&req.id, &req.netns, req.pid) {
             (Some(id), None, None) => all.into_iter().filter(|v| v.ep.id.as_str() == id).collect(),
@@ -808,8 +818,8 @@ impl<S: Store> Service<S> {
                         .to_string()
                 });
                 let inode = match req.pid {
-                    Some(pid) => NetNs::of_pid_untrusted(pid).await?.inode(),
-                    None => NetNs::open_untrusted(Path::new(&path))
+                    Some(pid) => NetNs::of_pid_untrusted(pid, opener).await?.inode(),
+                    None => NetNs::open_untrusted(Path::new(&path), opener)
                         .await
                         .map(|n| n.inode())
                         .unwrap_or(0),
@@ -1194,7 +1204,7 @@ impl<S: Store> Service<S> {
             return Ok(false);
         }
         // The path comes from a store record: opened off the runtime, with a deadline.
-        let ns = match NetNs::open_untrusted(Path::new(&ep.netns)).await {
+        let ns = match NetNs::open_untrusted(Path::new(&ep.netns), Opener::Trusted).await {
             Ok(ns) if ns.inode() == ep.netns_inode => ns,
             _ => {
                 tracing::warn!(id = %ep.id, netns = %ep.netns, "workload namespace is gone; `rnet detach` releases the endpoint");
@@ -1217,14 +1227,18 @@ impl<S: Store> Service<S> {
 
 /// Open the workload's namespace from a path or a PID (exactly one), off the runtime's
 /// workers and with a deadline: a caller's path may be anything (a FIFO, a hung mount).
-async fn open_workload(netns: Option<&str>, pid: Option<u32>) -> Result<(NetNs, String)> {
+async fn open_workload(
+    netns: Option<&str>,
+    pid: Option<u32>,
+    opener: Opener,
+) -> Result<(NetNs, String)> {
     match (netns, pid) {
         (Some(path), None) => Ok((
-            NetNs::open_untrusted(Path::new(path)).await?,
+            NetNs::open_untrusted(Path::new(path), opener).await?,
             path.to_string(),
         )),
         (None, Some(pid)) => Ok((
-            NetNs::of_pid_untrusted(pid).await?,
+            NetNs::of_pid_untrusted(pid, opener).await?,
             netns::pid_netns_path(pid).display().to_string(),
         )),
         _ => Err(Error::Invalid(

@@ -33,7 +33,7 @@ use crate::dataplane::netlink::delete_link_blocking;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{Endpoint, Mac, Network, Origin};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, Opener};
 use crate::store::{keys, Compare, Revision, Store, TxnOp};
 use crate::validate;
 
@@ -74,7 +74,7 @@ impl Teardowns {
         if self.pending.lock().expect("poisoned").is_empty() {
             return;
         }
-        let Ok(ns) = NetNs::open_untrusted(Path::new(netns)).await else {
+        let Ok(ns) = NetNs::open_untrusted(Path::new(netns), Opener::Trusted).await else {
             return;
         };
         let key = (ns.inode(), ifname.to_string());
@@ -151,7 +151,7 @@ impl<S: Store> Service<S> {
         let Some(path) = netns else {
             return "none";
         };
-        let Ok(ns) = NetNs::open_untrusted(Path::new(path)).await else {
+        let Ok(ns) = NetNs::open_untrusted(Path::new(path), Opener::Trusted).await else {
             return "none";
         };
         if ns.inode() != ep.netns_inode {
@@ -219,7 +219,11 @@ impl<S: Store> Service<S> {
     /// CNI CHECK: the record exists and the workload's interface has the recorded MAC,
     /// MTU and address, is up, and has the default route via the gateway; the sandbox side
     /// of the pair exists. The error names everything that is wrong.
-    pub async fn cni_check(&self, req: &CniCheckRequest) -> Result<CniAttachment> {
+    pub async fn cni_check(
+        &self,
+        req: &CniCheckRequest,
+        caller: super::access::Caller,
+    ) -> Result<CniAttachment> {
         let net = self.network(&req.network).await?;
         let ep = match self.endpoint_by_id(net.name.as_str(), &req.id).await? {
             Some(Versioned { ep, .. }) if ep.ifname.as_str() == req.ifname => ep,
@@ -231,7 +235,7 @@ impl<S: Store> Service<S> {
             }
         };
         self.check_cni_owned(&ep)?;
-        let ns = NetNs::open_untrusted(Path::new(&req.netns)).await?;
+        let ns = NetNs::open_untrusted(Path::new(&req.netns), Opener::for_uid(caller.uid)).await?;
         if ep.netns_inode != 0 && ns.inode() != ep.netns_inode {
             return Err(Error::Conflict(format!(
                 "endpoint {} was attached to another network namespace than {}",

@@ -28,7 +28,7 @@ use crate::dataplane::spec::EndpointSpec;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{Endpoint, EndpointId, Mac, Network};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, Opener};
 use crate::store::{keys, Compare, Revision, Store, TxnOp};
 
 /// An endpoint record with the store revision it was read or written at (0: unknown, then
@@ -239,7 +239,7 @@ impl<S: Store> Service<S> {
         sandbox_key: &str,
         peer: &str,
     ) -> Result<Versioned> {
-        let inode = NetNs::open_untrusted(Path::new(sandbox_key))
+        let inode = NetNs::open_untrusted(Path::new(sandbox_key), Opener::Trusted)
             .await
             .map(|n| n.inode())
             .unwrap_or(0);
