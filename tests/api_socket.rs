@@ -531,15 +531,26 @@ fn clients_that_never_read_and_one_users_many_connections_cannot_hold_the_daemon
             })
         })
         .collect();
-    // A group member opens 40 connections and keeps them: it gets its share (32), no more.
+    // A group member opens 40 connections and keeps them busy (requests pipelined, answers
+    // never read, so no timeout closes them early): it gets its share (32), no more.
     let mut py = Command::new("/usr/bin/python3");
     py.args([
         "-c",
-        "import socket, sys, time\n\
-         s = [socket.socket(socket.AF_UNIX) for _ in range(40)]\n\
-         [c.connect(sys.argv[1]) for c in s]\n\
-         print('ok', flush=True)\n\
-         time.sleep(60)\n",
+        r#"
+import socket, sys, time
+s = [socket.socket(socket.AF_UNIX) for _ in range(40)]
+for c in s:
+    c.connect(sys.argv[1])
+    c.setblocking(False)
+req = b"GET /v1/status HTTP/1.1\r\nhost: rnetd\r\n\r\n" * 4000
+for c in s:
+    try:
+        c.send(req)
+    except OSError:
+        pass
+print("ok", flush=True)
+time.sleep(60)
+"#,
     ])
     .arg(h.socket())
     .stdout(std::process::Stdio::piped());

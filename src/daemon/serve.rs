@@ -18,7 +18,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -38,7 +37,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections one non-root user may hold at once (root's are bounded by the total only).
     pub max_per_user: usize,
-    /// The longest any connection lives, answers unread or not (requests take milliseconds).
+    /// How long a connection is kept: then it finishes the request in flight and closes (a
+    /// kept-alive client reconnects). One whose answer still cannot be written `grace` later
+    /// (a client that never reads) is dropped.
     pub connection_lifetime: Duration,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
@@ -71,8 +72,9 @@ pub async fn serve(
         body_deadline,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let per_user: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Default::default();
-    let graceful = GracefulShutdown::new();
+    let per_user: PerUser = Default::default();
+    // Connections watch this to finish what is in flight and close when the server stops.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut full_reported = false;
     tokio::pin!(shutdown);
     loop {
@@ -121,19 +123,20 @@ pub async fn serve(
             Ok(caller) if caller.uid != 0 => Some(caller.uid),
             _ => None,
         };
-        if let Some(uid) = user {
-            let mut counts = per_user.lock().expect("poisoned");
-            let n = counts.entry(uid).or_default();
-            if *n >= limits.max_per_user {
-                tracing::warn!(
-                    uid,
-                    limit = limits.max_per_user,
-                    "refused a connection: this user holds its share of connections"
-                );
-                continue;
-            }
-            *n += 1;
-        }
+        let share = match user {
+            Some(uid) => match UserShare::take(&per_user, uid, limits.max_per_user) {
+                Some(share) => Some(share),
+                None => {
+                    tracing::warn!(
+                        uid,
+                        limit = limits.max_per_user,
+                        "refused a connection: this user holds its share of connections"
+                    );
+                    continue;
+                }
+            },
+            None => None,
+        };
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let (router, verdict) = (router.clone(), verdict.clone());
@@ -156,34 +159,85 @@ pub async fn serve(
             .header_read_timeout(limits.header_timeout)
             .keep_alive(allowed)
             .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        let (lifetime, per_user) = (limits.connection_lifetime, per_user.clone());
+        let (limits, mut stopping) = (limits, stopping.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(lifetime, conn).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                Ok(Ok(())) => {}
-                Err(_) => {
-                    tracing::debug!(?lifetime, "closed a connection that outlived its lifetime")
-                }
-            }
-            if let Some(uid) = user {
-                let mut counts = per_user.lock().expect("poisoned");
-                if let Some(n) = counts.get_mut(&uid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&uid);
+            // Given back however the task ends, a panicking handler included.
+            let _held = (slot, share);
+            let mut conn = std::pin::pin!(conn);
+            let expiry = tokio::time::sleep(limits.connection_lifetime);
+            tokio::pin!(expiry);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = &mut expiry => None,
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    // Finish the request in flight, then close; drop what cannot finish.
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(limits.shutdown_grace, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::debug!(
+                                "dropped a connection whose answer could not be written"
+                            );
+                            Ok(())
+                        }
                     }
                 }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    let _ = stopping_tx.send(true);
+    // Every connection holds a slot until its task ends: all slots back means all closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let wait = limits.shutdown_grace + limits.shutdown_grace;
+    if tokio::time::timeout(wait, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(grace = ?limits.shutdown_grace, "requests still in flight at shutdown were cut off");
+    }
+}
+
+type PerUser = Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>;
+
+/// One of a non-root user's connections, counted until dropped.
+struct UserShare {
+    counts: PerUser,
+    uid: u32,
+}
+
+impl UserShare {
+    /// A place for one more connection of `uid`, if it holds fewer than `max`.
+    fn take(counts: &PerUser, uid: u32, max: usize) -> Option<UserShare> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(uid).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserShare {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UserShare {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
     }
 }
 
