@@ -146,8 +146,9 @@ fn peer_groups(sock: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
 }
 
 /// What only root may do through the API: what changes trust (approving a peer's identity,
-/// rotating this host's key), frees other people's addresses (gc, CNI GC and DEL, removing a
-/// network with --force), or changes the kernel wholesale (doctor --repair).
+/// rotating this host's key), frees other people's addresses (gc, CNI GC and DEL), removes
+/// a network (with or without --force: it is everyone's), or changes the kernel wholesale
+/// (doctor --repair).
 pub fn require_root(caller: Caller, what: &str) -> Result<()> {
     if caller.uid == 0 {
         return Ok(());

@@ -356,8 +356,10 @@ impl<S: Store> Service<S> {
             }
             // The VNI's index entry exists with no valid network behind it: never pick it
             // again (asked for explicitly, it is a conflict).
+            // (Read the networks again first: a create racing this one may have written both
+            // keys since `existing` was read.)
             if txn.current.get(1).is_some_and(|c| c.is_some())
-                && !existing.iter().any(|n| n.vni == net.vni)
+                && !self.networks().await?.iter().any(|n| n.vni == net.vni)
             {
                 if req.vni.is_some() {
                     return Err(Error::Conflict(format!(
@@ -537,17 +539,16 @@ impl<S: Store> Service<S> {
         Ok(())
     }
 
-    /// Drop journal entries of endpoints this host no longer has (released elsewhere, or by
-    /// a path that did not say so). Runs under the reconcile's exclusive lock, so no attach
-    /// is between its veth and its entry.
-    fn sweep_journal(&self, local: &[Endpoint]) {
-        let live: HashSet<(String, String)> = local
-            .iter()
-            .filter(|e| !e.netns.is_empty())
-            .map(|e| (e.network_id.to_string(), e.id.to_string()))
-            .collect();
+    /// Drop the journal entries of networks that have no record in the store at all (a
+    /// record that is only invalid for a while keeps them: its endpoints are still this
+    /// host's). Entries of single endpoints go with their detach or release; one left over
+    /// vouches only for the very namespace this daemon attached, so it is harmless.
+    async fn sweep_journal(&self) {
+        let Ok(present) = self.network_ids_in_store().await else {
+            return;
+        };
         for (net, ep) in self.journal.entries() {
-            if !live.contains(&(net.clone(), ep.clone())) {
+            if !present.contains(&net) {
                 self.journal.remove_entry(&net, &ep);
             }
         }
@@ -921,7 +922,7 @@ impl<S: Store> Service<S> {
                     tracing::warn!(error = %e, finding = ?f.line, "repair failed");
                 }
             }
-            self.sweep_journal(&local);
+            self.sweep_journal().await;
         }
         Ok(findings)
     }

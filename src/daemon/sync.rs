@@ -274,10 +274,10 @@ impl Shared {
     }
 }
 
-/// Keep `shared` in line with the store, forever.
 /// Watches lost in a row, without an event between, before the cache lists the store again.
 const RELIST_AFTER_LOST: u32 = 3;
 
+/// Keep `shared` in line with the store, forever.
 pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
     let mut backoff = Backoff::default();
     let mut resume_from: Option<Revision> = None;
@@ -304,7 +304,10 @@ pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
             },
         };
         match follow(&store, &shared, from).await {
-            Ended::Compacted => resume_from = None,
+            Ended::Compacted => {
+                lost_in_a_row = 0;
+                resume_from = None;
+            }
             Ended::Lost(last) => {
                 // A watch that keeps failing from the same point (its catch-up too large for
                 // one gRPC message, say) is given up for a paged list.
