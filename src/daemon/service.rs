@@ -107,15 +107,10 @@ fn bad_record_error(r: &Rejected) -> Error {
 }
 
 /// A fresh endpoint id when the caller gives none.
+/// From the OS random source: an id nobody can predict (and so claim first) from the time.
 fn generate_id() -> EndpointId {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = format!("{nanos}-{}-{n}", std::process::id());
-    format!("ep-{:012x}", fnv1a(seed.as_bytes()) & 0xffff_ffff_ffff)
+    use rand_core::{OsRng, RngCore};
+    format!("ep-{:012x}", OsRng.next_u64() & 0xffff_ffff_ffff)
         .parse()
         .expect("valid id")
 }
