@@ -97,6 +97,10 @@ struct Flags {
         value_name = "SECS"
     )]
     wireguard_rotate_every: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
+    /// bind it to an address only the scraper reaches). Off unless given.
+    #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             None => Access::root_only(),
         },
         limits: Default::default(),
+        metrics_addr: flags.metrics_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

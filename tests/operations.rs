@@ -1,0 +1,195 @@
+//! Running rnetd as an operator does: Prometheus metrics on --metrics-addr.
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_until, Host, Workload};
+
+const METRICS_PORT: u16 = 9464;
+
+/// `GET /metrics` from inside the host's namespace; None when nothing answers.
+fn scrape(h: &Host) -> Option<String> {
+    let url = format!("http://{}:{METRICS_PORT}/metrics", h.underlay());
+    let out = h.exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).expect("metrics are UTF-8"))
+}
+
+/// The value of the sample line `name` (exact series, labels included).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        .parse()
+        .expect("sample value is a number")
+}
+
+/// Checks the exposition text's shape: every sample belongs to a family declared with
+/// `# TYPE`, and the text ends with `# EOF`.
+fn assert_exposition_format(text: &str) {
+    let mut families = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "unexpected type in {l:?}"
+            );
+            families.push(name.to_string());
+        } else if l.starts_with('#') {
+            assert!(
+                l.starts_with("# HELP ") || l == "# EOF" || l.starts_with("# UNIT "),
+                "bad comment line {l:?}"
+            );
+        } else {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(
+                families.iter().any(|f| name.starts_with(f.as_str())),
+                "sample {l:?} has no # TYPE"
+            );
+            let v = l.rsplit(' ').next().unwrap();
+            assert!(v.parse::<f64>().is_ok(), "sample {l:?} has no number");
+        }
+    }
+    assert!(text.ends_with("# EOF\n"), "no # EOF at the end");
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn metrics_count_attaches_and_endpoints() {
+    let mut h = Host::new("met");
+    let addr = format!("{}:{METRICS_PORT}", h.underlay());
+    h.start_daemon_with(&["--metrics-addr", &addr]);
+    let before = scrape(&h).expect("metrics answer once the API does");
+    assert_exposition_format(&before);
+    assert_eq!(value(&before, "rnet_endpoints"), 0.0);
+    assert_eq!(value(&before, "rnet_attach_duration_seconds_count"), 0.0);
+    // The start-up reconcile has been counted.
+    assert!(value(&before, "rnet_reconcile_runs_total") >= 1.0);
+    assert!(value(&before, "rnet_store_lists_total") >= 1.0);
+
+    h.rnet_ok(&["create", "blue", "--subnet", "10.30.0.0/24"]);
+    let (a, b) = (Workload::new("ma"), Workload::new("mb"));
+    for (w, id) in [(&a, "a"), (&b, "b")] {
+        h.rnet_ok(&[
+            "attach",
+            "blue",
+            "--netns",
+            w.path().to_str().unwrap(),
+            "--id",
+            id,
+        ]);
+    }
+    // The endpoint gauge follows the watch: poll.
+    let mut text = String::new();
+    wait_until("rnet_endpoints reads 2", Duration::from_secs(5), || {
+        text = scrape(&h).unwrap();
+        value(&text, "rnet_endpoints") == 2.0
+    });
+    assert_exposition_format(&text);
+    assert_eq!(value(&text, "rnet_attach_duration_seconds_count"), 2.0);
+    assert!(value(&text, "rnet_attach_duration_seconds_sum") > 0.0);
+    assert!(value(&text, "rnet_store_watch_events_total") >= 3.0);
+
+    // A refused attach is timed and counted as a failure.
+    let out = h.rnet(&[
+        "attach",
+        "nosuchnet",
+        "--netns",
+        a.path().to_str().unwrap(),
+        "--id",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    h.rnet_ok(&["detach", "blue", "--id", "b"]);
+    wait_until("rnet_endpoints reads 1", Duration::from_secs(5), || {
+        text = scrape(&h).unwrap();
+        value(&text, "rnet_endpoints") == 1.0
+    });
+    assert_eq!(value(&text, "rnet_attach_duration_seconds_count"), 3.0);
+    assert_eq!(value(&text, "rnet_attach_failures_total"), 1.0);
+    assert_eq!(value(&text, "rnet_detach_duration_seconds_count"), 1.0);
+    assert_eq!(value(&text, "rnet_detach_failures_total"), 0.0);
+    // Single host: no peers in any state, but every state has its series.
+    for state in ["live", "daemon_down", "gone"] {
+        assert_eq!(
+            value(&text, &format!("rnet_peers{{state=\"{state}\"}}")),
+            0.0
+        );
+    }
+    assert_eq!(value(&text, "rnet_bad_records"), 0.0);
+
+    // doctor counts as a reconcile run.
+    let runs = value(&text, "rnet_reconcile_runs_total");
+    h.rnet_ok(&["doctor"]);
+    let text = scrape(&h).unwrap();
+    assert_eq!(value(&text, "rnet_reconcile_runs_total"), runs + 1.0);
+
+    // Anything but /metrics is not found.
+    let url = format!("http://{addr}/other");
+    let out = h.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn metrics_are_off_by_default() {
+    let mut h = Host::new("mof");
+    h.start_daemon();
+    assert!(
+        scrape(&h).is_none(),
+        "something answers on the metrics port of a daemon started without --metrics-addr"
+    );
+    // Nothing listens on TCP at all in the host's namespace.
+    let out = h.exec(&["ss", "-Htln"]);
+    assert!(out.status.success());
+    let listening = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listening.trim().is_empty(),
+        "TCP listeners without --metrics-addr:\n{listening}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_bad_metrics_addr_is_refused_clearly() {
+    let h = Host::new("mbad");
+    let (sock, state, run) = (h.socket(), h.state_dir(), h.run_dir());
+    let rnetd = |addr: &str| {
+        let out = h.exec(&[
+            env!("CARGO_BIN_EXE_rnetd"),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--host-id",
+            "mbad",
+            "--underlay",
+            &h.underlay().to_string(),
+            "--docker-plugin-dir",
+            "none",
+            "--metrics-addr",
+            addr,
+        ]);
+        assert!(
+            !out.status.success(),
+            "rnetd started with --metrics-addr {addr}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Not an address at all.
+    let err = rnetd("localhost-ish");
+    assert!(err.contains("--metrics-addr"), "{err}");
+    assert!(err.contains("invalid socket address"), "{err}");
+    // An address this host does not have (TEST-NET-2: never routed).
+    let err = rnetd("198.51.100.7:9464");
+    assert!(
+        err.contains("--metrics-addr 198.51.100.7:9464: cannot listen there"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "the API socket was bound anyway");
+}
