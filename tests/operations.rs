@@ -1,9 +1,13 @@
-//! Running rnetd as an operator does: Prometheus metrics on --metrics-addr.
+//! Running rnetd as an operator does: Prometheus metrics on --metrics-addr, readiness
+//! told to systemd.
 mod common;
 
+use std::io::ErrorKind;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Host, Workload};
+use common::{wait_until, ChildGuard, Host, Workload};
 
 const METRICS_PORT: u16 = 9464;
 
@@ -192,4 +196,85 @@ fn a_bad_metrics_addr_is_refused_clearly() {
         "{err}"
     );
     assert!(!sock.exists(), "the API socket was bound anyway");
+}
+
+/// Receives one datagram from `sock` within `within`; None on timeout.
+fn recv_within(sock: &UnixDatagram, within: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    match sock.recv(&mut buf) {
+        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("reading the notify socket: {e}"),
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn rnetd_tells_systemd_it_is_ready_once_the_api_answers() {
+    let h = Host::new("sdn");
+    let notify_path = h.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    let (sock, state, run) = (h.socket(), h.state_dir(), h.run_dir());
+    let underlay = h.underlay().to_string();
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", h.netns_path().display()))
+        .arg("--")
+        .args([
+            env!("CARGO_BIN_EXE_rnetd"),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--host-id",
+            "sdn",
+            "--underlay",
+            &underlay,
+            "--docker-plugin-dir",
+            "none",
+        ])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = ChildGuard(cmd.spawn().expect("spawn rnetd"));
+    let msg = recv_within(&notify, Duration::from_secs(20)).expect("no READY=1 within 20 s");
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "first notification is not READY=1: {msg:?}"
+    );
+    // Ready means ready: the API answers now, without a retry.
+    let out = h.rnet(&["status"]);
+    assert!(
+        out.status.success(),
+        "`rnet status` failed right after READY=1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stopping is announced too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let msg = recv_within(&notify, Duration::from_secs(20)).expect("no STOPPING=1 on SIGTERM");
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "rnetd exited with {status}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn a_notify_socket_nobody_reads_does_not_stop_rnetd() {
+    let mut h = Host::new("sdx");
+    let gone = h.dir().join("no-such-dir/notify.sock");
+    let env = format!("NOTIFY_SOCKET={}", gone.display());
+    // The harness asserts the daemon starts and answers.
+    h.start_daemon_wrapped(&["env", &env], &[]);
+    wait_until(
+        "the failed notification is logged",
+        Duration::from_secs(5),
+        || h.daemon_log().contains("notifying systemd failed"),
+    );
 }

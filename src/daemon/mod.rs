@@ -222,6 +222,8 @@ async fn run_with_store<S: Store>(
     }
     let listener = socket::bind(&cfg.socket, &cfg.api_access).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
+    // The socket listens: connections from here on are answered once serve() accepts them.
+    notify_systemd(sd_notify::NotifyState::Ready);
     serve::serve(
         listener,
         http::router(service.clone()),
@@ -230,6 +232,7 @@ async fn run_with_store<S: Store>(
         shutdown,
     )
     .await;
+    notify_systemd(sd_notify::NotifyState::Stopping);
     service.release_tunnel_namespace();
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
@@ -278,6 +281,14 @@ async fn serve_metrics<S: Store>(
     );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Tell systemd (Type=notify) about the daemon's state; nothing without $NOTIFY_SOCKET.
+/// A failure only costs systemd's view of the daemon, so it is logged, not fatal.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "notifying systemd failed");
     }
 }
 
