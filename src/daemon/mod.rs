@@ -89,7 +89,6 @@ pub async fn run(
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::Invalid(format!("--metrics-addr {addr}: cannot listen there: {e}"))
             })?;
-            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
             Some(listener)
         }
         None => None,
@@ -249,6 +248,9 @@ async fn serve_metrics<S: Store>(
     shared: Arc<sync::Shared>,
     host_id: String,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let scrape = move || {
         let sample = {
             let cache = shared.cache.read().expect("cache poisoned");
