@@ -3,10 +3,12 @@
 mod common;
 
 use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::lab::Lab;
 use common::{wait_until, ChildGuard, Host, Workload};
 
 const METRICS_PORT: u16 = 9464;
@@ -277,4 +279,90 @@ fn a_notify_socket_nobody_reads_does_not_stop_rnetd() {
         Duration::from_secs(5),
         || h.daemon_log().contains("notifying systemd failed"),
     );
+}
+
+/// `GET /metrics` of lab host `host` (its rnetd listens on 0.0.0.0:9464 of its namespace).
+fn scrape_lab(lab: &Lab, host: &str) -> String {
+    let url = format!("http://127.0.0.1:{METRICS_PORT}/metrics");
+    lab.exec_ok(host, &["curl", "-sS", "--fail", "--max-time", "5", &url])
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn metrics_show_peers_per_state_and_wireguard_per_peer() {
+    // The lab starts rnetd with its own flags: a wrapper adds --metrics-addr.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("rnetd-with-metrics");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --metrics-addr 0.0.0.0:{METRICS_PORT}\n",
+            env!("CARGO_BIN_EXE_rnetd")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = wrapper.to_str().unwrap();
+    let lab = Lab::up(
+        2,
+        &[
+            "--lease-ttl",
+            "2",
+            "--probe-window",
+            "2",
+            "--resync",
+            "2",
+            "--rnetd",
+            wrapper,
+        ],
+    );
+    lab.host_rnet_ok(
+        "h1",
+        &[
+            "create",
+            "sec",
+            "--subnet",
+            "10.93.0.0/24",
+            "--encrypt",
+            "wireguard",
+        ],
+    );
+    let (a, b) = (Workload::new("pa"), Workload::new("pb"));
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    wait_until(
+        "a reaches b through the tunnel",
+        Duration::from_secs(10),
+        || a.ping(&ipb, 1),
+    );
+    let text = scrape_lab(&lab, "h1");
+    assert_exposition_format(&text);
+    assert_eq!(value(&text, "rnet_peers{state=\"live\"}"), 1.0);
+    assert_eq!(value(&text, "rnet_peers{state=\"daemon_down\"}"), 0.0);
+    assert_eq!(value(&text, "rnet_endpoints"), 1.0);
+    assert_eq!(value(&text, "rnet_wireguard_tunnel_up{peer=\"h2\"}"), 1.0);
+    assert!(value(&text, "rnet_wireguard_tx_bytes{peer=\"h2\"}") > 0.0);
+    assert!(value(&text, "rnet_wireguard_rx_bytes{peer=\"h2\"}") > 0.0);
+    assert!(value(&text, "rnet_wireguard_seconds_since_handshake{peer=\"h2\"}") >= 0.0);
+    assert_eq!(
+        value(&text, "rnet_wireguard_drops{reason=\"malformed\"}"),
+        0.0
+    );
+    assert!(
+        !text.contains("peer=\"h1\""),
+        "a series for this host itself"
+    );
+
+    // h2's daemon stops (its workload keeps answering probes): daemon down, not gone.
+    lab.ok(&["stop", "h2"]);
+    let mut text = String::new();
+    wait_until(
+        "h1 counts h2 as daemon down",
+        Duration::from_secs(15),
+        || {
+            text = scrape_lab(&lab, "h1");
+            value(&text, "rnet_peers{state=\"daemon_down\"}") == 1.0
+        },
+    );
+    assert_eq!(value(&text, "rnet_peers{state=\"live\"}"), 0.0);
 }
