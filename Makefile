@@ -58,7 +58,9 @@ BASH_COMPLETIONS ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETIONS ?= $(PREFIX)/share/zsh/site-functions
 FISH_COMPLETIONS ?= $(PREFIX)/share/fish/vendor_completions.d
 
-install: build install-files
+# Sequential, not two prerequisites: under -j install-files would race the build.
+install: build
+	$(MAKE) install-files
 
 # Installs what $(BUILT) holds, without building (so `sudo make install-files` after a
 # user's `make build` needs no toolchain as root).
