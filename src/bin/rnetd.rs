@@ -97,10 +97,22 @@ struct Flags {
         value_name = "SECS"
     )]
     wireguard_rotate_every: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
+    /// bind it to an address only the scraper reaches). Off unless given.
+    #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Write rnetd's man page (rnetd.1) into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(dir) = &flags.man {
+        use clap::CommandFactory;
+        rnet::cli::docs::write_man_pages(Flags::command(), dir).map_err(anyhow::Error::msg)?;
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -149,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             None => Access::root_only(),
         },
         limits: Default::default(),
+        metrics_addr: flags.metrics_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

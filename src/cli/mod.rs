@@ -1,6 +1,7 @@
 //! The `rnet` command line: clap definitions, and one function per subcommand that turns
 //! its flags into an API call and prints the answer (a table, or JSON with `-o json`).
 
+pub mod docs;
 pub mod lab;
 pub mod output;
 pub mod run;
@@ -91,6 +92,16 @@ pub enum Command {
     RotateKey,
     /// Simulated multi-host labs on this machine: `rnet lab up|down|status|exec|…`.
     Lab(lab::LabArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write rnet's man pages (rnet.1, rnet-SUBCOMMAND.1) into DIR; `rnetd --man DIR` writes rnetd's.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -210,6 +221,14 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
         Command::Run(_) => unreachable!("`rnet run` is dispatched before the runtime starts"),
         Command::Lab(_) => unreachable!("`rnet lab` is dispatched before the runtime starts"),
+        Command::Completions { shell } => {
+            docs::completions(*shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            docs::rnet_man_pages(dir).map_err(|message| Failure { message, code: 1 })?;
+            Ok(())
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! body gets the same JSON error shape as every other failure.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::access::{self, Caller};
+use super::metrics;
 use super::service::Service;
 use crate::api::types::{AttachRequest, DetachRequest, ErrorBody, NetworkRequest, MAX_BODY_BYTES};
 use crate::error::Error;
@@ -158,7 +160,10 @@ async fn attach<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::model::Endpoint> {
     let req: AttachRequest = decode_body(body)?;
-    Ok(Json(s.attach(&req, caller).await?))
+    let started = Instant::now();
+    let result = s.attach(&req, caller).await;
+    metrics::get().attached(started.elapsed(), result.is_ok());
+    Ok(Json(result?))
 }
 
 async fn detach<S: Store>(
@@ -167,13 +172,18 @@ async fn detach<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::DetachResponse> {
     let req: DetachRequest = decode_body(body)?;
-    Ok(Json(s.detach(&req, caller).await?))
+    let started = Instant::now();
+    let result = s.detach(&req, caller).await;
+    metrics::get().detached(started.elapsed(), result.is_ok());
+    Ok(Json(result?))
 }
 
 async fn doctor<S: Store>(
     State(s): State<Arc<Service<S>>>,
 ) -> ApiResult<crate::api::types::DoctorReport> {
-    Ok(Json(s.doctor(false).await?))
+    let report = s.doctor(false).await?;
+    metrics::get().reconciled(report.drift.len(), false);
+    Ok(Json(report))
 }
 
 async fn reconcile<S: Store>(
@@ -181,7 +191,9 @@ async fn reconcile<S: Store>(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<crate::api::types::DoctorReport> {
     access::require_root(caller, "repair the kernel (doctor --repair)")?;
-    Ok(Json(s.doctor(true).await?))
+    let report = s.doctor(true).await?;
+    metrics::get().reconciled(report.drift.len(), true);
+    Ok(Json(report))
 }
 
 async fn peers<S: Store>(
@@ -225,7 +237,10 @@ async fn cni_add<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<crate::api::types::CniAttachment> {
     let req: AttachRequest = decode_body(body)?;
-    Ok(Json(s.cni_add(&req, caller).await?))
+    let started = Instant::now();
+    let result = s.cni_add(&req, caller).await;
+    metrics::get().attached(started.elapsed(), result.is_ok());
+    Ok(Json(result?))
 }
 
 async fn cni_del<S: Store>(
@@ -235,7 +250,10 @@ async fn cni_del<S: Store>(
 ) -> ApiResult<crate::api::types::CniDelResponse> {
     access::require_root(caller, "release CNI attachments (CNI DEL)")?;
     let req: crate::api::types::CniDelRequest = decode_body(body)?;
-    Ok(Json(s.cni_del(&req).await?))
+    let started = Instant::now();
+    let result = s.cni_del(&req).await;
+    metrics::get().detached(started.elapsed(), result.is_ok());
+    Ok(Json(result?))
 }
 
 async fn cni_check<S: Store>(

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod http;
 pub mod journal;
 pub mod liveness;
+pub mod metrics;
 pub mod serve;
 pub mod service;
 mod socket;
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub api_access: access::Access,
     /// Timeouts and the connection limit of both sockets.
     pub limits: serve::Limits,
+    /// Serve Prometheus metrics over plain HTTP on this TCP address (None: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -79,17 +82,28 @@ pub async fn run(
         .map_err(|e| io_err("securing state dir", &cfg.state_dir, e))?;
     let ns_dir = netns_dir(&cfg.run_dir);
     std::fs::create_dir_all(&ns_dir).map_err(|e| io_err("creating run dir", &ns_dir, e))?;
+    // Bound before anything is published or programmed: a wrong address stops the daemon
+    // having changed nothing.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Invalid(format!("--metrics-addr {addr}: cannot listen there: {e}"))
+            })?;
+            Some(listener)
+        }
+        None => None,
+    };
     match cfg.store.as_str() {
         "embedded" => {
             let store = EmbeddedStore::open(&cfg.state_dir.join("store.redb"))?;
-            run_with_store(cfg, store, shutdown).await
+            run_with_store(cfg, store, metrics_listener, shutdown).await
         }
         url if ["etcd://", "http://", "https://"]
             .iter()
             .any(|s| url.starts_with(s)) =>
         {
             let store = open_etcd(url, &cfg.etcd).await?;
-            run_with_store(cfg, store, shutdown).await
+            run_with_store(cfg, store, metrics_listener, shutdown).await
         }
         other => Err(Error::Invalid(format!(
             "unknown store {other:?}: use \"embedded\", etcd://HOST:PORT[,HOST:PORT...] or https://HOST:PORT[,...]"
@@ -119,6 +133,7 @@ async fn open_etcd(url: &str, security: &EtcdSecurity) -> Result<EtcdStore> {
 async fn run_with_store<S: Store>(
     cfg: DaemonConfig,
     store: S,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dp = Netlink::new()?;
@@ -184,8 +199,19 @@ async fn run_with_store<S: Store>(
     tokio::spawn(keep_presence(store.clone(), record_rx, cfg.lease_ttl));
     tokio::spawn(sync::run(store, shared.clone()));
     liveness::spawn_prober(cfg.host_id.clone(), liveness, shared.clone());
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(serve_metrics(
+            listener,
+            service.clone(),
+            shared.clone(),
+            cfg.host_id.clone(),
+        ));
+    }
     match service.reconcile(true).await {
-        Ok(f) => tracing::info!(findings = f.len(), "start-up reconcile done"),
+        Ok(f) => {
+            metrics::get().reconciled(f.len(), true);
+            tracing::info!(findings = f.len(), "start-up reconcile done")
+        }
         Err(e) => tracing::warn!(error = %e, "start-up reconcile failed; will retry"),
     }
     tokio::spawn(periodic_reconcile(service.clone(), cfg.resync_interval));
@@ -195,6 +221,8 @@ async fn run_with_store<S: Store>(
     }
     let listener = socket::bind(&cfg.socket, &cfg.api_access).await?;
     tracing::info!(socket = %cfg.socket.display(), host = %cfg.host_id, underlay = %address, mtu = underlay.mtu, "rnetd serving");
+    // The socket listens: connections from here on are answered once serve() accepts them.
+    notify_systemd(sd_notify::NotifyState::Ready);
     serve::serve(
         listener,
         http::router(service.clone()),
@@ -203,6 +231,7 @@ async fn run_with_store<S: Store>(
         shutdown,
     )
     .await;
+    notify_systemd(sd_notify::NotifyState::Stopping);
     service.release_tunnel_namespace();
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
@@ -210,6 +239,59 @@ async fn run_with_store<S: Store>(
     }
     tracing::info!("rnetd stopped; the datapath is left as it is");
     Ok(())
+}
+
+/// Serve `GET /metrics` (anything else: 404) until the process ends.
+async fn serve_metrics<S: Store>(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service<S>>,
+    shared: Arc<sync::Shared>,
+    host_id: String,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    let scrape = move || {
+        let sample = {
+            let cache = shared.cache.read().expect("cache poisoned");
+            metrics::Sample {
+                local_endpoints: cache
+                    .endpoints
+                    .values()
+                    .filter(|e| e.host == host_id)
+                    .count(),
+                bad_records: cache.bad.len(),
+                store_revision: cache.revision,
+                peers: Vec::new(),
+                drops: None,
+            }
+        };
+        let sample = metrics::Sample {
+            peers: service.peers(),
+            drops: service.wireguard_drops(),
+            ..sample
+        };
+        let text = metrics::get().render(&sample);
+        (
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            text,
+        )
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(scrape())),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Tell systemd (Type=notify) about the daemon's state; nothing without $NOTIFY_SOCKET.
+/// A failure only costs systemd's view of the daemon, so it is logged, not fatal.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "notifying systemd failed");
+    }
 }
 
 fn now_secs() -> u64 {
@@ -467,8 +549,9 @@ async fn rotate_keys<S: Store>(service: Arc<Service<S>>, every: Duration) {
 async fn periodic_reconcile<S: Store>(service: Arc<Service<S>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = service.reconcile(true).await {
-            tracing::warn!(error = %e, "periodic reconcile failed");
+        match service.reconcile(true).await {
+            Ok(f) => metrics::get().reconciled(f.len(), true),
+            Err(e) => tracing::warn!(error = %e, "periodic reconcile failed"),
         }
     }
 }

@@ -292,6 +292,7 @@ pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
                         .write()
                         .expect("cache poisoned")
                         .load(&kvs, rev);
+                    super::metrics::get().store_listed();
                     shared.changed.notify_one();
                     tracing::info!(revision = rev, keys = kvs.len(), "store listed");
                     rev + 1
@@ -360,6 +361,7 @@ async fn follow<S: Store>(store: &S, shared: &Shared, from: Revision) -> Ended {
     while let Some(msg) = watch.rx.recv().await {
         match msg {
             WatchMessage::Events { revision, events } => {
+                super::metrics::get().watch_events(events.len());
                 let relevant = shared
                     .cache
                     .write()

@@ -141,6 +141,11 @@ impl<S: Store> Service<S> {
         })
     }
 
+    /// What the tunnel dropped, by reason (None: no tunnel runs here).
+    pub fn wireguard_drops(&self) -> Option<crate::wireguard::DropCounters> {
+        self.tunnel.wireguard.as_ref().ok().map(|wg| wg.drops())
+    }
+
     /// The tunnel's part of `rnet status`.
     pub(super) fn wireguard_status(&self) -> crate::api::types::WireguardStatus {
         match &self.tunnel.wireguard {
