@@ -27,6 +27,9 @@ readonly REQUIRED=(
     "procps:pgrep"
     "jq:jq"       # the demo parses `rnet -o json`
     "binutils:nm" # the CNI tests check which crates rnet-cni links
+    "curl:curl"                    # the metrics tests scrape rnetd
+    "groff-base:groff"             # the packaging test checks the man pages
+    "systemd:systemd-analyze"      # the packaging test verifies the unit
     # Real runtimes for the front-door tests, and the reference plugins for the CNI benchmark.
     "podman:podman"
     "runc:runc"                     # podman's runtime here (crun fails on these machines)
