@@ -366,3 +366,70 @@ fn metrics_show_peers_per_state_and_wireguard_per_peer() {
     );
     assert_eq!(value(&text, "rnet_peers{state=\"live\"}"), 0.0);
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn silent_metrics_clients_cannot_hold_the_metrics_port() {
+    use std::io::Read;
+    let mut h = Host::new("mslow");
+    let addr = format!("{}:{METRICS_PORT}", h.underlay());
+    h.start_daemon_with(&["--metrics-addr", &addr]);
+    wait_until("metrics answer", Duration::from_secs(10), || {
+        scrape(&h).is_some()
+    });
+    // 40 connections that never send a byte, from another address of the host than the
+    // scraper's (a source may hold only a few).
+    let other = "198.18.254.77";
+    assert!(h
+        .exec(&["ip", "addr", "add", &format!("{other}/32"), "dev", "lo"])
+        .status
+        .success());
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let ns = rnet::netns::NetNs::open(&h.netns_path()).unwrap();
+    let silent: Vec<std::net::TcpStream> = ns
+        .run(move || (0..40).map(|_| connect_from(other, target)).collect())
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        scrape(&h).is_some(),
+        "a scrape is answered among silent clients"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    // The server closes them: beyond the first few at once, those within the header timeout.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "a silent metrics connection got data"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+}
+
+/// A TCP connection to `to` from local address `from` (bound before connecting).
+fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let local: std::net::SocketAddrV4 = format!("{from}:0").parse().unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(local),
+    )
+    .unwrap();
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).unwrap();
+    std::net::TcpStream::from(fd)
+}

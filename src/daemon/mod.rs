@@ -281,9 +281,7 @@ async fn serve_metrics<S: Store>(
         "/metrics",
         axum::routing::get(move || std::future::ready(scrape())),
     );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "metrics server stopped");
-    }
+    serve::serve_tcp(listener, app, serve::Limits::default()).await;
 }
 
 /// Tell systemd (Type=notify) about the daemon's state; nothing without $NOTIFY_SOCKET.

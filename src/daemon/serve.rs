@@ -270,3 +270,82 @@ async fn body_deadline(State(deadline): State<Duration>, req: Request, next: Nex
     );
     resp
 }
+
+/// Connections the metrics listener serves at once; a scrape is one short request.
+const METRICS_CONNECTIONS: usize = 64;
+/// Of which one source address may hold this many: clients that never send a byte cannot
+/// keep the scraper (from another address) out.
+const METRICS_CONNECTIONS_PER_SOURCE: usize = 4;
+/// The longest a metrics connection lives: one request, headers within the header timeout.
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// Serve `router` on a TCP listener reachable from the network (the metrics): one request
+/// per connection, headers within `limits.header_timeout`, none alive longer than
+/// [`METRICS_CONNECTION_LIFETIME`]. Every connection is accepted at once and closed at once
+/// beyond [`METRICS_CONNECTIONS`], or [`METRICS_CONNECTIONS_PER_SOURCE`] from its address.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+    let held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Default::default();
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = from.ip();
+        {
+            let mut map = held.lock().unwrap_or_else(|e| e.into_inner());
+            let total: usize = map.values().sum();
+            let mine = map.entry(source).or_default();
+            if total >= METRICS_CONNECTIONS || *mine >= METRICS_CONNECTIONS_PER_SOURCE {
+                tracing::debug!(%source, "refused a metrics connection: over the limit");
+                continue;
+            }
+            *mine += 1;
+        }
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let router = router.clone();
+            async move {
+                match router.oneshot(req.map(Body::new)).await {
+                    Ok(resp) => Ok::<_, std::convert::Infallible>(resp),
+                    Err(never) => match never {},
+                }
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        let held = held.clone();
+        tokio::spawn(async move {
+            // Given back however the task ends.
+            let _share = SourceShare { held, source };
+            if let Ok(Err(e)) = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, conn).await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One metrics connection of a source address, counted until dropped.
+struct SourceShare {
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for SourceShare {
+    fn drop(&mut self) {
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
