@@ -124,7 +124,7 @@ pub async fn serve(
             _ => None,
         };
         let share = match user {
-            Some(uid) => match UserShare::take(&per_user, uid, limits.max_per_user) {
+            Some(uid) => match Share::take(&per_user, uid, limits.max_per_user, usize::MAX) {
                 Some(share) => Some(share),
                 None => {
                     tracing::warn!(
@@ -205,37 +205,41 @@ pub async fn serve(
     }
 }
 
-type PerUser = Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>;
+/// Connections held, by who holds them (a user, a source address).
+type Counts<K> = Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>;
+type PerUser = Counts<u32>;
 
-/// One of a non-root user's connections, counted until dropped.
-struct UserShare {
-    counts: PerUser,
-    uid: u32,
+/// One connection of `key`, counted until dropped (however its task ends).
+struct Share<K: std::hash::Hash + Eq + Clone> {
+    counts: Counts<K>,
+    key: K,
 }
 
-impl UserShare {
-    /// A place for one more connection of `uid`, if it holds fewer than `max`.
-    fn take(counts: &PerUser, uid: u32, max: usize) -> Option<UserShare> {
+impl<K: std::hash::Hash + Eq + Clone> Share<K> {
+    /// A place for one more connection of `key`, if it holds fewer than `per_key` and all
+    /// together fewer than `total`.
+    fn take(counts: &Counts<K>, key: K, per_key: usize, total: usize) -> Option<Share<K>> {
         let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(uid).or_default();
-        if *n >= max {
+        let all: usize = map.values().sum();
+        let n = map.entry(key.clone()).or_default();
+        if *n >= per_key || all >= total {
             return None;
         }
         *n += 1;
-        Some(UserShare {
+        Some(Share {
             counts: counts.clone(),
-            uid,
+            key,
         })
     }
 }
 
-impl Drop for UserShare {
+impl<K: std::hash::Hash + Eq + Clone> Drop for Share<K> {
     fn drop(&mut self) {
         let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.uid) {
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.uid);
+                map.remove(&self.key);
             }
         }
     }
@@ -284,8 +288,7 @@ const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// [`METRICS_CONNECTION_LIFETIME`]. Every connection is accepted at once and closed at once
 /// beyond [`METRICS_CONNECTIONS`], or [`METRICS_CONNECTIONS_PER_SOURCE`] from its address.
 pub async fn serve_tcp(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
-    let held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
-        Default::default();
+    let held: Counts<std::net::IpAddr> = Default::default();
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -296,16 +299,15 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, router: Router, limits
             }
         };
         let source = from.ip();
-        {
-            let mut map = held.lock().unwrap_or_else(|e| e.into_inner());
-            let total: usize = map.values().sum();
-            let mine = map.entry(source).or_default();
-            if total >= METRICS_CONNECTIONS || *mine >= METRICS_CONNECTIONS_PER_SOURCE {
-                tracing::debug!(%source, "refused a metrics connection: over the limit");
-                continue;
-            }
-            *mine += 1;
-        }
+        let Some(share) = Share::take(
+            &held,
+            source,
+            METRICS_CONNECTIONS_PER_SOURCE,
+            METRICS_CONNECTIONS,
+        ) else {
+            tracing::debug!(%source, "refused a metrics connection: over the limit");
+            continue;
+        };
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let router = router.clone();
@@ -321,31 +323,11 @@ pub async fn serve_tcp(listener: tokio::net::TcpListener, router: Router, limits
             .header_read_timeout(limits.header_timeout)
             .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
-        let held = held.clone();
         tokio::spawn(async move {
-            // Given back however the task ends.
-            let _share = SourceShare { held, source };
+            let _share = share;
             if let Ok(Err(e)) = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, conn).await {
                 tracing::debug!(error = %e, "metrics connection ended with an error");
             }
         });
-    }
-}
-
-/// One metrics connection of a source address, counted until dropped.
-struct SourceShare {
-    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    source: std::net::IpAddr,
-}
-
-impl Drop for SourceShare {
-    fn drop(&mut self) {
-        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.source);
-            }
-        }
     }
 }

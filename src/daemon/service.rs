@@ -163,11 +163,26 @@ impl<S: Store> Service<S> {
 
     /// The networks with a valid record (invalid ones are skipped and reported).
     pub async fn networks(&self) -> Result<Vec<Network>> {
+        Ok(self.network_records().await?.0)
+    }
+
+    /// From one list of the store: the networks with a valid record, and the ids named by
+    /// every network record, valid or not (read leniently: a network whose record is
+    /// briefly broken keeps its sandboxes and journal entries on every host).
+    async fn network_records(&self) -> Result<(Vec<Network>, HashSet<String>)> {
         let (kvs, _) = self.store.list(keys::NETWORKS).await?;
-        Ok(kvs
+        let valid = kvs
             .iter()
             .filter_map(|kv| self.valid(kv, validate::network(&kv.key, &kv.value)))
-            .collect())
+            .collect();
+        let ids = kvs
+            .iter()
+            .filter_map(|kv| {
+                let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+                v.get("id")?.as_str().map(str::to_string)
+            })
+            .collect();
+        Ok((valid, ids))
     }
 
     /// One network; an invalid record is an error that names the problem.
@@ -182,11 +197,7 @@ impl<S: Store> Service<S> {
         match self.store.get(&keys::network(key_name.as_str())).await? {
             Some(kv) => validate::network(&kv.key, &kv.value)
                 .map(|n| (n, kv.mod_revision))
-                .map_err(|r| {
-                    let e = bad_record_error(&r);
-                    self.skip_bad(kv.mod_revision, r);
-                    e
-                }),
+                .map_err(|r| self.reject(kv.mod_revision, r)),
             None => Err(Error::NotFound(format!("network {name} does not exist"))),
         }
     }
@@ -222,6 +233,14 @@ impl<S: Store> Service<S> {
                 })
             })
             .collect())
+    }
+
+    /// The error for a request that needs a record the store holds in an invalid form,
+    /// after reporting the record like a skipped one.
+    fn reject(&self, revision: Revision, r: Rejected) -> Error {
+        let e = bad_record_error(&r);
+        self.skip_bad(revision, r);
+        e
     }
 
     /// The checked value, or None after reporting why the record is skipped.
@@ -538,10 +557,7 @@ impl<S: Store> Service<S> {
     /// record that is only invalid for a while keeps them: its endpoints are still this
     /// host's). Entries of single endpoints go with their detach or release; one left over
     /// vouches only for the very namespace this daemon attached, so it is harmless.
-    async fn sweep_journal(&self) {
-        let Ok(present) = self.network_ids_in_store().await else {
-            return;
-        };
+    fn sweep_journal(&self, present: &HashSet<String>) {
         for (net, ep) in self.journal.entries() {
             if !present.contains(&net) {
                 self.journal.remove_entry(&net, &ep);
@@ -566,7 +582,7 @@ impl<S: Store> Service<S> {
     /// sandbox whose network has any record, valid or not, is kept.
     async fn remove_stale_sandboxes(&self, net: &Network) -> Result<()> {
         let sandboxes = self.sandbox_paths();
-        let present = self.network_ids_in_store().await?;
+        let (_, present) = self.network_records().await?;
         for (path, _, id) in sandboxes {
             if id != net.id && !present.contains(id.as_str()) {
                 tracing::info!(sandbox = %path.display(), "removing the sandbox of a network that no longer exists");
@@ -577,19 +593,6 @@ impl<S: Store> Service<S> {
             }
         }
         Ok(())
-    }
-
-    /// The ids named by every network record in the store, valid or not (read leniently): a
-    /// network whose record is briefly broken keeps its sandboxes on every host.
-    async fn network_ids_in_store(&self) -> Result<HashSet<String>> {
-        let (kvs, _) = self.store.list(keys::NETWORKS).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
-                v.get("id")?.as_str().map(str::to_string)
-            })
-            .collect())
     }
 
     /// The endpoint with id `id` on `network`, with its record's revision (through the id
@@ -898,17 +901,20 @@ impl<S: Store> Service<S> {
     }
 
     async fn sandbox_pass(&self, apply: bool) -> Result<Vec<Finding>> {
-        let networks = self.networks().await?;
+        let (networks, present) = self.network_records().await?;
         let local = self.local_endpoints().await?;
         let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
         // Not stray: the sandboxes of every network with a record, valid or not.
-        let present = self.network_ids_in_store().await?;
-        let known: BTreeSet<PathBuf> = self
-            .sandbox_paths()
-            .into_iter()
-            .filter(|(_, _, id)| present.contains(id.as_str()))
-            .map(|(path, _, _)| path)
-            .chain(networks.iter().map(|n| self.sandbox_spec(n).netns))
+        let known: BTreeSet<PathBuf> = observed
+            .sandboxes
+            .keys()
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(spec::sandbox_network)
+                    .is_some_and(|(_, id)| present.contains(id.as_str()))
+            })
+            .cloned()
             .collect();
         let findings = reconcile::diff(&desired, &observed, &known);
         if apply {
@@ -917,7 +923,7 @@ impl<S: Store> Service<S> {
                     tracing::warn!(error = %e, finding = ?f.line, "repair failed");
                 }
             }
-            self.sweep_journal().await;
+            self.sweep_journal(&present);
         }
         Ok(findings)
     }

@@ -79,11 +79,8 @@ impl<S: Store> Service<S> {
             return Ok(None);
         };
         let net = self.network_fast(network).await.ok();
-        let ep = super::validate::endpoint(&kv.key, &kv.value, net.as_ref()).map_err(|r| {
-            let e = super::bad_record_error(&r);
-            self.skip_bad(kv.mod_revision, r);
-            e
-        })?;
+        let ep = super::validate::endpoint(&kv.key, &kv.value, net.as_ref())
+            .map_err(|r| self.reject(kv.mod_revision, r))?;
         Ok(Some(Versioned {
             ep,
             rev: kv.mod_revision,
@@ -178,11 +175,8 @@ impl<S: Store> Service<S> {
                     cur.ep.id
                 )));
             };
-            let now = super::validate::endpoint_alone(&kv.key, &kv.value).map_err(|r| {
-                let e = super::bad_record_error(&r);
-                self.skip_bad(kv.mod_revision, r);
-                e
-            })?;
+            let now = super::validate::endpoint_alone(&kv.key, &kv.value)
+                .map_err(|r| self.reject(kv.mod_revision, r))?;
             if now.id != cur.ep.id || now.host != cur.ep.host {
                 return Err(Error::Conflict(format!(
                     "address {ip} on {net} now belongs to endpoint {} on host {}",
