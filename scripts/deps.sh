@@ -36,6 +36,8 @@ readonly REQUIRED=(
     "containernetworking-plugins:-" # /usr/lib/cni: bridge, host-local, loopback (not on PATH)
     "docker.io:dockerd"             # a real Docker engine for the libnetwork driver tests and benchmark
     "busybox-static:-"              # the test images' only binary (no registry: podman/docker import)
+    "vagrant:vagrant"               # the Vagrant lab test (docker provider)
+    "mmdebstrap:mmdebstrap"         # builds the Vagrant lab's Debian image (no registry)
 )
 
 have_package() {
@@ -64,8 +66,10 @@ if ((${#missing[@]} > 0)); then
     fi
     echo "deps.sh: installing: ${missing[*]}"
     # -q twice keeps apt's progress output out of CI logs; errors still reach stderr.
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Several installers may run at once (CI jobs, parallel builds): wait for dpkg's lock
+    # instead of failing on it.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # --- Rust toolchain -------------------------------------------------------------------------
