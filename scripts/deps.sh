@@ -36,6 +36,11 @@ readonly REQUIRED=(
     "containernetworking-plugins:-" # /usr/lib/cni: bridge, host-local, loopback (not on PATH)
     "docker.io:dockerd"             # a real Docker engine for the libnetwork driver tests and benchmark
     "busybox-static:-"              # the test images' only binary (no registry: podman/docker import)
+    # The VM lab (rnet lab up --vm): guest image build and the guests themselves.
+    "mmdebstrap:mmdebstrap"
+    "qemu-utils:qemu-img"
+    "qemu-system-x86:qemu-system-x86_64"
+    "e2fsprogs:mke2fs"
 )
 
 have_package() {
