@@ -121,11 +121,7 @@ impl VmLabConfig {
         bin_dir: PathBuf,
         lease_ttl: u64,
     ) -> Result<VmLabConfig, LabError> {
-        if n == 0 || n > MAX_GUESTS {
-            return Err(LabError::Invalid(format!(
-                "--hosts must be between 1 and {MAX_GUESTS} for a VM lab, not {n}"
-            )));
-        }
+        check_count(n)?;
         let hosts: Vec<VmHost> = (1..=n).map(|i| plan_host(paths, i)).collect();
         let store = format!("etcd://{}:{ETCD_PORT}", hosts[0].underlay.ip());
         Ok(VmLabConfig {
@@ -182,6 +178,16 @@ impl VmLabConfig {
         fs::write(&tmp, text + "\n").map_err(LabError::io("writing", &tmp))?;
         fs::rename(&tmp, &path).map_err(LabError::io("renaming into place", &path))
     }
+}
+
+/// Fails unless `n` guests is a lab this module builds.
+pub fn check_count(n: u32) -> Result<(), LabError> {
+    if n == 0 || n > MAX_GUESTS {
+        return Err(LabError::Invalid(format!(
+            "--hosts must be between 1 and {MAX_GUESTS} for a VM lab, not {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the lab at `paths` is a VM lab.

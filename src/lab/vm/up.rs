@@ -48,6 +48,7 @@ pub fn up(
     progress: &mut dyn FnMut(&str),
 ) -> Result<(VmLabConfig, Vec<VmUpHost>), LabError> {
     let started = Instant::now();
+    super::check_count(opts.hosts)?;
     let qemu_bin = qemu::find_qemu()?;
     let bin_dir = resolve_bin_dir(opts.bin_dir.as_deref())?;
     let files = image::ensure(&opts.image_root, progress)?;
