@@ -26,6 +26,7 @@ fn two_guests_run_rnet_across_a_cuttable_link_and_leave_nothing_behind() {
     every_guest_is_healthy(&lab);
     exec_round_trips_status_and_bytes(&lab);
     guest_kernel_has_esp_and_wireguard(&lab);
+    rnetd_restarts_with_other_flags(&lab);
     workloads_ping_across_guests(&lab);
     a_cut_link_isolates_until_restored(&lab);
     down_after_a_crash_leaves_nothing(&mut lab, &dir);
@@ -101,6 +102,20 @@ fn guest_kernel_has_esp_and_wireguard(lab: &VmLab) {
     );
     assert!(out.lines().any(|l| l.starts_with("esp4 ")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("wireguard ")), "{out}");
+}
+
+/// Tests of other features restart a guest's rnetd with their own flags (e.g. another
+/// encryption backend); the restarted daemon must be the one with the new flag.
+fn rnetd_restarts_with_other_flags(lab: &VmLab) {
+    lab.restart_rnetd("h2", &["--resync", "17"]);
+    let args = lab.exec_ok(
+        "h2",
+        &["sh", "-c", "tr '\\0' ' ' < /proc/$(pgrep -x rnetd)/cmdline"],
+    );
+    assert!(
+        args.contains("--host-id h2") && args.ends_with("--resync 17 "),
+        "{args}"
+    );
 }
 
 fn workloads_ping_across_guests(lab: &VmLab) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::lab::{ok, unique_name};
-use super::{output_with_timeout, require_root};
+use super::{output_with_timeout, require_root, wait_until};
 
 /// Upper bound for `lab up --vm`, image build included.
 const UP_TIMEOUT: Duration = Duration::from_secs(900);
@@ -175,6 +175,53 @@ impl VmLab {
         full.extend_from_slice(args);
         let out = self.rnet_ok(host, &full);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"))
+    }
+
+    /// The rnetd command line `lab up` used in guest `host` (from `vm.json`), plus `extra`.
+    pub fn rnetd_argv(&self, host: &str, extra: &[&str]) -> Vec<String> {
+        let cfg: Value =
+            serde_json::from_str(&fs::read_to_string(self.dir().join("vm.json")).expect("vm.json"))
+                .expect("vm.json parses");
+        let hosts = cfg["hosts"].as_array().expect("hosts");
+        let h = hosts
+            .iter()
+            .find(|h| h["id"] == host)
+            .unwrap_or_else(|| panic!("no guest {host}"));
+        let underlay = h["underlay"].as_str().unwrap().split('/').next().unwrap();
+        let mut argv: Vec<String> = vec![
+            "rnetd".into(),
+            "--host-id".into(),
+            host.into(),
+            "--underlay".into(),
+            underlay.into(),
+            "--store".into(),
+            cfg["store"].as_str().unwrap().into(),
+            "--docker-plugin-dir".into(),
+            "none".into(),
+            "--lease-ttl".into(),
+            cfg["lease_ttl"].to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// Stop guest `host`'s rnetd (SIGTERM, waiting until it is gone), start it again with
+    /// `lab up`'s flags plus `extra` (log: /var/log/rnet-lab/rnetd.log), wait until it answers.
+    pub fn restart_rnetd(&self, host: &str, extra: &[&str]) {
+        let _ = self.exec(host, &["pkill", "-x", "rnetd"]);
+        wait_until(
+            &format!("rnetd in {host} to exit"),
+            Duration::from_secs(60),
+            || !self.exec(host, &["pgrep", "-x", "rnetd"]).status.success(),
+        );
+        let argv = self.rnetd_argv(host, extra);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.detach(host, "rnetd", &argv);
+        wait_until(
+            &format!("rnetd in {host} to answer"),
+            Duration::from_secs(120),
+            || self.rnet(host, &["status"]).status.success(),
+        );
     }
 
     /// One ping from guest `host` to `ip` answered within two seconds.

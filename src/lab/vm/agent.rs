@@ -39,6 +39,14 @@ pub fn run() -> Result<(), LabError> {
         eprintln!("rnet lab agent: setting up the underlay: {e}");
     }
     let ports = wait_ports()?;
+    // On the console: how long the guest took to get here (boot-time measurements).
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    eprintln!(
+        "rnet lab agent: {} serving {} port(s), guest uptime {} s",
+        boot.host,
+        ports.len(),
+        uptime.split_whitespace().next().unwrap_or("?")
+    );
     let threads: Vec<_> = ports
         .into_iter()
         .map(|p| thread::spawn(move || serve(&p)))
