@@ -105,9 +105,9 @@ pub struct ExecArgs {
     /// VM lab: start the command in the background, output appended to this guest file; prints its pid.
     #[arg(long, value_name = "GUEST_LOG")]
     pub detach: Option<String>,
-    /// VM lab: kill the command after this many seconds (exit status 124).
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
+    /// VM lab: kill the command after this many seconds (exit status 124; default 600).
+    #[arg(long)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +141,13 @@ pub fn run(cli: &Cli, args: &LabArgs) -> i32 {
     if let LabCommand::Exec(a) = &args.command {
         if lab::vm::is_vm(&paths) {
             return super::lab_vm::exec(&paths, a);
+        }
+        if a.detach.is_some() || a.timeout.is_some() {
+            let e = LabError::Invalid(format!(
+                "--detach and --timeout are for VM labs; lab {} is a namespace lab (its commands run here: use your shell's `&` or timeout(1))",
+                paths.name()
+            ));
+            return fail(&e, lab::exec::EXIT_LAB_FAILED);
         }
         let f = lab::exec::exec(&paths, &a.host, &a.command);
         return fail(&f.error, f.code);

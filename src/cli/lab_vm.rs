@@ -15,6 +15,9 @@ use crate::lab::vm::status::VmLabStatus;
 use crate::lab::vm::{self, Accel, VmLabConfig, VmUpOptions};
 use crate::lab::{LabError, LabPaths};
 
+/// How long a guest command may run unless `--timeout` says otherwise.
+const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
 /// `--accel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AccelArg {
@@ -132,7 +135,7 @@ fn run_exec(paths: &LabPaths, a: &ExecArgs) -> Result<i32, LabError> {
     let spec = ExecSpec {
         argv: a.command.clone(),
         stdin,
-        timeout: Duration::from_secs(a.timeout),
+        timeout: Duration::from_secs(a.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
         detach: a.detach.clone(),
     };
     let r = client::exec(h, &spec)?;
