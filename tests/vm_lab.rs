@@ -6,10 +6,12 @@
 //! One lab serves the whole scenario: each boot costs tens of seconds under TCG.
 mod common;
 
+use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::lab::unique_name;
+use common::pcap::Capture;
 use common::vmlab::{processes_naming, VmLab};
 use common::{mounts_under, wait_until};
 
@@ -155,10 +157,15 @@ fn workloads_ping_across_guests(lab: &VmLab) {
         "3",
         "10.77.0.10",
     ];
+    // The lab's L2 is capturable from the machine: the pings cross br0 as VXLAN.
+    let sentinel: SocketAddrV4 = "198.18.0.11:9".parse().unwrap();
+    let cap = Capture::start(&lab.netns(), "br0", sentinel);
     let out = lab.exec("h2", &argv);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cross-guest ping failed: {out:?}");
     assert!(text.contains("3 received"), "{text}");
+    let seen = cap.finish();
+    assert!(seen.vxlan_vnis().contains(&4096), "{:?}", seen.vxlan_vnis());
 }
 
 fn a_cut_link_isolates_until_restored(lab: &VmLab) {

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! The lab's L2 is bridge `br0` in [`VmLab::netns`] (198.18.0.1/24 on it): capture there to see
-//! exactly what the guests put on the wire. The first lab ever built on a machine also builds the
+//! exactly what the guests put on the wire, e.g.
+//! `pcap::Capture::start(&lab.netns(), "br0", "198.18.0.11:9".parse().unwrap())` (tested in
+//! tests/vm_lab.rs). The first lab ever built on a machine also builds the
 //! guest image (a few minutes; cached under /var/lib/rnet/lab/vm afterwards).
 
 use std::fs;
