@@ -37,7 +37,12 @@ readonly REQUIRED=(
     "docker.io:dockerd"             # a real Docker engine for the libnetwork driver tests and benchmark
     "busybox-static:-"              # the test images' only binary (no registry: podman/docker import)
     "vagrant:vagrant"               # the Vagrant lab test (docker provider)
-    "mmdebstrap:mmdebstrap"         # builds the Vagrant lab's Debian image (no registry)
+    # Debian images for the Vagrant lab (docker import) and the VM lab (rnet lab up --vm).
+    "mmdebstrap:mmdebstrap"
+    # The VM lab's guests.
+    "qemu-utils:qemu-img"
+    "qemu-system-x86:qemu-system-x86_64"
+    "e2fsprogs:mke2fs"
 )
 
 have_package() {

@@ -242,6 +242,10 @@ fn missing_labs_and_hosts_are_reported_clearly() {
     assert!(one_line_error(&out).contains("has no host h7"));
     let out = lab.exec("h1", &["no-such-command-xyz"]);
     assert_eq!(out.status.code(), Some(127));
+    // VM-lab-only exec flags are refused, not silently ignored.
+    let out = lab.rnet(&["exec", "--detach", "/tmp/x.log", "h1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(one_line_error(&out).contains("are for VM labs"));
     let err = one_line_error(&rnet_lab("bad/name", &["status"]));
     assert!(err.contains("invalid lab name"), "{err}");
 }

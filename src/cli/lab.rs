@@ -48,8 +48,11 @@ pub enum LabCommand {
     /// Stop or start the lab's etcd (same data dir).
     #[command(subcommand)]
     Etcd(EtcdCommand),
-    /// Cut (down) or restore (up) a host's underlay link at the switch.
+    /// Cut (down) or restore (up) a host's underlay link at the switch (VM lab: the guest's NIC).
     Link { host: String, state: LinkState },
+    /// The VM lab's in-guest agent (started by the guest's init; not for people).
+    #[command(hide = true)]
+    Agent,
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +78,18 @@ pub struct UpArgs {
     /// The store every rnetd uses.
     #[arg(long, default_value = config::DEFAULT_STORE)]
     pub store: String,
+    /// Hosts are QEMU guests (Debian 12 kernels) instead of namespaces; etcd runs on h1.
+    #[arg(long)]
+    pub vm: bool,
+    /// With --vm: the accelerator (auto: KVM when a probe guest runs on it, else TCG).
+    #[arg(long, value_enum, default_value_t = super::lab_vm::AccelArg::Auto, requires = "vm")]
+    pub accel: super::lab_vm::AccelArg,
+    /// With --vm: where guest images are built and cached.
+    #[arg(long, default_value = lab::vm::image::CACHE_ROOT, requires = "vm")]
+    pub image_dir: PathBuf,
+    /// With --vm: the directory of rnet binaries shared into the guests (default: beside this rnet).
+    #[arg(long, requires = "vm")]
+    pub bin_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +99,15 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+    /// VM lab: send this command's stdin (read to its end first) to the guest command.
+    #[arg(long)]
+    pub stdin: bool,
+    /// VM lab: start the command in the background, output appended to this guest file; prints its pid.
+    #[arg(long, value_name = "GUEST_LOG")]
+    pub detach: Option<String>,
+    /// VM lab: kill the command after this many seconds (exit status 124; default 600).
+    #[arg(long)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,7 +134,21 @@ pub fn run(cli: &Cli, args: &LabArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(&e, 1),
     };
+    if let LabCommand::Agent = &args.command {
+        let e = lab::vm::agent::run().expect_err("the agent returns only on failure");
+        return fail(&e, 1);
+    }
     if let LabCommand::Exec(a) = &args.command {
+        if lab::vm::is_vm(&paths) {
+            return super::lab_vm::exec(&paths, a);
+        }
+        if a.detach.is_some() || a.timeout.is_some() {
+            let e = LabError::Invalid(format!(
+                "--detach and --timeout are for VM labs; lab {} is a namespace lab (its commands run here: use your shell's `&` or timeout(1))",
+                paths.name()
+            ));
+            return fail(&e, lab::exec::EXIT_LAB_FAILED);
+        }
         let f = lab::exec::exec(&paths, &a.host, &a.command);
         return fail(&f.error, f.code);
     }
@@ -132,11 +170,21 @@ fn fail(e: &LabError, code: i32) -> i32 {
 }
 
 fn dispatch(fmt: Format, paths: &LabPaths, cmd: &LabCommand) -> Result<(), LabError> {
+    if let LabCommand::Up(a) = cmd {
+        if a.vm {
+            return super::lab_vm::up(fmt, paths, a);
+        }
+    }
+    if lab::vm::is_vm(paths) && !matches!(cmd, LabCommand::Down) {
+        return super::lab_vm::dispatch(fmt, paths, cmd);
+    }
     match cmd {
         LabCommand::Up(a) => up(fmt, paths, a),
         LabCommand::Down => down(fmt, paths),
         LabCommand::Status => status(fmt, paths),
-        LabCommand::Exec(_) => unreachable!("`lab exec` is handled before dispatch"),
+        LabCommand::Exec(_) | LabCommand::Agent => {
+            unreachable!("`lab exec` and `lab agent` are handled before dispatch")
+        }
         LabCommand::Stop { host, kill } => stop(paths, host, *kill),
         LabCommand::Start { host } => start(paths, host),
         LabCommand::Etcd(c) => etcd(paths, c),
@@ -145,7 +193,7 @@ fn dispatch(fmt: Format, paths: &LabPaths, cmd: &LabCommand) -> Result<(), LabEr
 }
 
 /// Progress goes to stdout with tables, to stderr when stdout carries JSON.
-fn progress(fmt: Format) -> impl FnMut(&str) {
+pub(super) fn progress(fmt: Format) -> impl FnMut(&str) {
     move |line| match fmt {
         Format::Table => println!("{line}"),
         Format::Json => eprintln!("{line}"),

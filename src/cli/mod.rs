@@ -3,6 +3,7 @@
 
 pub mod docs;
 pub mod lab;
+mod lab_vm;
 pub mod output;
 pub mod run;
 

@@ -1,7 +1,8 @@
 //! `rnet lab down`: remove everything a lab made, in an order that works on a half-built lab.
 //!
 //! It needs nothing but the lab directory (not even `lab.json`): the pid files under it name
-//! the processes, `/proc/self/mountinfo` names the mounts. Steps: stop every rnetd, then etcd
+//! the processes, `/proc/self/mountinfo` names the mounts. Steps: stop a VM lab's QEMUs
+//! (`vm::down`), every rnetd, then etcd
 //! (SIGTERM, wait with a deadline, then SIGKILL); unmount every mount point under the directory,
 //! deepest first (the lab's namespaces and the sandbox namespaces each rnetd made under its run
 //! dir), which lets the kernel destroy the namespaces and every link in them; remove the
@@ -39,6 +40,7 @@ pub fn down(paths: &LabPaths, progress: &mut dyn FnMut(&str)) -> Result<DownRepo
         existed: true,
         ..Default::default()
     };
+    let guests = super::vm::down::stop_guests(paths, &mut report, progress);
     let stopped = stop_stragglers(paths, &mut report, progress).and(stop_processes(
         paths,
         &mut report,
@@ -47,7 +49,7 @@ pub fn down(paths: &LabPaths, progress: &mut dyn FnMut(&str)) -> Result<DownRepo
     let unmounted = unmount_under(dir).map(|n| report.unmounted = n);
     progress(&format!("unmounted {} mount point(s)", report.unmounted));
     let removed = fs::remove_dir_all(dir).map_err(LabError::io("removing lab directory", dir));
-    stopped.and(unmounted).and(removed)?;
+    guests.and(stopped).and(unmounted).and(removed)?;
     progress(&format!("removed {}", dir.display()));
     Ok(report)
 }

@@ -28,6 +28,7 @@ mod net;
 mod process;
 pub mod status;
 pub mod up;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -57,6 +57,23 @@ pub(super) async fn plug_host(
     set_up(&h, UNDERLAY_IF, true).await
 }
 
+/// Make link `port` of the switch a port of the bridge, and up (a VM lab's QEMU creates its
+/// tap `port` in the switch namespace; this plugs it in).
+pub(super) async fn enslave(switch: &NetNs, port: &str) -> Result<(), LabError> {
+    let sw = connect(Some(switch))?;
+    let bridge = index_of(&sw, BRIDGE).await?;
+    let index = index_of(&sw, port).await?;
+    let msg = LinkUnspec::new_with_index(index)
+        .controller(bridge)
+        .up()
+        .build();
+    sw.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| netlink(format!("plugging {port} into {BRIDGE}"), e))
+}
+
 /// Wait until a plugged host's link passes packets (see the module doc).
 pub(super) async fn wait_plugged(switch: &NetNs, host: &NetNs, port: &str) -> Result<(), LabError> {
     let sw = connect(Some(switch))?;

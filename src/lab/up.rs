@@ -59,7 +59,7 @@ pub fn up(
 }
 
 /// Create the lab directory; its existence is what "the lab exists" means.
-fn claim_dir(paths: &LabPaths) -> Result<(), LabError> {
+pub(super) fn claim_dir(paths: &LabPaths) -> Result<(), LabError> {
     let dir = paths.dir();
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).map_err(LabError::io("creating", parent))?;

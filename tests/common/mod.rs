@@ -21,6 +21,7 @@ pub mod cni;
 pub mod docker;
 pub mod lab;
 pub mod pcap;
+pub mod vmlab;
 
 use std::fs;
 use std::io::Read;
