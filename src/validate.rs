@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 
 use crate::dataplane::spec;
 use crate::ipam::{MIN_MTU, MIN_PREFIX};
-use crate::model::{Endpoint, EndpointId, HostRecord, Invalid, Mac, Network, NetworkName, Vni};
+use crate::model::{
+    DnsName, Endpoint, EndpointId, HostRecord, Invalid, Mac, Network, NetworkName, Vni,
+};
 use crate::store::keys;
 
 /// The largest record value accepted; rnet writes a few hundred bytes per record.
@@ -306,6 +308,14 @@ pub fn check_endpoint(key_net: &str, key_ip: Ipv4Addr, ep: &Endpoint) -> Result<
     if ep.owner.as_ref().is_some_and(|o| o.len() > OWNER_MAX) {
         return Err(format!("owner is longer than {OWNER_MAX} bytes"));
     }
+    // Each name is checked as it is read (`DnsName`); only their number is left.
+    if ep.aliases.len() > DnsName::MAX_ALIASES {
+        return Err(format!(
+            "{} DNS aliases; at most {} are allowed",
+            ep.aliases.len(),
+            DnsName::MAX_ALIASES
+        ));
+    }
     if let Some(mtu) = ep.mtu {
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return Err(format!("MTU {mtu} is out of range {MIN_MTU}..={MAX_MTU}"));
@@ -461,6 +471,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 

@@ -101,6 +101,10 @@ struct Flags {
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the networks' DNS servers forward names that are not the network's: IP or
+    /// IP:PORT, repeatable. Default: the nameservers of /etc/resolv.conf as rnetd starts.
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = rnet::dns::resolv::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Write rnetd's man page (rnetd.1) into DIR and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
@@ -162,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         },
         limits: Default::default(),
         metrics_addr: flags.metrics_addr,
+        dns_upstream: flags.dns_upstream,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

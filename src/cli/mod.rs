@@ -166,6 +166,12 @@ pub struct AttachArgs {
     /// MAC address of the workload interface (unicast; default: derived from the address).
     #[arg(long)]
     pub mac: Option<String>,
+    /// DNS name the network's resolver answers for the workload (lowercase RFC 1123).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Another DNS name for it (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -342,6 +348,8 @@ async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Fail
         ip: a.ip.clone(),
         id: a.id.clone(),
         mac: a.mac.clone(),
+        name: a.name.clone(),
+        aliases: a.aliases.clone(),
         ..Default::default()
     };
     let ep: Endpoint = client.post("/v1/attach", &req).await?;
@@ -418,6 +426,16 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                 (None, Some(why)) => println!("WireGuard: unavailable ({why})"),
                 (None, None) => {}
             }
+            let dns = &s.dns;
+            println!(
+                "DNS: {} server(s), upstream {}; answered {}, forwarded {}, forward failed {}, dropped {} malformed",
+                dns.servers,
+                if dns.upstreams.is_empty() { "none".to_string() } else { dns.upstreams.join(" ") },
+                dns.answered,
+                dns.forwarded,
+                dns.forward_failed,
+                dns.malformed
+            );
             if s.bad_records > 0 {
                 println!(
                     "Invalid store records skipped: {} (`rnet doctor` names them)",
