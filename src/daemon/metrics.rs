@@ -359,6 +359,17 @@ mod tests {
     }
 
     #[test]
+    fn dns_counters_are_exported() {
+        let m = Metrics::new();
+        let before = crate::dns::stats().malformed.get();
+        crate::dns::stats().malformed.inc();
+        let text = m.render(&Sample::default());
+        let line = format!("rnet_dns_malformed_total {}", before + 1);
+        assert!(text.contains(&line), "{text}");
+        assert!(text.contains("rnet_dns_forwarded_total"), "{text}");
+    }
+
+    #[test]
     fn scrape_sets_state_gauges_and_counts_events() {
         let m = Metrics::new();
         m.attached(Duration::from_millis(20), true);
