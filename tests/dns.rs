@@ -466,3 +466,76 @@ fn cni_names_the_endpoint_after_the_pod_and_returns_the_networks_dns() {
         Duration::from_secs(2),
     );
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn docker_containers_get_their_names_and_aliases_and_resolve_rnet_names_through_dns_flag() {
+    use common::docker::{DockerPlugin, Dockerd};
+    let mut h = Host::new("dnsdk");
+    let docker = Dockerd::start(&h.netns_path());
+    let plugin = DockerPlugin::socket_dir();
+    let mut args = plugin.rnetd_args();
+    args.extend([
+        "--docker-socket".into(),
+        docker.socket().display().to_string(),
+    ]);
+    h.start_daemon_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    h.rnet_ok(&["create", "blue", "--subnet", "10.84.0.0/24"]);
+    let w = Workload::new("w");
+    let wep = h.rnet_json(&[
+        "attach",
+        "blue",
+        "--netns",
+        w.path().to_str().unwrap(),
+        "--name",
+        "rw",
+    ]);
+    let image = docker.busybox();
+    let d = plugin.name();
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        d,
+        "--ipam-driver",
+        d,
+        "--subnet",
+        "10.84.0.0/24",
+        "dnet",
+    ]);
+    let args = [
+        "run",
+        "-d",
+        "--name",
+        "Web",
+        "--network",
+        "dnet",
+        "--network-alias",
+        "www",
+    ];
+    docker.ok(&[&args[..], &[image, "sleep", "600"]].concat());
+    let cip = docker.container_ip("Web", "dnet");
+    // The engine is asked after the Join: the names land in the record a moment later.
+    let sock = udp_socket_in(&w.path(), "0.0.0.0:0");
+    let gw: Ipv4Addr = "10.84.0.1".parse().unwrap();
+    resolves_to(&sock, gw, "web.blue", &[&cip], Duration::from_secs(10));
+    resolves_to(&sock, gw, "www.blue", &[&cip], Duration::from_secs(1));
+    // A container pointed at the network's DNS (`--dns <gateway>`) finds rnet's names: Docker's
+    // embedded resolver forwards what it does not know there.
+    let out = docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dnet",
+        "--dns",
+        "10.84.0.1",
+        image,
+        "nslookup",
+        "rw.blue",
+    ]);
+    assert!(out.contains(&ip_of(&wep)), "{out}");
+    // The container goes: so does its name.
+    docker.ok(&["rm", "-f", "Web"]);
+    nxdomain_within(&sock, gw, "web.blue", Duration::from_secs(5));
+    docker.ok(&["network", "rm", "dnet"]);
+}

@@ -86,6 +86,14 @@ struct Flags {
         default_value = rnet::daemon::docker::DEFAULT_NAME
     )]
     docker_plugin_name: String,
+    /// The local Docker engine's API socket, asked for containers' names and aliases (DNS)
+    /// after a Join; `none`: Docker containers get no names.
+    #[arg(
+        long,
+        env = "RNET_DOCKER_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    docker_socket: String,
     /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
     #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
     wireguard_port: u16,
@@ -167,6 +175,8 @@ fn main() -> anyhow::Result<()> {
         limits: Default::default(),
         metrics_addr: flags.metrics_addr,
         dns_upstream: flags.dns_upstream,
+        docker_engine: (flags.docker_socket != "none" && !flags.docker_socket.is_empty())
+            .then(|| PathBuf::from(&flags.docker_socket)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -63,6 +63,8 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the networks' DNS servers forward other names (empty: /etc/resolv.conf's).
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The local Docker engine's API socket, for containers' DNS names (None: no names).
+    pub docker_engine: Option<PathBuf>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -197,7 +199,10 @@ async fn run_with_store<S: Store>(
         Some(p) => {
             let socket = p.socket();
             let listener = socket::bind(&socket, &access::Access::root_only()).await?;
-            let plugin = Arc::new(docker::Plugin::open(service.clone(), &cfg.state_dir));
+            let plugin = Arc::new(
+                docker::Plugin::open(service.clone(), &cfg.state_dir)
+                    .with_engine(cfg.docker_engine.clone()),
+            );
             tracing::info!(socket = %socket.display(), name = %p.name, "serving Docker's network and IPAM driver protocols");
             tokio::spawn(serve::serve(
                 listener,
