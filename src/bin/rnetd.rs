@@ -110,8 +110,14 @@ struct Flags {
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Where the networks' DNS servers forward names that are not the network's: IP or
-    /// IP:PORT, repeatable. Default: the nameservers of /etc/resolv.conf as rnetd starts.
-    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = rnet::dns::resolv::parse_upstream)]
+    /// IP:PORT, repeatable (comma-separated in the environment). Default: the nameservers of /etc/resolv.conf as rnetd starts.
+    #[arg(
+        long = "dns-upstream",
+        env = "RNET_DNS_UPSTREAM",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        value_parser = rnet::dns::resolv::parse_upstream
+    )]
     dns_upstream: Vec<std::net::SocketAddr>,
     /// Write rnetd's man page (rnetd.1) into DIR and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
