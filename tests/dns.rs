@@ -89,6 +89,14 @@ fn nxdomain_within(sock: &UdpSocket, server: Ipv4Addr, name: &str, within: Durat
     });
 }
 
+/// No answer at all from the server (it is down).
+fn no_answer(sock: &UdpSocket, server: Ipv4Addr) {
+    assert!(
+        ask(sock, server, "alpha", Duration::from_millis(300)).is_none(),
+        "the DNS server still answers with its daemon dead"
+    );
+}
+
 fn ip_of(ep: &Value) -> String {
     ep["ip"].as_str().unwrap().split('/').next().unwrap().into()
 }
@@ -372,6 +380,12 @@ fn garbage_is_dropped_and_counted_other_names_are_forwarded_and_bad_names_refuse
         .iter()
         .any(|n| n.starts_with("nobody")));
     assert_eq!(dns_status(&h)["forwarded"], 1);
+
+    // A daemon killed and started again serves the sandbox it finds (its sockets died with it).
+    h.kill_daemon(nix::sys::signal::Signal::SIGKILL);
+    no_answer(&sock, gw);
+    h.start_daemon_with(&["--dns-upstream", &up.addr.to_string()]);
+    resolves_to(&sock, gw, "alpha", &[&ip_of(&ep)], Duration::from_secs(5));
 
     // Bad names are refused with the reason, and nothing is allocated or built.
     let before = h
