@@ -666,6 +666,25 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoints_dns_names_are_checked() {
+        let key = keys::endpoint("blue", "10.9.0.5".parse().unwrap());
+        let mut e = ep("10.9.0.5");
+        e.name = Some("web".parse().unwrap());
+        e.aliases = (0..16).map(|i| format!("a{i}").parse().unwrap()).collect();
+        assert!(endpoint(&key, &json(&e), Some(&net())).is_ok());
+        e.aliases.push("one-more".parse().unwrap());
+        assert!(ep_err("10.9.0.5", &e).contains("17 DNS aliases; at most 16"));
+        // A name DNS cannot carry, written into the store by hand, does not even decode.
+        for bad in ["Web", "a..b", "x_y"] {
+            let raw = String::from_utf8(json(&ep("10.9.0.5")))
+                .unwrap()
+                .replace("\"created\"", &format!("\"name\":\"{bad}\",\"created\""));
+            let err = endpoint_alone(&key, raw.as_bytes()).unwrap_err();
+            assert!(err.reason.contains("undecodable"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn an_endpoint_host_ifname_netns_owner_and_mtu_are_checked() {
         let mut e = ep("10.9.0.5");
         e.host = "evil host".into();

@@ -61,6 +61,9 @@ pub struct Servers {
     directory: Arc<dyn Directory>,
     forwarder: Arc<Forwarder>,
     running: Mutex<HashMap<NetworkId, Running>>,
+    /// One start at a time: two callers starting one network's server would otherwise stop
+    /// each other's or fight over the port.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Servers {
@@ -69,6 +72,7 @@ impl Servers {
             directory,
             forwarder: Arc::new(Forwarder::new(upstreams)),
             running: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -80,6 +84,7 @@ impl Servers {
     /// gateway address must be up there). Nothing happens when it already runs in that very
     /// namespace.
     pub async fn ensure(&self, net: &Network, sandbox: &Path) -> Result<(), DnsError> {
+        let _one = self.starting.lock().await;
         let path = sandbox.to_path_buf();
         let ns = tokio::task::spawn_blocking(move || NetNs::open(&path))
             .await
