@@ -272,11 +272,19 @@ fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
 }
 
 fn endpoints_table(eps: &[Endpoint]) -> Table {
-    let mut t = Table::new(&["NETWORK", "ID", "IP", "MAC", "IFNAME", "HOST", "NETNS"]);
+    let mut t = Table::new(&[
+        "NETWORK", "ID", "NAMES", "IP", "MAC", "IFNAME", "HOST", "NETNS",
+    ]);
     for e in eps {
+        let names: Vec<&str> = e.dns_names().map(|n| n.as_str()).collect();
         t.row(vec![
             e.network.to_string(),
             e.id.to_string(),
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(",")
+            },
             e.ip.to_string(),
             e.mac.to_string(),
             e.ifname.to_string(),
