@@ -259,6 +259,8 @@ fn fake_endpoint(i: usize, network_id: &NetworkId) -> Endpoint {
         origin: Default::default(),
         owner: None,
         mtu: None,
+        name: None,
+        aliases: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod cni;
 pub mod daemon;
 pub mod dataplane;
+pub mod dns;
 pub mod error;
 pub mod icmp;
 pub mod ipam;

@@ -380,6 +380,104 @@ impl fmt::Display for EndpointId {
     }
 }
 
+/// A workload's DNS name (`rnet run --name`, CNI's pod name, Docker's container name):
+/// RFC 1123 labels of lowercase letters, digits and inner '-', each 1..=63 bytes, at most
+/// 253 in all, the last label not all digits (it would read as an address).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DnsName(String);
+
+impl DnsName {
+    pub const MAX_LEN: usize = 253;
+    pub const LABEL_MAX: usize = 63;
+    /// Aliases one endpoint may carry.
+    pub const MAX_ALIASES: usize = 16;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A runtime's name made a DNS name if it only differs in case (Docker allows
+    /// uppercase); None when it has characters DNS cannot carry.
+    pub fn lenient(s: &str) -> Option<DnsName> {
+        s.to_ascii_lowercase().parse().ok()
+    }
+}
+
+fn check_label(name: &str, label: &str) -> Result<(), Invalid> {
+    if label.is_empty() {
+        return invalid(format!("DNS name {name:?} has an empty label"));
+    }
+    if label.len() > DnsName::LABEL_MAX {
+        return invalid(format!(
+            "DNS name {name:?}: label {label:?} is {} bytes; at most {} are allowed",
+            label.len(),
+            DnsName::LABEL_MAX
+        ));
+    }
+    if let Some(bad) = label
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return invalid(format!(
+            "DNS name {name:?} contains {bad:?}; allowed are lowercase letters, digits and '-'"
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return invalid(format!(
+            "DNS name {name:?}: label {label:?} may not start or end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+impl FromStr for DnsName {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return invalid("DNS name is empty");
+        }
+        if s.len() > Self::MAX_LEN {
+            return invalid(format!(
+                "DNS name is {} bytes; at most {} are allowed",
+                s.len(),
+                Self::MAX_LEN
+            ));
+        }
+        for label in s.split('.') {
+            check_label(s, label)?;
+        }
+        if s.rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return invalid(format!(
+                "DNS name {s:?} ends in an all-digit label (it would read as an address)"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for DnsName {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        s.parse()
+    }
+}
+
+impl From<DnsName> for String {
+    fn from(n: DnsName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How a network's traffic between hosts is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -475,6 +573,18 @@ pub struct Endpoint {
     /// The workload interface's MTU when it was asked below the network's (None: the network's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The name the network's DNS answers for this endpoint (with its aliases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<DnsName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<DnsName>,
+}
+
+impl Endpoint {
+    /// Every DNS name of the endpoint: its name, then its aliases.
+    pub fn dns_names(&self) -> impl Iterator<Item = &DnsName> {
+        self.name.iter().chain(&self.aliases)
+    }
 }
 
 /// The front door an endpoint came through. Records written before this field existed were
@@ -602,5 +712,45 @@ mod tests {
         let s = serde_json::to_string(&n).unwrap();
         assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
         assert!(serde_json::from_str::<Network>(&s.replace("42", "0")).is_err());
+    }
+
+    #[test]
+    fn dns_name_rules() {
+        for ok in ["web", "web-1", "a.b.c", "x1", &"a".repeat(63)] {
+            assert!(ok.parse::<DnsName>().is_ok(), "{ok}");
+        }
+        let label64 = "a".repeat(64);
+        let long = ["abcdefghij"; 26].join("."); // 285 bytes
+        for (bad, says) in [
+            ("a..b", "empty label"),
+            ("", "empty"),
+            (".a", "empty label"),
+            ("a.", "empty label"),
+            (label64.as_str(), "at most 63"),
+            (long.as_str(), "at most 253"),
+            ("Web", "'W'"),
+            ("wéb", "'é'"),
+            ("a_b", "'_'"),
+            ("-a", "'-'"),
+            ("a-", "'-'"),
+            ("a b", "' '"),
+            ("10.0.0.1", "all-digit"),
+        ] {
+            let e = bad.parse::<DnsName>().unwrap_err().0;
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert_eq!(DnsName::lenient("My-Box").unwrap().as_str(), "my-box");
+        assert!(DnsName::lenient("my_box").is_none());
+    }
+
+    #[test]
+    fn an_endpoint_record_without_names_still_reads() {
+        let old = r#"{"network":"blue","network_id":"00000000000000aa","id":"e1","ip":"10.0.0.2/24",
+            "mac":"02:52:0a:00:00:02","host":"h1","ifname":"eth0","netns":"/x","host_ifname":"ve0a000002","created":1}"#;
+        let ep: Endpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(ep.name, None);
+        assert!(ep.aliases.is_empty());
+        let named = old.replace(r#""created":1"#, r#""created":1,"name":"Web""#);
+        assert!(serde_json::from_str::<Endpoint>(&named).is_err());
     }
 }

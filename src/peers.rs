@@ -183,6 +183,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 

@@ -393,6 +393,8 @@ mod tests {
                     origin: Default::default(),
                     owner: None,
                     mtu: None,
+                    name: None,
+                    aliases: Vec::new(),
                 };
                 let spec = EndpointSpec::for_endpoint(&net, &ep);
                 (ep, spec)

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 
 use crate::dataplane::spec;
 use crate::ipam::{MIN_MTU, MIN_PREFIX};
-use crate::model::{Endpoint, EndpointId, HostRecord, Invalid, Mac, Network, NetworkName, Vni};
+use crate::model::{
+    DnsName, Endpoint, EndpointId, HostRecord, Invalid, Mac, Network, NetworkName, Vni,
+};
 use crate::store::keys;
 
 /// The largest record value accepted; rnet writes a few hundred bytes per record.
@@ -306,6 +308,14 @@ pub fn check_endpoint(key_net: &str, key_ip: Ipv4Addr, ep: &Endpoint) -> Result<
     if ep.owner.as_ref().is_some_and(|o| o.len() > OWNER_MAX) {
         return Err(format!("owner is longer than {OWNER_MAX} bytes"));
     }
+    // Each name is checked as it is read (`DnsName`); only their number is left.
+    if ep.aliases.len() > DnsName::MAX_ALIASES {
+        return Err(format!(
+            "{} DNS aliases; at most {} are allowed",
+            ep.aliases.len(),
+            DnsName::MAX_ALIASES
+        ));
+    }
     if let Some(mtu) = ep.mtu {
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return Err(format!("MTU {mtu} is out of range {MIN_MTU}..={MAX_MTU}"));
@@ -461,6 +471,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 
@@ -651,6 +663,25 @@ mod tests {
         assert!(ep_err("10.9.0.5", &e).contains("multicast"));
         e.mac = Mac([0; 6]);
         assert!(ep_err("10.9.0.5", &e).contains("all zeros"));
+    }
+
+    #[test]
+    fn an_endpoints_dns_names_are_checked() {
+        let key = keys::endpoint("blue", "10.9.0.5".parse().unwrap());
+        let mut e = ep("10.9.0.5");
+        e.name = Some("web".parse().unwrap());
+        e.aliases = (0..16).map(|i| format!("a{i}").parse().unwrap()).collect();
+        assert!(endpoint(&key, &json(&e), Some(&net())).is_ok());
+        e.aliases.push("one-more".parse().unwrap());
+        assert!(ep_err("10.9.0.5", &e).contains("17 DNS aliases; at most 16"));
+        // A name DNS cannot carry, written into the store by hand, does not even decode.
+        for bad in ["Web", "a..b", "x_y"] {
+            let raw = String::from_utf8(json(&ep("10.9.0.5")))
+                .unwrap()
+                .replace("\"created\"", &format!("\"name\":\"{bad}\",\"created\""));
+            let err = endpoint_alone(&key, raw.as_bytes()).unwrap_err();
+            assert!(err.reason.contains("undecodable"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -35,6 +35,23 @@ pub struct Status {
     pub bad_records: usize,
     #[serde(default)]
     pub wireguard: WireguardStatus,
+    #[serde(default)]
+    pub dns: DnsStatus,
+}
+
+/// The networks' DNS servers on this host in `GET /v1/status` (counters since the start).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// Networks whose server runs here.
+    pub servers: usize,
+    /// Where other names are forwarded.
+    pub upstreams: Vec<String>,
+    pub answered: u64,
+    pub forwarded: u64,
+    /// Forwards no upstream answered (answered SERVFAIL).
+    pub forward_failed: u64,
+    /// Queries dropped unanswered as malformed.
+    pub malformed: u64,
 }
 
 /// This host's WireGuard tunnel in `GET /v1/status`.
@@ -106,6 +123,12 @@ pub struct AttachRequest {
     /// Who within that front door (for CNI: the network configuration's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The DNS name the network's resolver answers for the workload (RFC 1123, lowercase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More DNS names for it (at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// `POST /v1/detach`: disconnect endpoints, chosen by id or by namespace.

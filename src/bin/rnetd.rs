@@ -86,6 +86,14 @@ struct Flags {
         default_value = rnet::daemon::docker::DEFAULT_NAME
     )]
     docker_plugin_name: String,
+    /// The local Docker engine's API socket, asked for containers' names and aliases (DNS)
+    /// after a Join; `none`: Docker containers get no names.
+    #[arg(
+        long,
+        env = "RNET_DOCKER_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    docker_socket: String,
     /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
     #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
     wireguard_port: u16,
@@ -101,6 +109,16 @@ struct Flags {
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the networks' DNS servers forward names that are not the network's: IP or
+    /// IP:PORT, repeatable (comma-separated in the environment). Default: the nameservers of /etc/resolv.conf as rnetd starts.
+    #[arg(
+        long = "dns-upstream",
+        env = "RNET_DNS_UPSTREAM",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        value_parser = rnet::dns::resolv::parse_upstream
+    )]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Write rnetd's man page (rnetd.1) into DIR and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
@@ -162,6 +180,9 @@ fn main() -> anyhow::Result<()> {
         },
         limits: Default::default(),
         metrics_addr: flags.metrics_addr,
+        dns_upstream: flags.dns_upstream,
+        docker_engine: (flags.docker_socket != "none" && !flags.docker_socket.is_empty())
+            .then(|| PathBuf::from(&flags.docker_socket)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

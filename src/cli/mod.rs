@@ -167,6 +167,12 @@ pub struct AttachArgs {
     /// MAC address of the workload interface (unicast; default: derived from the address).
     #[arg(long)]
     pub mac: Option<String>,
+    /// DNS name the network's resolver answers for the workload (lowercase RFC 1123).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Another DNS name for it (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -267,11 +273,19 @@ fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
 }
 
 fn endpoints_table(eps: &[Endpoint]) -> Table {
-    let mut t = Table::new(&["NETWORK", "ID", "IP", "MAC", "IFNAME", "HOST", "NETNS"]);
+    let mut t = Table::new(&[
+        "NETWORK", "ID", "NAMES", "IP", "MAC", "IFNAME", "HOST", "NETNS",
+    ]);
     for e in eps {
+        let names: Vec<&str> = e.dns_names().map(|n| n.as_str()).collect();
         t.row(vec![
             e.network.to_string(),
             e.id.to_string(),
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(",")
+            },
             e.ip.to_string(),
             e.mac.to_string(),
             e.ifname.to_string(),
@@ -343,6 +357,8 @@ async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Fail
         ip: a.ip.clone(),
         id: a.id.clone(),
         mac: a.mac.clone(),
+        name: a.name.clone(),
+        aliases: a.aliases.clone(),
         ..Default::default()
     };
     let ep: Endpoint = client.post("/v1/attach", &req).await?;
@@ -419,6 +435,16 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                 (None, Some(why)) => println!("WireGuard: unavailable ({why})"),
                 (None, None) => {}
             }
+            let dns = &s.dns;
+            println!(
+                "DNS: {} server(s), upstream {}; answered {}, forwarded {}, forward failed {}, dropped {} malformed",
+                dns.servers,
+                if dns.upstreams.is_empty() { "none".to_string() } else { dns.upstreams.join(" ") },
+                dns.answered,
+                dns.forwarded,
+                dns.forward_failed,
+                dns.malformed
+            );
             if s.bad_records > 0 {
                 println!(
                     "Invalid store records skipped: {} (`rnet doctor` names them)",

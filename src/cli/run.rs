@@ -35,9 +35,16 @@ pub struct RunArgs {
     /// Address to take (default: the lowest free one).
     #[arg(long)]
     pub ip: Option<String>,
-    /// Endpoint id (default: generated).
+    /// The workload's DNS name on the network (lowercase RFC 1123); also the endpoint id
+    /// unless --id is given.
     #[arg(long)]
     pub name: Option<String>,
+    /// Another DNS name for the workload (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Endpoint id (default: the name, else generated).
+    #[arg(long)]
+    pub id: Option<String>,
     /// Interface name inside the workload.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
@@ -129,10 +136,89 @@ fn child(hostname: Option<&str>, argv: &[CString], ready: OwnedFd, go: OwnedFd) 
         // The parent could not attach (it said so) or died: do not run the workload unconnected.
         _ => std::process::exit(EXIT_RNET_FAILED),
     }
+    let mut resolv = Vec::new();
+    let mut chunk = [0u8; 512];
+    while let Ok(n @ 1..) = read(&go, &mut chunk) {
+        resolv.extend_from_slice(&chunk[..n]);
+    }
     drop(go);
+    if !resolv.is_empty() {
+        if let Err(e) = install_resolv_conf(&resolv) {
+            eprintln!("rnet: warning: the workload keeps the host's resolv.conf: {e}");
+        }
+    }
     let err = execvp(&argv[0], argv).unwrap_err();
     eprintln!("rnet: error: cannot run {:?}: {err}", argv[0]);
     std::process::exit(EXIT_CANNOT_EXEC);
+}
+
+/// Put `content` over /etc/resolv.conf in the workload's own mount namespace (private since
+/// `setup`, so the host's file is never touched): written into a tmpfs mounted over /tmp
+/// for the moment, bind-mounted from there, and the tmpfs detached again (the bind mount
+/// keeps it), so no file of it is ever visible outside the workload.
+fn install_resolv_conf(content: &[u8]) -> Result<(), String> {
+    use nix::mount::{umount2, MntFlags};
+    let staging = "/tmp";
+    mount(
+        Some("tmpfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=64k,mode=0755"),
+    )
+    .map_err(|e| format!("mounting a tmpfs on {staging}: {e}"))?;
+    let file = format!("{staging}/resolv.conf");
+    let bound = std::fs::write(&file, content)
+        .map_err(|e| format!("writing {file}: {e}"))
+        .and_then(|()| {
+            mount(
+                Some(file.as_str()),
+                "/etc/resolv.conf",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind-mounting over /etc/resolv.conf: {e}"))
+        });
+    let _ = umount2(staging, MntFlags::MNT_DETACH);
+    bound
+}
+
+/// The workload's resolv.conf: the network's DNS at its gateway, names searched in the
+/// network's zone. Empty (the host's stays) when the network cannot be read.
+async fn resolv_conf(client: &Client, network: &str) -> String {
+    match client
+        .get::<crate::api::types::NetworkDetail>(&format!(
+            "/v1/networks/{}",
+            super::path_segment(network)
+        ))
+        .await
+    {
+        Ok(detail) => resolv_conf_text(&detail.network),
+        Err(e) => {
+            eprintln!(
+                "rnet: warning: reading network {network} for the workload's resolv.conf: {e}"
+            );
+            String::new()
+        }
+    }
+}
+
+/// Pure: the resolv.conf text for a workload on `net`.
+pub fn resolv_conf_text(net: &crate::model::Network) -> String {
+    format!(
+        "# written by rnet run: network {name}'s DNS (its names, others forwarded)\nnameserver {gw}\nsearch {name}\n",
+        name = net.name,
+        gw = net.gateway
+    )
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> nix::Result<()> {
+    while !bytes.is_empty() {
+        let n = write(fd, bytes)?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 fn parent(cli: &Cli, args: &RunArgs, child: Pid, ready: OwnedFd, go: OwnedFd) -> i32 {
@@ -163,8 +249,10 @@ async fn supervise(cli: &Cli, args: &RunArgs, child: Pid, go: OwnedFd) -> i32 {
         pid: Some(child.as_raw() as u32),
         ifname: Some(args.ifname.clone()),
         ip: args.ip.clone(),
-        id: args.name.clone(),
+        id: args.id.clone().or_else(|| args.name.clone()),
         origin: Some(crate::model::Origin::Run),
+        name: args.name.clone(),
+        aliases: args.aliases.clone(),
         ..Default::default()
     };
     let ep: Endpoint = match client.post("/v1/attach", &req).await {
@@ -178,7 +266,10 @@ async fn supervise(cli: &Cli, args: &RunArgs, child: Pid, go: OwnedFd) -> i32 {
     if cli.output == Format::Json {
         eprintln!("{}", serde_json::to_string(&ep).unwrap_or_default());
     }
+    // The go-ahead, then the workload's resolv.conf (the child reads it up to EOF).
+    let resolv = resolv_conf(&client, &args.network).await;
     let _ = write(&go, b"g");
+    let _ = write_all(&go, resolv.as_bytes());
     drop(go);
     let status = wait_forwarding_signals(child).await;
     let detach = DetachRequest {

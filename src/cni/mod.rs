@@ -25,7 +25,7 @@ use crate::api::types::{
     CniGcResponse, CniStatus,
 };
 use crate::api::{Client, ClientError, DEFAULT_SOCKET};
-use crate::model::{IfName, Mac, NetworkName, Origin};
+use crate::model::{DnsName, IfName, Mac, NetworkName, Origin};
 use spec::{code, Attached, CniError, NetConf, Version};
 
 /// How long the plugin waits for rnetd before answering "try again later".
@@ -355,6 +355,7 @@ fn add(req: &Request) -> Result<Value, CniError> {
         mtu: req.conf.mtu,
         origin: Some(Origin::Cni),
         owner: Some(req.conf.name.clone()),
+        name: dns_name(req, container_id)?.map(|n| n.to_string()),
         ..Default::default()
     };
     let done: CniAttachment = req
@@ -370,12 +371,35 @@ fn add(req: &Request) -> Result<Value, CniError> {
         gateway: done.network.gateway.to_string(),
         mtu: ep.mtu.unwrap_or(done.network.mtu),
     };
+    // The network's DNS unless the configuration names its own (a prevResult's wins over both).
+    let dns = req.conf.dns.clone().unwrap_or_else(|| {
+        serde_json::json!({
+            "nameservers": [done.network.gateway.to_string()],
+            "search": [done.network.name.to_string()],
+        })
+    });
     Ok(spec::add_result(
         req.version,
         req.conf.prev_result.as_ref(),
         &attached,
-        req.conf.dns.as_ref(),
+        Some(&dns),
     ))
+}
+
+/// The workload's DNS name: Kubernetes' pod name (CNI_ARGS K8S_POD_NAME), else the container
+/// id (its first 12 characters, as Docker shortens it, when the whole is longer than a DNS
+/// label). A runtime's name DNS cannot carry gives no name rather than a failed ADD.
+fn dns_name(req: &Request, container_id: &str) -> Result<Option<DnsName>, CniError> {
+    let args = spec::parse_cni_args(req.var("CNI_ARGS").unwrap_or(""))?;
+    let pod = args
+        .iter()
+        .find(|(k, _)| k == "K8S_POD_NAME")
+        .map(|(_, v)| v.as_str());
+    let short = container_id.get(..12).unwrap_or(container_id);
+    Ok(pod
+        .and_then(DnsName::lenient)
+        .or_else(|| DnsName::lenient(container_id))
+        .or_else(|| DnsName::lenient(short)))
 }
 
 fn del(req: &Request) -> Result<(), CniError> {

@@ -43,6 +43,8 @@ use crate::libnetwork::translate::{self, Choice, PoolRef};
 use crate::model::{fnv1a, Endpoint, EndpointId, Network};
 use crate::store::Store;
 
+mod names;
+
 /// The longest a Docker call waits for the store (and the kernel) before it is answered.
 pub const DEADLINE: Duration = Duration::from_secs(2);
 /// The plugin name Docker knows rnet by (`-d rnet --ipam-driver rnet`).
@@ -95,6 +97,8 @@ pub struct Plugin<S: Store> {
     /// a restart the store's id index finds them again).
     endpoints: Mutex<HashMap<String, Versioned>>,
     deadline: Duration,
+    /// The local Docker engine's API socket, asked for containers' names after a Join.
+    engine: Option<PathBuf>,
 }
 
 impl<S: Store> Plugin<S> {
@@ -123,7 +127,14 @@ impl<S: Store> Plugin<S> {
             state_path,
             endpoints: Mutex::new(HashMap::new()),
             deadline: DEADLINE,
+            engine: None,
         }
+    }
+
+    /// Name Docker's containers (DNS) from the engine's API at `socket` (None: not at all).
+    pub fn with_engine(mut self, socket: Option<PathBuf>) -> Self {
+        self.engine = socket;
+        self
     }
 
     /// Change the local state and write it out.
@@ -388,6 +399,8 @@ impl<S: Store> Plugin<S> {
         });
         let (net, joined) = self.bounded("Join", op, Some(undo)).await?;
         self.remember(&req.endpoint_id, Some(joined));
+        self.clone()
+            .name_from_engine(req.network_id.clone(), req.endpoint_id.clone());
         Ok(translate::join_response(&net, &peer))
     }
 

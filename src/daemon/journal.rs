@@ -113,6 +113,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 

@@ -110,6 +110,27 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
+        let dns = crate::dns::stats();
+        r.register(
+            "rnet_dns_malformed",
+            "DNS queries dropped unanswered as malformed",
+            dns.malformed.clone(),
+        );
+        r.register(
+            "rnet_dns_answered",
+            "DNS queries answered from the networks' names",
+            dns.answered.clone(),
+        );
+        r.register(
+            "rnet_dns_forwarded",
+            "DNS queries answered by an upstream resolver",
+            dns.forwarded.clone(),
+        );
+        r.register(
+            "rnet_dns_forward_failed",
+            "DNS queries no upstream answered (answered SERVFAIL)",
+            dns.forward_failed.clone(),
+        );
         r.register(
             "rnet_attach_duration_seconds",
             "Time an attach (API, CNI ADD) took, successful or not",
@@ -335,6 +356,17 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn dns_counters_are_exported() {
+        let m = Metrics::new();
+        let before = crate::dns::stats().malformed.get();
+        crate::dns::stats().malformed.inc();
+        let text = m.render(&Sample::default());
+        let line = format!("rnet_dns_malformed_total {}", before + 1);
+        assert!(text.contains(&line), "{text}");
+        assert!(text.contains("rnet_dns_forwarded_total"), "{text}");
     }
 
     #[test]

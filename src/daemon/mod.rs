@@ -61,6 +61,10 @@ pub struct DaemonConfig {
     pub limits: serve::Limits,
     /// Serve Prometheus metrics over plain HTTP on this TCP address (None: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the networks' DNS servers forward other names (empty: /etc/resolv.conf's).
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The local Docker engine's API socket, for containers' DNS names (None: no names).
+    pub docker_engine: Option<PathBuf>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -167,23 +171,38 @@ async fn run_with_store<S: Store>(
         store_name: cfg.store.clone(),
     };
     let liveness = Arc::new(liveness::Liveness::new(cfg.probe_window));
-    let service = Arc::new(Service::new(
-        store.clone(),
-        dp,
-        host,
-        shared.clone(),
-        liveness.clone(),
-        service::Tunnel {
-            wireguard,
-            record: record_tx,
-        },
-    ));
+    let upstreams = match cfg.dns_upstream.is_empty() {
+        true => crate::dns::resolv::host_nameservers(Path::new("/etc/resolv.conf")),
+        false => cfg.dns_upstream.clone(),
+    };
+    tracing::info!(
+        ?upstreams,
+        "DNS: other names are forwarded to these resolvers"
+    );
+    let dns = Arc::new(crate::dns::Servers::new(shared.clone(), upstreams));
+    let service = Arc::new(
+        Service::new(
+            store.clone(),
+            dp,
+            host,
+            shared.clone(),
+            liveness.clone(),
+            service::Tunnel {
+                wireguard,
+                record: record_tx,
+            },
+        )
+        .with_dns(dns),
+    );
     // Docker waits for its plugins: answer on the plugin socket before anything slow.
     let plugin_socket = match &cfg.docker_plugin {
         Some(p) => {
             let socket = p.socket();
             let listener = socket::bind(&socket, &access::Access::root_only()).await?;
-            let plugin = Arc::new(docker::Plugin::open(service.clone(), &cfg.state_dir));
+            let plugin = Arc::new(
+                docker::Plugin::open(service.clone(), &cfg.state_dir)
+                    .with_engine(cfg.docker_engine.clone()),
+            );
             tracing::info!(socket = %socket.display(), name = %p.name, "serving Docker's network and IPAM driver protocols");
             tokio::spawn(serve::serve(
                 listener,

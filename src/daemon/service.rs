@@ -28,7 +28,7 @@ use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{
-    fnv1a, Encryption, Endpoint, EndpointId, IfName, Mac, Network, NetworkId, NetworkName,
+    fnv1a, DnsName, Encryption, Endpoint, EndpointId, IfName, Mac, Network, NetworkId, NetworkName,
 };
 use crate::netns::{self, NetNs, Opener};
 use crate::peers::{self, PeerState, Tables};
@@ -37,6 +37,7 @@ use crate::store::{keys, Compare, KeyValue, Revision, Store, TxnOp};
 use crate::validate::{self, Rejected};
 
 mod cni;
+mod dns;
 mod docker;
 mod tunnel;
 pub use docker::Versioned;
@@ -81,6 +82,8 @@ pub struct Service<S: Store> {
     /// Invalid records this process warned about (key -> revision) that the watched cache
     /// did not list yet, so a listing repeated every second logs each once.
     warned: Mutex<HashMap<String, Revision>>,
+    /// The DNS servers of this host's sandboxes (None: no DNS, as in unit tests).
+    dns: Option<std::sync::Arc<crate::dns::Servers>>,
 }
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
@@ -140,7 +143,14 @@ impl<S: Store> Service<S> {
             tunnel,
             tunnel_problems: Mutex::new(Default::default()),
             warned: Mutex::new(HashMap::new()),
+            dns: None,
         }
+    }
+
+    /// Serve DNS in this host's sandboxes with `servers`.
+    pub fn with_dns(mut self, servers: std::sync::Arc<crate::dns::Servers>) -> Self {
+        self.dns = Some(servers);
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -300,6 +310,7 @@ impl<S: Store> Service<S> {
             last_reconcile_at: at,
             bad_records,
             wireguard: self.wireguard_status(),
+            dns: self.dns_status(),
         })
     }
 
@@ -434,6 +445,7 @@ impl<S: Store> Service<S> {
         self.ensured.lock().expect("poisoned").remove(&net.id);
         self.programmed.lock().await.remove(&net.id);
         self.journal.forget_network(&net.id);
+        self.stop_dns(&net.id).await;
         self.dp
             .remove_sandbox(&self.sandbox_spec(&net).netns)
             .await?;
@@ -462,6 +474,7 @@ impl<S: Store> Service<S> {
         if req.owner.as_ref().is_some_and(|o| o.len() > 128) {
             return Err(Error::Invalid("owner is longer than 128 characters".into()));
         }
+        let (name, aliases) = dns_names(req)?;
         let opener = Opener::for_uid(caller.uid);
         let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid, opener).await?;
         access::check_may_attach(&workload, caller)?;
@@ -493,6 +506,8 @@ impl<S: Store> Service<S> {
             origin: req.origin.unwrap_or_default(),
             owner: req.owner.clone(),
             mtu: req.mtu.filter(|m| *m != net.mtu),
+            name,
+            aliases,
         };
         let held = self
             .allocate(&net, template, requested_ip, Some(net_rev))
@@ -547,6 +562,7 @@ impl<S: Store> Service<S> {
             .lock()
             .expect("poisoned")
             .insert(id.clone(), net.encryption);
+        self.start_dns(net).await;
         if let Err(e) = self.peer_pass(false, true, Some(net)).await {
             tracing::warn!(network = %net.name, error = %e, "programming a new sandbox's peers failed; the next pass retries");
         }
@@ -589,6 +605,7 @@ impl<S: Store> Service<S> {
                 self.ensured.lock().expect("poisoned").remove(&id);
                 self.programmed.lock().await.remove(&id);
                 self.journal.forget_network(&id);
+                self.stop_dns(&id).await;
                 self.dp.remove_sandbox(&path).await?;
             }
         }
@@ -924,6 +941,7 @@ impl<S: Store> Service<S> {
                 }
             }
             self.sweep_journal(&present);
+            self.sync_dns(&networks).await;
         }
         Ok(findings)
     }
@@ -1172,7 +1190,10 @@ impl<S: Store> Service<S> {
             }
             // Peer tables are programmed by the peer pass that follows.
             Repair::SyncPeers { .. } => return Ok(false),
-            Repair::RemoveSandbox { path } => self.dp.remove_sandbox(path).await?,
+            Repair::RemoveSandbox { path } => {
+                self.stop_dns_of(path).await;
+                self.dp.remove_sandbox(path).await?
+            }
             Repair::RemoveVeth {
                 sandbox,
                 host_ifname,
@@ -1225,6 +1246,24 @@ impl<S: Store> Service<S> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The DNS name and aliases a request asks for, checked (nothing is allocated for a bad one).
+fn dns_names(req: &AttachRequest) -> Result<(Option<DnsName>, Vec<DnsName>)> {
+    let name = req.name.as_deref().map(str::parse::<DnsName>).transpose()?;
+    if req.aliases.len() > DnsName::MAX_ALIASES {
+        return Err(Error::Invalid(format!(
+            "{} aliases given; at most {} are allowed",
+            req.aliases.len(),
+            DnsName::MAX_ALIASES
+        )));
+    }
+    let aliases = req
+        .aliases
+        .iter()
+        .map(|a| a.parse::<DnsName>())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((name, aliases))
 }
 
 /// Open the workload's namespace from a path or a PID (exactly one), off the runtime's
@@ -1312,6 +1351,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 

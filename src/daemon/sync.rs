@@ -274,6 +274,14 @@ impl Shared {
     }
 }
 
+/// The DNS servers answer from the cache: every host's endpoints, as current as the watch.
+impl crate::dns::Directory for Shared {
+    fn addresses(&self, network: &str, name: &str) -> Vec<std::net::Ipv4Addr> {
+        let cache = self.cache.read().expect("cache poisoned");
+        crate::dns::named(cache.endpoints_of(network), name)
+    }
+}
+
 /// Watches lost in a row, without an event between, before the cache lists the store again.
 const RELIST_AFTER_LOST: u32 = 3;
 
@@ -497,6 +505,8 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 
@@ -688,6 +698,8 @@ mod tests {
                 origin: Default::default(),
                 owner: None,
                 mtu: None,
+                name: None,
+                aliases: Vec::new(),
             };
             kv(keys::endpoint(net, ip), serde_json::to_vec(&e).unwrap())
         };

@@ -791,6 +791,8 @@ mod tests {
             origin: crate::model::Origin::Docker,
             owner: None,
             mtu: None,
+            name: None,
+            aliases: Vec::new(),
         }
     }
 

@@ -38,7 +38,7 @@ const CALL: Duration = Duration::from_secs(120);
 /// Applets linked into the image.
 const APPLETS: &[&str] = &[
     "sh", "ash", "ping", "ip", "sleep", "true", "false", "cat", "echo", "ls", "ifconfig", "route",
-    "hostname", "wget", "nc", "seq", "test", "grep",
+    "hostname", "wget", "nc", "seq", "test", "grep", "nslookup",
 ];
 
 static NAMES: AtomicU32 = AtomicU32::new(0);
