@@ -23,6 +23,7 @@ pub mod dataplane;
 pub mod error;
 pub mod icmp;
 pub mod ipam;
+pub mod ipsec;
 pub mod lab;
 pub mod libnetwork;
 pub mod model;

@@ -35,6 +35,9 @@ pub struct Status {
     pub bad_records: usize,
     #[serde(default)]
     pub wireguard: WireguardStatus,
+    /// IPsec mode on this host: its AEAD and epoch, or why it cannot run.
+    #[serde(default)]
+    pub ipsec: crate::ipsec::IpsecStatus,
 }
 
 /// This host's WireGuard tunnel in `GET /v1/status`.
@@ -173,6 +176,9 @@ pub struct PeerInfo {
     /// The WireGuard tunnel to it (None: this host runs no tunnel, or it is this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::wireguard::TunnelStatus>,
+    /// The IPsec SAs with it (None: no IPsec on this host, or it is this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<crate::ipsec::plan::PeerIpsec>,
 }
 
 /// `POST /v1/peers/{host}/trust`: what the host is now pinned to.

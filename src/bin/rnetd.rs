@@ -97,6 +97,14 @@ struct Flags {
         value_name = "SECS"
     )]
     wireguard_rotate_every: u64,
+    /// Start a new IPsec epoch (new SA keys, make-before-break) every SECS seconds.
+    #[arg(
+        long,
+        env = "RNET_IPSEC_ROTATE_EVERY",
+        default_value_t = rnet::ipsec::DEFAULT_ROTATE_EVERY,
+        value_name = "SECS"
+    )]
+    ipsec_rotate_every: u64,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
@@ -151,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         wireguard_port: flags.wireguard_port,
         wireguard_rotate_every: (flags.wireguard_rotate_every > 0)
             .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
+        ipsec_rotate_every: Duration::from_secs(flags.ipsec_rotate_every),
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

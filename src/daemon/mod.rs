@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub wireguard_port: u16,
     /// Rotate the WireGuard key this often (None: only when asked).
     pub wireguard_rotate_every: Option<Duration>,
+    /// Start a new IPsec sending epoch (new SA keys) this often.
+    pub ipsec_rotate_every: Duration,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
     /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
@@ -151,6 +153,7 @@ async fn run_with_store<S: Store>(
         underlay: Some(address),
     }));
     let wireguard = start_wireguard(&cfg, &dp, address, underlay.mtu, shared.clone()).await;
+    let ipsec = start_ipsec(&cfg, &wireguard).await;
     let record = HostRecord {
         id: cfg.host_id.clone(),
         underlay: address,
@@ -158,6 +161,7 @@ async fn run_with_store<S: Store>(
         started: now_secs(),
         renewed: now_secs(),
         wireguard: wireguard.as_ref().ok().map(|w| w.info()),
+        ipsec: ipsec.as_ref().ok().map(|i| i.info()),
     };
     let (record_tx, record_rx) = tokio::sync::watch::channel(record);
     let host = HostConfig {
@@ -176,6 +180,7 @@ async fn run_with_store<S: Store>(
         service::Tunnel {
             wireguard,
             record: record_tx,
+            ipsec,
         },
     ));
     // Docker waits for its plugins: answer on the plugin socket before anything slow.
@@ -517,7 +522,12 @@ async fn program_peers<S: Store>(
         }
         let full = last_full.elapsed() >= resync;
         service.sync_tunnels();
-        let reachable = (service.reachable(), service.tunnels_up());
+        service.sync_ipsec().await;
+        let reachable = (
+            service.reachable(),
+            service.tunnels_up(),
+            service.ipsec_ready(),
+        );
         if !dirty && !full && last_reachable.as_ref() == Some(&reachable) {
             continue;
         }
@@ -532,6 +542,32 @@ async fn program_peers<S: Store>(
             Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
         }
     }
+}
+
+/// Probe the kernel for ESP and start IPsec mode. Where it cannot run (no ESP, no host key)
+/// the daemon still serves everything else, and IPsec networks are refused with the reason.
+async fn start_ipsec(
+    cfg: &DaemonConfig,
+    wireguard: &std::result::Result<WireGuard, String>,
+) -> std::result::Result<Arc<crate::ipsec::Ipsec>, String> {
+    if let Err(why) = wireguard {
+        // IPsec keys come from the WireGuard host key, checked against the same pins.
+        return Err(format!(
+            "IPsec mode needs this host's X25519 key and pinned peers, which failed to load: {why}"
+        ));
+    }
+    let every = cfg.ipsec_rotate_every.as_secs();
+    let started =
+        tokio::task::spawn_blocking(move || crate::ipsec::Ipsec::start(every, now_secs()))
+            .await
+            .unwrap_or_else(|e| Err(format!("the ESP probe failed: {e}")));
+    match &started {
+        Ok(i) => {
+            tracing::info!(aead = %i.info().aead, epoch = i.info().epoch, "IPsec mode available")
+        }
+        Err(why) => tracing::warn!("IPsec mode unavailable: {why}"),
+    }
+    started.map(Arc::new)
 }
 
 /// `--wireguard-rotate-every`: a new host key on a schedule.
@@ -566,6 +602,7 @@ mod tests {
             started: 1,
             renewed: 1,
             wireguard: None,
+            ipsec: None,
         }
     }
 

@@ -38,6 +38,7 @@ use crate::validate::{self, Rejected};
 
 mod cni;
 mod docker;
+mod ipsec;
 mod tunnel;
 pub use docker::Versioned;
 pub use tunnel::Tunnel;
@@ -300,6 +301,7 @@ impl<S: Store> Service<S> {
             last_reconcile_at: at,
             bad_records,
             wireguard: self.wireguard_status(),
+            ipsec: self.ipsec_status(),
         })
     }
 
@@ -1025,6 +1027,7 @@ impl<S: Store> Service<S> {
                     .map(|p| now.saturating_sub(p.renewed)),
                 endpoints: cache.endpoints.values().filter(|e| e.host == h.id).count(),
                 tunnel: self.tunnel_status(&h),
+                ipsec: self.ipsec_peer(&h),
                 host: h.id,
                 underlay: h.underlay,
                 vtep_mac: h.vtep_mac,
@@ -1071,6 +1074,7 @@ impl<S: Store> Service<S> {
         let findings = self.reconcile(repair).await?;
         let mut drift: Vec<_> = findings.into_iter().map(|f| f.line).collect();
         drift.extend(self.tunnel_drift());
+        drift.extend(self.ipsec_drift().await);
         drift.extend(self.bad_record_drift());
         Ok(DoctorReport {
             networks_checked: self.shared.snapshot().networks.len(),
@@ -1273,6 +1277,7 @@ mod tests {
             started: 0,
             renewed: 0,
             wireguard: None,
+            ipsec: None,
         };
         Service::new(
             store,
@@ -1292,6 +1297,7 @@ mod tests {
             Tunnel {
                 wireguard: Err("not in this test".into()),
                 record: tokio::sync::watch::channel(record).0,
+                ipsec: Err("not in this test".into()),
             },
         )
     }

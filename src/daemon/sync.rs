@@ -434,6 +434,7 @@ mod tests {
             started: 0,
             renewed,
             wireguard: None,
+            ipsec: None,
         })
         .unwrap()
     }
