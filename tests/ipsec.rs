@@ -196,17 +196,27 @@ const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// One pass of the plan against the kernel; returns the refused changes.
 fn pass(book: &mut Book, x: &mut Xfrm, peer_info: Option<&IpsecInfo>) -> Vec<(Op, i32)> {
+    pass_between(book, x, ME, peer_info.map(|i| (PEER, i)))
+}
+
+/// As `pass`, for this host at `me` and a peer at the given address.
+fn pass_between(
+    book: &mut Book,
+    x: &mut Xfrm,
+    me: Ipv4Addr,
+    peer: Option<(Ipv4Addr, &IpsecInfo)>,
+) -> Vec<(Op, i32)> {
     let seen = x.observe().expect("dump");
     let me = Me {
         id: "h1",
-        underlay: ME,
+        underlay: me,
         epoch: 1 << 16,
         aead: Aead::AesGcm,
     };
-    let peers: Vec<Peer<'_>> = peer_info
-        .map(|info| Peer {
+    let peers: Vec<Peer<'_>> = peer
+        .map(|(underlay, info)| Peer {
             id: "h2",
-            underlay: PEER,
+            underlay,
             info,
             shared: [3; 32],
         })
@@ -355,17 +365,141 @@ fn blocked(netns: &Path, counter: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {counter} in {text}"))
 }
 
-/// Program `book`'s plan (no peers: just the catch-all blocks) in the namespace at `netns`.
-fn program_blocks(netns: &Path) {
+/// Program the plan of host `me` (with `peer`, or none: just the catch-all blocks) in the
+/// namespace at `netns`; returns the refused changes.
+fn program(netns: &Path, me: Ipv4Addr, peer: Option<Ipv4Addr>) -> Vec<(Op, i32)> {
     let netns = netns.to_path_buf();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&netns).expect("open netns");
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let mut x = Xfrm::open().expect("xfrm socket");
-        assert!(pass(&mut Book::default(), &mut x, None).is_empty());
+        let info = IpsecInfo {
+            aead: Aead::AesGcm,
+            epoch: 2 << 16,
+            acks: Default::default(),
+        };
+        pass_between(&mut Book::default(), &mut x, me, peer.map(|p| (p, &info)))
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+/// A VXLAN datagram (VNI 42) carrying a broadcast ARP frame.
+fn vxlan_datagram() -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+    d.extend([0xff; 6]);
+    d.extend([0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    d.extend([0; 28]);
+    d
+}
+
+fn rx_packets(host: &Host, dev: &str) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            host.netns_name(),
+            "-j",
+            "-s",
+            "link",
+            "show",
+            "dev",
+            dev,
+        ])
+        .output()
+        .expect("ip link");
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("no {dev}: {out:?}"));
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .expect("rx packets")
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn cleartext_vxlan_to_the_ipsec_port_is_dropped_on_the_way_in_even_from_a_peer() {
+    let host = Host::new("ipsec-in");
+    let ns_name = host.netns_name().to_string();
+    let me = host.underlay();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    // The underlay's other end goes into a namespace of its own: the peer (and a stranger).
+    let other = common::Workload::new("peer");
+    let o = other.name().to_string();
+    let peer = Ipv4Addr::new(198, 19, 255, 1);
+    let stranger = Ipv4Addr::new(198, 19, 255, 2);
+    ip(&["-n", &ns_name, "link", "set", "ul0p", "netns", &o]);
+    ip(&[
+        "-n",
+        &o,
+        "addr",
+        "add",
+        &format!("{peer}/15"),
+        "dev",
+        "ul0p",
+    ]);
+    ip(&[
+        "-n",
+        &o,
+        "addr",
+        "add",
+        &format!("{stranger}/15"),
+        "dev",
+        "ul0p",
+    ]);
+    ip(&["-n", &o, "link", "set", "ul0p", "up"]);
+    let local = me.to_string();
+    for (dev, port) in [("vxsec", "4799"), ("vxplain", "4789")] {
+        ip(&[
+            "-n", &ns_name, "link", "add", dev, "type", "vxlan", "id", "42", "dstport", port,
+            "local", &local, "dev", "ul0",
+        ]);
+        ip(&["-n", &ns_name, "link", "set", dev, "up"]);
+    }
+    let refused = program(&host.netns_path(), me, Some(peer));
+    assert!(
+        refused.iter().all(|(op, _)| matches!(op, Op::AddSa(_))),
+        "{refused:?}"
+    );
+    let frame = vxlan_datagram();
+    let send = |from: Ipv4Addr, port: u16| {
+        let s = common::udp_socket_in(&other.path(), &format!("{from}:0"));
+        for _ in 0..3 {
+            s.send_to(&frame, (me, port)).expect("send");
+        }
+    };
+    // Control: the same datagrams reach a plain VXLAN device.
+    send(peer, 4789);
+    common::wait_until(
+        "plain VXLAN receives",
+        std::time::Duration::from_secs(10),
+        || rx_packets(&host, "vxplain") >= 3,
+    );
+    // From the peer's own address, in clear: refused by its ESP policy's template.
+    let ns = host.netns_path();
+    let (mismatch, block) = (
+        blocked(&ns, "XfrmInTmplMismatch"),
+        blocked(&ns, "XfrmInPolBlock"),
+    );
+    send(peer, 4799);
+    common::wait_until(
+        "cleartext from the peer is refused",
+        std::time::Duration::from_secs(10),
+        || blocked(&ns, "XfrmInTmplMismatch") >= mismatch + 3,
+    );
+    // From anyone else: the catch-all block.
+    send(stranger, 4799);
+    common::wait_until(
+        "cleartext from a stranger is blocked",
+        std::time::Duration::from_secs(10),
+        || blocked(&ns, "XfrmInPolBlock") >= block + 3,
+    );
+    assert_eq!(
+        rx_packets(&host, "vxsec"),
+        0,
+        "nothing reached the IPsec-port VXLAN device"
+    );
 }
 
 #[test]
@@ -374,7 +508,7 @@ fn the_catch_all_blocks_drop_and_count_vxlan_on_the_ipsec_port_and_leave_4789_al
     let host = Host::new("ipsec-block");
     let ns = host.netns_path();
     let ns_name = host.netns_name().to_string();
-    program_blocks(&ns);
+    assert!(program(&ns, host.underlay(), None).is_empty());
     let ip = |args: &[&str]| {
         let out = Command::new("ip")
             .args(["-n", &ns_name])
