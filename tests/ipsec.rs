@@ -568,3 +568,81 @@ fn the_catch_all_blocks_drop_and_count_vxlan_on_the_ipsec_port_and_leave_4789_al
     s.send_to(b"clear", "198.18.200.1:4789")
         .expect("the plain port is open");
 }
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a_removed_block() {
+    let mut host = Host::new("ipsec-daemon");
+    // The control plane without ESP: SAs could not be installed, so flows stay blocked.
+    host.start_daemon_with(&["--ipsec-assume-esp", "--resync", "1"]);
+    let ipsec = host.rnet_json(&["status"])["ipsec"].clone();
+    assert_eq!(ipsec["available"], true, "{ipsec}");
+    assert!(ipsec["epoch"].as_u64().unwrap() > 1 << 16, "{ipsec}");
+    let ns = host.netns_path();
+    let blocks = |text: &str| {
+        text.contains("dport 4799 \n\tdir out action block priority 1000")
+            && text.contains("dport 4799 \n\tdir in action block priority 1000")
+    };
+    common::wait_until(
+        "rnetd installs the catch-all blocks",
+        std::time::Duration::from_secs(10),
+        || blocks(&ip_xfrm_in(&ns, &["policy"])),
+    );
+    let net = host.rnet_json(&[
+        "create",
+        "sec",
+        "--subnet",
+        "10.94.0.0/24",
+        "--encrypt",
+        "ipsec",
+    ]);
+    assert_eq!(
+        (net["encryption"].as_str(), net["mtu"].as_u64()),
+        (Some("ipsec"), Some(1410))
+    );
+    let w = host.new_workload("w");
+    let path = w.path().display().to_string();
+    host.rnet_ok(&["attach", "sec", "--netns", &path]);
+    let sandbox = common::sandbox_in(&host.run_dir(), "sec");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", sandbox.display()))
+        .args(["--", "ip", "-d", "link", "show", "vx-sec"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&out.stdout);
+    assert!(link.contains("dstport 4799"), "{link}");
+    assert!(
+        link.contains("link-netns") || link.contains("link-netnsid"),
+        "socket in the host namespace: {link}"
+    );
+    let doctor = host.rnet(&["doctor"]);
+    assert!(doctor.status.success(), "{doctor:?}");
+
+    // Someone removes the outbound block: rnetd puts it back within its peer loop.
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            host.netns_name(),
+            "xfrm",
+            "policy",
+            "del",
+            "src",
+            "0.0.0.0/0",
+            "dst",
+            "0.0.0.0/0",
+            "proto",
+            "udp",
+            "dport",
+            "4799",
+            "dir",
+            "out",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    common::wait_until(
+        "rnetd puts the block back",
+        std::time::Duration::from_secs(10),
+        || blocks(&ip_xfrm_in(&ns, &["policy"])),
+    );
+}

@@ -55,6 +55,8 @@ pub struct DaemonConfig {
     pub wireguard_rotate_every: Option<Duration>,
     /// Start a new IPsec sending epoch (new SA keys) this often.
     pub ipsec_rotate_every: Duration,
+    /// Start IPsec mode even where the ESP probe fails (tests of the control plane only).
+    pub ipsec_assume_esp: bool,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
     /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
@@ -556,9 +558,9 @@ async fn start_ipsec(
             "IPsec mode needs this host's X25519 key and pinned peers, which failed to load: {why}"
         ));
     }
-    let every = cfg.ipsec_rotate_every.as_secs();
+    let (every, assume) = (cfg.ipsec_rotate_every.as_secs(), cfg.ipsec_assume_esp);
     let started =
-        tokio::task::spawn_blocking(move || crate::ipsec::Ipsec::start(every, now_secs()))
+        tokio::task::spawn_blocking(move || crate::ipsec::Ipsec::start(every, now_secs(), assume))
             .await
             .unwrap_or_else(|e| Err(format!("the ESP probe failed: {e}")));
     match &started {
