@@ -343,7 +343,7 @@ mod tests {
                 id: self.id,
                 underlay: self.addr,
                 epoch: self.epoch,
-                aead: Aead::AesGcm,
+                aead: self.info.aead,
             };
             let peers = [Peer {
                 id: peer.id,
@@ -543,6 +543,37 @@ mod tests {
             .iter()
             .all(|o| matches!(o, Op::DelPolicy(_))));
         assert_eq!(plan.policies.len(), 2);
+    }
+
+    #[test]
+    fn a_host_without_aes_instructions_makes_the_pair_use_chacha_on_both_ends() {
+        let (mut a, mut b) = (Host::new("h1", A, 10), Host::new("h2", B, 20));
+        b.info.aead = Aead::ChaCha20Poly1305;
+        for t in 0..3 {
+            a.pass(t, &b);
+            b.pass(t, &a);
+        }
+        assert!(delivers(&a, &b) && delivers(&b, &a));
+        let st = &a.pass(4, &b).peers["h2"];
+        assert_eq!(st.aead, Some(Aead::ChaCha20Poly1305));
+        assert_eq!(b.pass(4, &a).peers["h1"].aead, Some(Aead::ChaCha20Poly1305));
+    }
+
+    #[test]
+    fn a_forged_acknowledgement_never_opens_an_outbound_sa() {
+        let (mut a, mut b) = (Host::new("h1", A, 10), Host::new("h2", B, 20));
+        b.pass(0, &a);
+        // A store writer claims h2 acknowledged some SPI: h1 sends nothing, stays blocked.
+        b.info.acks.insert("h1".into(), 0x4242_4242);
+        let st = a.pass(1, &b).peers["h2"].clone();
+        assert!(a.out_sa(B).is_empty());
+        assert!(!st.installed);
+        assert!(st.note.unwrap().contains("waiting for h2 to acknowledge"));
+        assert!(!a
+            .kernel
+            .policies
+            .iter()
+            .any(|p| p.dir == Dir::Out && p.action == Action::Esp));
     }
 
     #[test]
