@@ -646,3 +646,115 @@ fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a
         || blocks(&ip_xfrm_in(&ns, &["policy"])),
     );
 }
+
+/// The record `host` publishes, as h1 reads it from the lab's etcd.
+fn presence(lab: &common::lab::Lab, host: &str) -> Value {
+    let key = format!("/rnet/v1/hosts/{host}");
+    let out = lab.exec_ok(
+        "h1",
+        &[
+            "etcdctl",
+            "--endpoints",
+            "198.18.0.1:2379",
+            "get",
+            &key,
+            "--print-value-only",
+        ],
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn in_a_lab_whose_kernel_refuses_sas_ipsec_peers_stay_blocked_and_say_why() {
+    if kernel_has_esp() {
+        eprintln!("NOTE: this kernel has ESP; SAs would install, so the refusal cannot be shown");
+        return;
+    }
+    // The control plane runs (--ipsec-assume-esp); the kernel refuses every SA.
+    let fast = ["--lease-ttl", "2", "--probe-window", "2", "--resync", "2"];
+    let lab = common::lab::Lab::up_with_env(2, &fast, &[("RNET_IPSEC_ASSUME_ESP", "true")]);
+    lab.host_rnet_ok(
+        "h1",
+        &[
+            "create",
+            "sec",
+            "--subnet",
+            "10.94.0.0/24",
+            "--encrypt",
+            "ipsec",
+        ],
+    );
+    lab.host_rnet_ok("h1", &["create", "plain", "--subnet", "10.95.0.0/24"]);
+    let (a, b, c, d) = (
+        common::Workload::new("a"),
+        common::Workload::new("b"),
+        common::Workload::new("c"),
+        common::Workload::new("d"),
+    );
+    lab.attach("h1", "sec", &a.path());
+    let ipb = lab.attach("h2", "sec", &b.path());
+    lab.attach("h1", "plain", &c.path());
+    let ipd = lab.attach("h2", "plain", &d.path());
+    // Each host publishes its IPsec part: an epoch, and no acknowledgement (no SA exists).
+    for h in ["h1", "h2"] {
+        let rec = presence(&lab, h);
+        assert!(rec["ipsec"]["epoch"].as_u64().unwrap() > 1 << 16, "{rec}");
+        assert_eq!(rec["ipsec"]["acks"], serde_json::json!({}), "{rec}");
+    }
+    // h1 says why h2 gets nothing, per peer and in its status.
+    common::wait_until(
+        "h1 reports the refused SAs",
+        std::time::Duration::from_secs(10),
+        || {
+            let peers = lab.host_rnet_json("h1", &["peers"]);
+            let h2 = peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["host"] == "h2")
+                .cloned();
+            h2.is_some_and(|p| {
+                p["ipsec"]["installed"] == false
+                    && p["ipsec"]["note"].as_str().is_some_and(|n| {
+                        n.contains("the kernel refused its SAs")
+                            && n.contains("Function not implemented")
+                    })
+            })
+        },
+    );
+    let human = lab.host_rnet_ok("h1", &["peers"]);
+    assert!(
+        human.contains("h2: IPsec not installed; out -; in -"),
+        "{human}"
+    );
+    assert!(!lab.host_rnet_json("h1", &["status"])["ipsec"]["failures"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // The plain network talks; the IPsec one does not, and nothing of it goes in clear:
+    // h1 keeps only the blocks and h2's inbound ESP policy, and no FDB entry names h2.
+    common::wait_until(
+        "the plain network talks",
+        std::time::Duration::from_secs(10),
+        || c.ping(&ipd, 1),
+    );
+    assert!(!a.ping(&ipb, 2));
+    let pol = lab.exec_ok("h1", &["ip", "xfrm", "policy"]);
+    assert!(
+        pol.contains(
+            "src 198.18.0.12/32 dst 198.18.0.11/32 proto udp dport 4799 \n\tdir in priority 100"
+        ),
+        "{pol}"
+    );
+    assert!(
+        !pol.contains("dst 198.18.0.12/32 proto udp dport 4799 \n\tdir out"),
+        "{pol}"
+    );
+    assert!(pol.contains("dir out action block priority 1000"), "{pol}");
+    // doctor names the missing SAs as drift.
+    let doctor = lab.host_rnet("h1", &["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{doctor:?}");
+    assert!(text.contains("SA 198.18.0.12 -> 198.18.0.11 spi"), "{text}");
+}

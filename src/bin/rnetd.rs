@@ -107,7 +107,7 @@ struct Flags {
     ipsec_rotate_every: u64,
     /// Start IPsec mode even where the kernel has no ESP, for tests of the control plane:
     /// its SAs fail to install and every IPsec flow stays blocked (never sent in clear).
-    #[arg(long, hide = true)]
+    #[arg(long, env = "RNET_IPSEC_ASSUME_ESP", hide = true)]
     ipsec_assume_esp: bool,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
     /// bind it to an address only the scraper reaches). Off unless given.

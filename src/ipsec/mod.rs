@@ -191,13 +191,14 @@ impl Ipsec {
             })
             .collect();
         let plan = inner.book.plan(now, self.grace, &me, &views, &seen);
-        let failures: Vec<String> = plan::diff(&plan, &seen)
+        let refused: Vec<(Op, XfrmError)> = plan::diff(&plan, &seen)
             .into_iter()
-            .filter_map(|op| apply(&mut x, op).err().map(|e| e.to_string()))
+            .filter_map(|op| apply(&mut x, op.clone()).err().map(|e| (op, e)))
             .collect();
-        for f in &failures {
-            tracing::warn!(error = %f, "IPsec: XFRM change refused");
+        for (_, e) in &refused {
+            tracing::warn!(error = %e, "IPsec: XFRM change refused");
         }
+        let failures: Vec<String> = refused.iter().map(|(_, e)| e.to_string()).collect();
         let now_seen = x.observe().map_err(|e| format!("dumping XFRM: {e}"))?;
         inner.acks = plan
             .acks
@@ -207,10 +208,29 @@ impl Ipsec {
             .collect();
         inner.force_rotation |= plan.rotate;
         inner.peers = plan.peers;
-        for (_, st) in inner.peers.iter_mut() {
+        for p in peers {
+            let Some(st) = inner.peers.get_mut(&p.id) else {
+                continue;
+            };
+            // Show what the kernel holds, not what was planned.
+            let here = |spi: u32, src, dst| {
+                now_seen
+                    .sas
+                    .iter()
+                    .any(|s| s.spi == spi && s.src == src && s.dst == dst)
+            };
+            st.inbound_spis
+                .retain(|spi| here(*spi, p.underlay, me.underlay));
             st.installed &= st
                 .outbound_spi
-                .is_some_and(|spi| now_seen.sas.iter().any(|s| s.spi == spi));
+                .is_some_and(|spi| here(spi, me.underlay, p.underlay));
+            let theirs = |op: &Op| match op {
+                Op::AddSa(sa) => sa.src == p.underlay || sa.dst == p.underlay,
+                _ => false,
+            };
+            if let Some((_, e)) = refused.iter().find(|(op, _)| theirs(op)) {
+                st.note = Some(format!("the kernel refused its SAs: {e}"));
+            }
         }
         inner.failures = failures;
         Ok(())
