@@ -573,6 +573,8 @@ fn the_catch_all_blocks_drop_and_count_vxlan_on_the_ipsec_port_and_leave_4789_al
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a_removed_block() {
     let mut host = Host::new("ipsec-daemon");
+    // A block left over from an earlier run of rnet's.
+    assert!(program(&host.netns_path(), host.underlay(), None).is_empty());
     // The control plane without ESP: SAs could not be installed, so flows stay blocked.
     host.start_daemon_with(&["--ipsec-assume-esp", "--resync", "1"]);
     let ipsec = host.rnet_json(&["status"])["ipsec"].clone();
@@ -583,10 +585,11 @@ fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a
         text.contains("dport 4799 \n\tdir out action block priority 1000")
             && text.contains("dport 4799 \n\tdir in action block priority 1000")
     };
+    // No IPsec network in the cluster: rnet keeps no XFRM state (port 4799 is left alone).
     common::wait_until(
-        "rnetd installs the catch-all blocks",
+        "rnetd removes its leftover policies",
         std::time::Duration::from_secs(10),
-        || blocks(&ip_xfrm_in(&ns, &["policy"])),
+        || ip_xfrm_in(&ns, &["policy"]).is_empty(),
     );
     let net = host.rnet_json(&[
         "create",
@@ -599,6 +602,11 @@ fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a
     assert_eq!(
         (net["encryption"].as_str(), net["mtu"].as_u64()),
         (Some("ipsec"), Some(1410))
+    );
+    common::wait_until(
+        "rnetd installs the catch-all blocks",
+        std::time::Duration::from_secs(10),
+        || blocks(&ip_xfrm_in(&ns, &["policy"])),
     );
     let w = host.new_workload("w");
     let path = w.path().display().to_string();
@@ -644,6 +652,14 @@ fn rnetd_programs_the_blocks_builds_ipsec_sandboxes_on_their_port_and_restores_a
         "rnetd puts the block back",
         std::time::Duration::from_secs(10),
         || blocks(&ip_xfrm_in(&ns, &["policy"])),
+    );
+    // The last IPsec network goes: so does all of rnet's XFRM state.
+    host.rnet_ok(&["detach", "sec", "--netns", &path]);
+    host.rnet_ok(&["rm", "sec"]);
+    common::wait_until(
+        "rnetd removes its policies",
+        std::time::Duration::from_secs(10),
+        || ip_xfrm_in(&ns, &["policy"]).is_empty(),
     );
 }
 

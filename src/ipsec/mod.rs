@@ -146,9 +146,11 @@ impl Ipsec {
     }
 
     /// One programming pass (blocking: XFRM netlink in the calling thread's namespace, which
-    /// must be the host's): rotate when due, plan, apply, read back, acknowledge. Returns
-    /// whether the published info changed.
-    pub fn sync(&self, me: (&str, Ipv4Addr), peers: &[PeerInput], now: u64) -> bool {
+    /// must be the host's): rotate when due, plan, apply, read back, acknowledge. `enabled`:
+    /// some network of the cluster uses IPsec; otherwise rnet's SAs and policies (the blocks
+    /// of port 4799 too) are removed, so a cluster without IPsec networks leaves the port and
+    /// the XFRM tables alone. Returns whether the published info changed.
+    pub fn sync(&self, me: (&str, Ipv4Addr), peers: &[PeerInput], now: u64, enabled: bool) -> bool {
         let before = self.info();
         let mut inner = self.lock();
         let forced = inner.force_rotation;
@@ -157,7 +159,7 @@ impl Ipsec {
             inner.force_rotation = false;
             tracing::info!(epoch = inner.rotation.epoch, "IPsec: new sending epoch");
         }
-        let result = self.pass(&mut inner, me, peers, now);
+        let result = self.pass(&mut inner, me, peers, now, enabled);
         if let Err(e) = result {
             tracing::warn!(error = %e, "IPsec programming failed; will retry");
             inner.failures = vec![e];
@@ -172,9 +174,13 @@ impl Ipsec {
         me: (&str, Ipv4Addr),
         peers: &[PeerInput],
         now: u64,
+        enabled: bool,
     ) -> Result<(), String> {
         let mut x = Xfrm::open().map_err(|e| format!("opening XFRM netlink: {e}"))?;
         let seen = x.observe().map_err(|e| format!("dumping XFRM: {e}"))?;
+        if !enabled {
+            inner.book = Book::default();
+        }
         let me = plan::Me {
             id: me.0,
             underlay: me.1,
@@ -190,7 +196,11 @@ impl Ipsec {
                 shared: p.shared,
             })
             .collect();
-        let plan = inner.book.plan(now, self.grace, &me, &views, &seen);
+        let plan = if enabled {
+            inner.book.plan(now, self.grace, &me, &views, &seen)
+        } else {
+            plan::Plan::default()
+        };
         let refused: Vec<(Op, XfrmError)> = plan::diff(&plan, &seen)
             .into_iter()
             .filter_map(|op| apply(&mut x, op.clone()).err().map(|e| (op, e)))
@@ -242,6 +252,7 @@ impl Ipsec {
         me: (&str, Ipv4Addr),
         peers: &[PeerInput],
         now: u64,
+        enabled: bool,
     ) -> Result<Vec<Op>, String> {
         let inner = self.lock();
         let mut book = inner.book.clone();
@@ -263,7 +274,11 @@ impl Ipsec {
         let seen = Xfrm::open()
             .and_then(|mut x| x.observe())
             .map_err(|e| format!("dumping XFRM: {e}"))?;
-        let plan = book.plan(now, self.grace, &me, &views, &seen);
+        let plan = if enabled {
+            book.plan(now, self.grace, &me, &views, &seen)
+        } else {
+            plan::Plan::default()
+        };
         Ok(plan::diff(&plan, &seen))
     }
 

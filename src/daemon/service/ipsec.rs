@@ -49,6 +49,15 @@ impl<S: Store> Service<S> {
             .collect()
     }
 
+    /// Whether any network of the cluster uses IPsec (else rnet keeps no XFRM state).
+    fn ipsec_in_use(&self) -> bool {
+        let cache = self.shared.cache.read().expect("cache poisoned");
+        cache
+            .networks
+            .values()
+            .any(|n| n.encryption == crate::model::Encryption::Ipsec)
+    }
+
     /// One IPsec programming pass (on the peer loop); publishes this host's epoch and
     /// acknowledgements when they change.
     pub async fn sync_ipsec(&self) {
@@ -59,13 +68,14 @@ impl<S: Store> Service<S> {
         if !self.shared.cache.read().expect("cache poisoned").synced {
             return;
         }
+        let enabled = self.ipsec_in_use();
         let (ipsec, me) = (
             ipsec.clone(),
             (self.cfg.host_id.clone(), self.cfg.underlay.address),
         );
         let now = super::now_secs();
         let changed = tokio::task::spawn_blocking(move || {
-            let changed = ipsec.sync((&me.0, me.1), &peers, now);
+            let changed = ipsec.sync((&me.0, me.1), &peers, now, enabled);
             (changed, ipsec.info())
         })
         .await;
@@ -131,14 +141,16 @@ impl<S: Store> Service<S> {
             return Vec::new();
         };
         let peers = self.ipsec_peers();
+        let enabled = self.ipsec_in_use();
         let (ipsec, me) = (
             ipsec.clone(),
             (self.cfg.host_id.clone(), self.cfg.underlay.address),
         );
         let now = super::now_secs();
-        let ops = tokio::task::spawn_blocking(move || ipsec.drift((&me.0, me.1), &peers, now))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let ops =
+            tokio::task::spawn_blocking(move || ipsec.drift((&me.0, me.1), &peers, now, enabled))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
         let line = |object: String, detail: String| DriftLine {
             network: "-".into(),
             kind: "ipsec".into(),
