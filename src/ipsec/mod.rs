@@ -11,9 +11,10 @@
 //! - `keys`: pure SPI and key derivation (HKDF-SHA256).
 //! - `rotation`: pure sending-epoch schedule.
 //! - `plan`: pure desired SAs and policies per peer, make-before-break, and the diff.
-//! - `xfrm`: the XFRM messages and a blocking netlink client.
+//! - `xfrm`: the XFRM messages; `client`: a blocking XFRM netlink client.
 //! - `probe`: can this kernel run ESP (asked in a throwaway namespace)?
 
+pub mod client;
 pub mod keys;
 pub mod plan;
 pub mod probe;
