@@ -281,6 +281,7 @@ async fn write_and_wait(
         started: 0,
         renewed: 0,
         wireguard: None,
+        ipsec: None,
     };
     let lease = store.lease_grant(600).await.unwrap();
     let t0 = Instant::now();

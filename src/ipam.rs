@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use crate::model::{
-    Encryption, Invalid, Mac, Network, NetworkId, NetworkName, Vni, VNI_MAX, WIREGUARD_OVERHEAD,
+    Encryption, Invalid, Mac, Network, NetworkId, NetworkName, Vni, IPSEC_OVERHEAD, VNI_MAX,
+    WIREGUARD_OVERHEAD,
 };
 
 /// Automatically assigned VNIs start here (low VNIs are often taken by hand-made devices).
@@ -130,6 +131,10 @@ pub fn plan_network_avoiding(
         Encryption::Wireguard => (
             max_mtu.saturating_sub(WIREGUARD_OVERHEAD),
             "the 50-byte VXLAN and 60-byte WireGuard overheads",
+        ),
+        Encryption::Ipsec => (
+            max_mtu.saturating_sub(IPSEC_OVERHEAD),
+            "the 50-byte VXLAN and 40-byte ESP overheads",
         ),
     };
     let mtu = req.mtu.or(same_name.map(|n| n.mtu)).unwrap_or(max_mtu);
@@ -348,6 +353,30 @@ mod tests {
         assert!(check_requested_mtu(&net, 1450).is_ok());
         assert!(check_requested_mtu(&net, 1451).is_err());
         assert!(check_requested_mtu(&net, 67).is_err());
+    }
+
+    #[test]
+    fn ipsec_costs_the_esp_overhead_in_mtu() {
+        let enc = NetworkRequest {
+            encryption: Some(Encryption::Ipsec),
+            ..req("sec", "10.9.0.0/24")
+        };
+        let net = plan_network(&enc, &[], 1450).unwrap();
+        assert_eq!(
+            (net.encryption, net.mtu),
+            (Encryption::Ipsec, 1410),
+            "1500 - 50 - 40"
+        );
+        let e = plan_network(
+            &NetworkRequest {
+                mtu: Some(1411),
+                ..enc
+            },
+            &[],
+            1450,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("40-byte ESP"), "{e}");
     }
 
     #[test]

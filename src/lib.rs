@@ -24,6 +24,7 @@ pub mod dns;
 pub mod error;
 pub mod icmp;
 pub mod ipam;
+pub mod ipsec;
 pub mod lab;
 pub mod libnetwork;
 pub mod model;

@@ -486,6 +486,8 @@ pub enum Encryption {
     None,
     /// Every frame between hosts travels inside WireGuard (rnetd's userspace tunnel).
     Wireguard,
+    /// The VXLAN flows between hosts travel inside kernel ESP (XFRM, transport mode).
+    Ipsec,
 }
 
 impl fmt::Display for Encryption {
@@ -493,6 +495,7 @@ impl fmt::Display for Encryption {
         f.write_str(match self {
             Encryption::None => "none",
             Encryption::Wireguard => "wireguard",
+            Encryption::Ipsec => "ipsec",
         })
     }
 }
@@ -503,8 +506,9 @@ impl std::str::FromStr for Encryption {
         match s {
             "none" => Ok(Encryption::None),
             "wireguard" => Ok(Encryption::Wireguard),
+            "ipsec" => Ok(Encryption::Ipsec),
             other => Err(Invalid(format!(
-                "unknown encryption {other:?}: use \"none\" or \"wireguard\""
+                "unknown encryption {other:?}: use \"none\", \"wireguard\" or \"ipsec\""
             ))),
         }
     }
@@ -512,6 +516,13 @@ impl std::str::FromStr for Encryption {
 
 /// Bytes WireGuard adds on an IPv4 underlay: IP and UDP headers plus its own 32.
 pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// Bytes ESP in transport mode adds at most with a 16-byte ICV AEAD: SPI and sequence 8,
+/// IV 8, padding to 4 bytes up to 3, pad length and next header 2, ICV 16 (37, rounded up).
+pub const IPSEC_OVERHEAD: u32 = 40;
+/// The UDP port of the VXLAN devices of IPsec networks. Plain networks use 4789; a port of
+/// their own lets the XFRM policies select exactly the encrypted networks' flows (a policy
+/// matches addresses, protocol and ports, never a VNI).
+pub const IPSEC_VXLAN_PORT: u16 = 4799;
 
 /// A cluster-wide network record (`/rnet/v1/networks/<name>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -628,6 +639,53 @@ pub struct HostRecord {
     /// The host's WireGuard endpoint; absent where its tunnel could not be set up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireguardInfo>,
+    /// The host's IPsec state; absent where the kernel has no ESP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<IpsecInfo>,
+}
+
+/// An ESP AEAD rnet uses, as the store names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Aead {
+    /// AES-256-GCM with a 16-byte ICV (RFC 4106): where the CPU has AES instructions.
+    #[serde(rename = "aes-gcm")]
+    AesGcm,
+    /// ChaCha20-Poly1305 (RFC 7634): fast without AES instructions.
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+impl Aead {
+    /// The kernel crypto API's name of the ESP AEAD.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Aead::AesGcm => "rfc4106(gcm(aes))",
+            Aead::ChaCha20Poly1305 => "rfc7539esp(chacha20,poly1305)",
+        }
+    }
+}
+
+impl fmt::Display for Aead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Aead::AesGcm => "aes-gcm",
+            Aead::ChaCha20Poly1305 => "chacha20-poly1305",
+        })
+    }
+}
+
+/// What peers need to key IPsec with a host (`ipsec`). Public material only: the keys come
+/// from the hosts' X25519 keys in `wireguard`, derived on each end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecInfo {
+    /// The AEAD this host prefers (AES-GCM where the CPU has AES instructions).
+    pub aead: Aead,
+    /// The host's current sending epoch: the SAs it sends on are keyed by it.
+    pub epoch: u64,
+    /// Per peer: the SPI of the inbound SA this host installed for the peer's current
+    /// epoch. A peer switches its outbound SA to a new epoch only once this names it.
+    #[serde(default)]
+    pub acks: std::collections::BTreeMap<String, u32>,
 }
 
 /// What peers need to reach a host's tunnel. Public material only: no secret enters the store.

@@ -198,6 +198,7 @@ mod tests {
                 started: 0,
                 renewed: 0,
                 wireguard: None,
+                ipsec: None,
             },
         )
     }

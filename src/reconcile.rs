@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::api::types::DriftLine;
 use crate::dataplane::netlink::{LinkState, SandboxState};
 use crate::dataplane::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
-use crate::model::{Endpoint, VXLAN_PORT};
+use crate::model::Endpoint;
 
 /// One network as it should be on this host.
 #[derive(Clone, Debug)]
@@ -288,8 +288,8 @@ fn vxlan_problem(v: &LinkState, spec: &SandboxSpec, bridge: Option<u32>) -> Opti
     if v.proxy != Some(true) {
         p.push("ARP proxy off".into());
     }
-    if v.port != Some(VXLAN_PORT) {
-        p.push(format!("port {:?} (want {VXLAN_PORT})", v.port));
+    if v.port != Some(spec.port) {
+        p.push(format!("port {:?} (want {})", v.port, spec.port));
     }
     if bridge.is_some() && v.controller != bridge {
         p.push(format!("not enslaved to {BRIDGE}"));

@@ -433,8 +433,27 @@ pub fn check_host(key_id: &str, rec: &HostRecord, own: &Own) -> Result<(), Strin
             return Err("WireGuard port is 0".into());
         }
     }
+    if let Some(ip) = &rec.ipsec {
+        if rec.wireguard.is_none() {
+            return Err("it has an IPsec part but no X25519 key to derive IPsec keys from".into());
+        }
+        if ip.acks.len() > MAX_IPSEC_ACKS {
+            return Err(format!(
+                "its IPsec part acknowledges {} peers (at most {MAX_IPSEC_ACKS})",
+                ip.acks.len()
+            ));
+        }
+        if let Some((host, spi)) = ip.acks.iter().find(|(_, spi)| **spi < 256) {
+            return Err(format!(
+                "its IPsec acknowledgement for {host} names reserved SPI {spi}"
+            ));
+        }
+    }
     Ok(())
 }
+
+/// More acknowledged IPsec peers than this in one host record is not a real cluster.
+const MAX_IPSEC_ACKS: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -484,6 +503,7 @@ mod tests {
             started: 1,
             renewed: 1,
             wireguard: None,
+            ipsec: None,
         }
     }
 
@@ -818,6 +838,18 @@ mod tests {
         h.wireguard.as_mut().unwrap().public_key = "%%%".into();
         assert!(host_err(&keys::host("h2"), &h).contains("not base64"));
         h.wireguard.as_mut().unwrap().public_key = key;
+        let ipsec = crate::model::IpsecInfo {
+            aead: crate::model::Aead::AesGcm,
+            epoch: 1,
+            acks: [("h1".to_string(), 255u32)].into(),
+        };
+        h.ipsec = Some(ipsec.clone());
+        assert!(host_err(&keys::host("h2"), &h).contains("reserved SPI 255"));
+        h.ipsec.as_mut().unwrap().acks.clear();
+        let wg = h.wireguard.take();
+        assert!(host_err(&keys::host("h2"), &h).contains("no X25519 key"));
+        h.wireguard = wg;
+        h.ipsec = None;
         h.wireguard.as_mut().unwrap().port = 0;
         assert!(host_err(&keys::host("h2"), &h).contains("port is 0"));
     }

@@ -37,6 +37,9 @@ pub struct Status {
     pub wireguard: WireguardStatus,
     #[serde(default)]
     pub dns: DnsStatus,
+    /// IPsec mode on this host: its AEAD and epoch, or why it cannot run.
+    #[serde(default)]
+    pub ipsec: crate::ipsec::IpsecStatus,
 }
 
 /// The networks' DNS servers on this host in `GET /v1/status` (counters since the start).
@@ -196,6 +199,9 @@ pub struct PeerInfo {
     /// The WireGuard tunnel to it (None: this host runs no tunnel, or it is this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::wireguard::TunnelStatus>,
+    /// The IPsec SAs with it (None: no IPsec on this host, or it is this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<crate::ipsec::plan::PeerIpsec>,
 }
 
 /// `POST /v1/peers/{host}/trust`: what the host is now pinned to.

@@ -105,6 +105,18 @@ struct Flags {
         value_name = "SECS"
     )]
     wireguard_rotate_every: u64,
+    /// Start a new IPsec epoch (new SA keys, make-before-break) every SECS seconds.
+    #[arg(
+        long,
+        env = "RNET_IPSEC_ROTATE_EVERY",
+        default_value_t = rnet::ipsec::DEFAULT_ROTATE_EVERY,
+        value_name = "SECS"
+    )]
+    ipsec_rotate_every: u64,
+    /// Start IPsec mode even where the kernel has no ESP, for tests of the control plane:
+    /// its SAs fail to install and every IPsec flow stays blocked (never sent in clear).
+    #[arg(long, env = "RNET_IPSEC_ASSUME_ESP", hide = true)]
+    ipsec_assume_esp: bool,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
@@ -169,6 +181,8 @@ fn main() -> anyhow::Result<()> {
         wireguard_port: flags.wireguard_port,
         wireguard_rotate_every: (flags.wireguard_rotate_every > 0)
             .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
+        ipsec_rotate_every: Duration::from_secs(flags.ipsec_rotate_every),
+        ipsec_assume_esp: flags.ipsec_assume_esp,
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

@@ -141,8 +141,9 @@ pub struct CreateArgs {
     /// Allow this subnet to overlap other networks' (each network has its own sandbox).
     #[arg(long)]
     pub allow_overlap: bool,
-    /// Encrypt traffic between hosts: `none` or `wireguard` (fixed for the network's life).
-    #[arg(long, value_name = "none|wireguard", value_parser = parse_encryption)]
+    /// Encrypt traffic between hosts: `none`, `wireguard` (rnetd's userspace tunnel) or
+    /// `ipsec` (kernel ESP; needs esp4 in the kernel). Fixed for the network's life.
+    #[arg(long, value_name = "none|wireguard|ipsec", value_parser = parse_encryption)]
     pub encrypt: Option<Encryption>,
 }
 
@@ -445,6 +446,21 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                 dns.forward_failed,
                 dns.malformed
             );
+            let ip = &s.ipsec;
+            match (&ip.aead, &ip.error) {
+                (Some(aead), _) => println!(
+                    "IPsec: {aead}, epoch {:#x}, next rotation in {}s{}",
+                    ip.epoch.unwrap_or_default(),
+                    ip.next_rotation_secs.unwrap_or_default(),
+                    if ip.failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last pass failed: {}", ip.failures.join("; "))
+                    }
+                ),
+                (None, Some(why)) => println!("IPsec: unavailable ({why})"),
+                (None, None) => {}
+            }
             if s.bad_records > 0 {
                 println!(
                     "Invalid store records skipped: {} (`rnet doctor` names them)",
@@ -518,6 +534,37 @@ fn path_segment(s: &str) -> String {
         .collect()
 }
 
+/// One peer's IPsec state in a line: SPIs both ways and what is missing.
+fn ipsec_words(ip: &crate::ipsec::PeerIpsec) -> String {
+    let spis = |v: &[u32]| {
+        v.iter()
+            .map(|s| format!("{s:#010x}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut s = format!(
+        "{}; out {}; in {}",
+        if ip.installed {
+            "installed"
+        } else {
+            "not installed"
+        },
+        ip.outbound_spi.map_or("-".into(), |s| format!("{s:#010x}")),
+        if ip.inbound_spis.is_empty() {
+            "-".into()
+        } else {
+            spis(&ip.inbound_spis)
+        },
+    );
+    if let (Some(aead), Some(e)) = (ip.aead, ip.peer_epoch) {
+        s.push_str(&format!("; {aead}, peer epoch {e:#x}"));
+    }
+    if let Some(note) = &ip.note {
+        s.push_str(&format!(" ({note})"));
+    }
+    s
+}
+
 async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
     let peers: Vec<PeerInfo> = client.get("/v1/peers").await?;
     match fmt {
@@ -541,6 +588,9 @@ async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
                 let tunnel = p.tunnel.as_ref();
                 if let Some(problem) = tunnel.and_then(|t| t.problem.as_ref()) {
                     problems.push(format!("{}: {problem}", p.host));
+                }
+                if let Some(ip) = &p.ipsec {
+                    problems.push(format!("{}: IPsec {}", p.host, ipsec_words(ip)));
                 }
                 t.row(vec![
                     p.host.clone(),

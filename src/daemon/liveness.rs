@@ -141,6 +141,7 @@ mod tests {
             started: 0,
             renewed: 0,
             wireguard: None,
+            ipsec: None,
         };
         c.host_info.insert("h2".into(), rec.clone());
         c.presence.insert("h2".into(), rec);

@@ -351,6 +351,7 @@ mod tests {
             renewed_ago: None,
             endpoints: 0,
             tunnel: None,
+            ipsec: None,
         }
     }
 

@@ -53,6 +53,10 @@ pub struct DaemonConfig {
     pub wireguard_port: u16,
     /// Rotate the WireGuard key this often (None: only when asked).
     pub wireguard_rotate_every: Option<Duration>,
+    /// Start a new IPsec sending epoch (new SA keys) this often.
+    pub ipsec_rotate_every: Duration,
+    /// Start IPsec mode even where the ESP probe fails (tests of the control plane only).
+    pub ipsec_assume_esp: bool,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
     /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
@@ -155,6 +159,7 @@ async fn run_with_store<S: Store>(
         underlay: Some(address),
     }));
     let wireguard = start_wireguard(&cfg, &dp, address, underlay.mtu, shared.clone()).await;
+    let ipsec = start_ipsec(&cfg, &wireguard).await;
     let record = HostRecord {
         id: cfg.host_id.clone(),
         underlay: address,
@@ -162,6 +167,7 @@ async fn run_with_store<S: Store>(
         started: now_secs(),
         renewed: now_secs(),
         wireguard: wireguard.as_ref().ok().map(|w| w.info()),
+        ipsec: ipsec.as_ref().ok().map(|i| i.info()),
     };
     let (record_tx, record_rx) = tokio::sync::watch::channel(record);
     let host = HostConfig {
@@ -190,6 +196,7 @@ async fn run_with_store<S: Store>(
             service::Tunnel {
                 wireguard,
                 record: record_tx,
+                ipsec,
             },
         )
         .with_dns(dns),
@@ -536,7 +543,12 @@ async fn program_peers<S: Store>(
         }
         let full = last_full.elapsed() >= resync;
         service.sync_tunnels();
-        let reachable = (service.reachable(), service.tunnels_up());
+        service.sync_ipsec().await;
+        let reachable = (
+            service.reachable(),
+            service.tunnels_up(),
+            service.ipsec_ready(),
+        );
         if !dirty && !full && last_reachable.as_ref() == Some(&reachable) {
             continue;
         }
@@ -551,6 +563,32 @@ async fn program_peers<S: Store>(
             Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
         }
     }
+}
+
+/// Probe the kernel for ESP and start IPsec mode. Where it cannot run (no ESP, no host key)
+/// the daemon still serves everything else, and IPsec networks are refused with the reason.
+async fn start_ipsec(
+    cfg: &DaemonConfig,
+    wireguard: &std::result::Result<WireGuard, String>,
+) -> std::result::Result<Arc<crate::ipsec::Ipsec>, String> {
+    if let Err(why) = wireguard {
+        // IPsec keys come from the WireGuard host key, checked against the same pins.
+        return Err(format!(
+            "IPsec mode needs this host's X25519 key and pinned peers, which failed to load: {why}"
+        ));
+    }
+    let (every, assume) = (cfg.ipsec_rotate_every.as_secs(), cfg.ipsec_assume_esp);
+    let started =
+        tokio::task::spawn_blocking(move || crate::ipsec::Ipsec::start(every, now_secs(), assume))
+            .await
+            .unwrap_or_else(|e| Err(format!("the ESP probe failed: {e}")));
+    match &started {
+        Ok(i) => {
+            tracing::info!(aead = %i.info().aead, epoch = i.info().epoch, "IPsec mode available")
+        }
+        Err(why) => tracing::warn!("IPsec mode unavailable: {why}"),
+    }
+    started.map(Arc::new)
 }
 
 /// `--wireguard-rotate-every`: a new host key on a schedule.
@@ -585,6 +623,7 @@ mod tests {
             started: 1,
             renewed: 1,
             wireguard: None,
+            ipsec: None,
         }
     }
 

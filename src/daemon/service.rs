@@ -39,6 +39,7 @@ use crate::validate::{self, Rejected};
 mod cni;
 mod dns;
 mod docker;
+mod ipsec;
 mod tunnel;
 pub use docker::Versioned;
 pub use tunnel::Tunnel;
@@ -311,6 +312,7 @@ impl<S: Store> Service<S> {
             bad_records,
             wireguard: self.wireguard_status(),
             dns: self.dns_status(),
+            ipsec: self.ipsec_status(),
         })
     }
 
@@ -1043,6 +1045,7 @@ impl<S: Store> Service<S> {
                     .map(|p| now.saturating_sub(p.renewed)),
                 endpoints: cache.endpoints.values().filter(|e| e.host == h.id).count(),
                 tunnel: self.tunnel_status(&h),
+                ipsec: self.ipsec_peer(&h),
                 host: h.id,
                 underlay: h.underlay,
                 vtep_mac: h.vtep_mac,
@@ -1089,6 +1092,7 @@ impl<S: Store> Service<S> {
         let findings = self.reconcile(repair).await?;
         let mut drift: Vec<_> = findings.into_iter().map(|f| f.line).collect();
         drift.extend(self.tunnel_drift());
+        drift.extend(self.ipsec_drift().await);
         drift.extend(self.bad_record_drift());
         Ok(DoctorReport {
             networks_checked: self.shared.snapshot().networks.len(),
@@ -1312,6 +1316,7 @@ mod tests {
             started: 0,
             renewed: 0,
             wireguard: None,
+            ipsec: None,
         };
         Service::new(
             store,
@@ -1331,6 +1336,7 @@ mod tests {
             Tunnel {
                 wireguard: Err("not in this test".into()),
                 record: tokio::sync::watch::channel(record).0,
+                ipsec: Err("not in this test".into()),
             },
         )
     }

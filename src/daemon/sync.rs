@@ -442,6 +442,7 @@ mod tests {
             started: 0,
             renewed,
             wireguard: None,
+            ipsec: None,
         })
         .unwrap()
     }

@@ -28,7 +28,7 @@ use rtnetlink::{
 
 use super::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
 use super::tables;
-use crate::model::{Mac, VXLAN_PORT};
+use crate::model::Mac;
 use crate::netns::{self, NetNs, NetnsError};
 use crate::peers::{TableDiff, Tables};
 
@@ -408,7 +408,7 @@ impl Netlink {
             l.vni == Some(spec.vni)
                 && l.learning == Some(false)
                 && l.proxy == Some(true)
-                && l.port == Some(VXLAN_PORT)
+                && l.port == Some(spec.port)
                 && socket_ns.is_some()
                 && l.link_netnsid == socket_ns
         };
@@ -444,7 +444,7 @@ impl Netlink {
         };
         let msg = LinkVxlan::new(&spec.vxlan, spec.vni)
             .local(spec.local)
-            .port(VXLAN_PORT)
+            .port(spec.port)
             .learning(false)
             .proxy(true)
             .mtu(spec.mtu)
@@ -454,8 +454,8 @@ impl Netlink {
             &from,
             msg,
             &format!(
-                "creating VXLAN device {} (VNI {}, port {VXLAN_PORT})",
-                spec.vxlan, spec.vni
+                "creating VXLAN device {} (VNI {}, port {})",
+                spec.vxlan, spec.vni, spec.port
             ),
         )
         .await

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Encryption, Endpoint, Mac, Network, NetworkId, VXLAN_OVERHEAD};
+use crate::model::{
+    Encryption, Endpoint, Mac, Network, NetworkId, IPSEC_VXLAN_PORT, VXLAN_OVERHEAD, VXLAN_PORT,
+};
 
 /// The bridge inside every sandbox; sandboxes are separate namespaces, so one name fits all.
 pub const BRIDGE: &str = "br0";
@@ -26,8 +28,12 @@ pub struct SandboxSpec {
     /// VTEP source address (the host's underlay address).
     pub local: Ipv4Addr,
     /// The namespace whose UDP socket carries the VXLAN traffic: None for the host's
-    /// (plain networks), the tunnel namespace for encrypted ones (its only exit is WireGuard).
+    /// (plain and IPsec networks), the tunnel namespace for WireGuard ones (its only exit
+    /// is WireGuard).
     pub vtep_netns: Option<PathBuf>,
+    /// The VXLAN UDP port: 4789, or the IPsec port, which only IPsec networks use, so the
+    /// XFRM policies select exactly their flows.
+    pub port: u16,
     pub bridge_mac: Mac,
     /// The gateway address with the subnet's prefix, assigned to the bridge.
     pub gateway: Ipv4Network,
@@ -48,6 +54,10 @@ impl SandboxSpec {
             local,
             vtep_netns: (net.encryption == Encryption::Wireguard)
                 .then(|| crate::wireguard::tunnel_netns(run_dir)),
+            port: match net.encryption {
+                Encryption::Ipsec => IPSEC_VXLAN_PORT,
+                _ => VXLAN_PORT,
+            },
             bridge_mac: Mac::from_name(BRIDGE_MAC_KIND, net.name.as_str()),
             gateway: Ipv4Network::new(net.gateway, net.subnet.prefix())
                 .expect("subnet prefix is valid"),
@@ -224,6 +234,40 @@ mod tests {
             ..enc.clone()
         };
         assert!(other.refuses(&enc).unwrap().contains("network id"));
+    }
+
+    #[test]
+    fn ipsec_networks_use_their_own_port_in_the_host_namespace_and_refuse_a_downgrade() {
+        let mut net = Network {
+            id: "00000000000000aa".parse().unwrap(),
+            name: "sec".parse().unwrap(),
+            vni: crate::model::Vni::new(7).unwrap(),
+            subnet: "10.9.0.0/16".parse().unwrap(),
+            gateway: "10.9.0.1".parse().unwrap(),
+            mtu: 1410,
+            encryption: Encryption::Ipsec,
+            allow_overlap: false,
+        };
+        let s =
+            SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
+        assert_eq!((s.port, s.vtep_netns.clone()), (IPSEC_VXLAN_PORT, None));
+        assert_eq!(
+            SandboxMarker::parse(&s.marker.alias()),
+            Some(s.marker.clone())
+        );
+        for other in [Encryption::None, Encryption::Wireguard] {
+            net.encryption = other;
+            let wanted = SandboxSpec::for_network(&net, Path::new("/run/rnet"), s.local);
+            assert!(
+                s.marker.refuses(&wanted.marker).unwrap().contains("enc"),
+                "{other}"
+            );
+        }
+        net.encryption = Encryption::None;
+        assert_eq!(
+            SandboxSpec::for_network(&net, Path::new("/r"), s.local).port,
+            VXLAN_PORT
+        );
     }
 
     #[test]

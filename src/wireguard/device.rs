@@ -241,6 +241,18 @@ impl WireGuard {
         info
     }
 
+    /// The X25519 shared secret of this host's key with `peer`'s: the input of the IPsec
+    /// key derivation (`ipsec::keys`). Never logged, never stored.
+    pub fn shared_secret(&self, peer: &boringtun::x25519::PublicKey) -> [u8; 32] {
+        self.inner
+            .keys
+            .read()
+            .key
+            .secret
+            .diffie_hellman(peer)
+            .to_bytes()
+    }
+
     /// The peers' pinned identities.
     pub fn pins(&self) -> &PinBook {
         &self.inner.pins

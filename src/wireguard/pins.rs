@@ -317,6 +317,7 @@ mod tests {
             started: 0,
             renewed: 0,
             wireguard: Some(wg),
+            ipsec: None,
         }
     }
 

@@ -113,6 +113,7 @@ mod tests {
                 identity: None,
                 signature: None,
             }),
+            ipsec: None,
         }
     }
 

@@ -55,6 +55,11 @@ pub struct Lab {
 impl Lab {
     /// `rnet lab up --hosts N` (daemons on the lab's etcd) with `extra` flags; panics if it fails.
     pub fn up(hosts: u32, extra: &[&str]) -> Lab {
+        Lab::up_with_env(hosts, extra, &[])
+    }
+
+    /// As `up`, with `env` set for `rnet lab up` (and so for its daemons).
+    pub fn up_with_env(hosts: u32, extra: &[&str], env: &[(&str, &str)]) -> Lab {
         require_root();
         let lab = Lab {
             name: unique_name(),
@@ -63,9 +68,12 @@ impl Lab {
         let n = hosts.to_string();
         let mut args = vec!["up", "--hosts", &n];
         args.extend_from_slice(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnet"));
+        cmd.args(["lab", "--name", &lab.name]).args(&args);
+        cmd.envs(env.iter().copied());
         ok(
             &format!("rnet lab up {}", lab.name),
-            rnet_lab(&lab.name, &args),
+            output_with_timeout(&mut cmd, LAB_TIMEOUT),
         );
         lab
     }

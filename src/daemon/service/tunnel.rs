@@ -17,6 +17,8 @@ pub struct Tunnel {
     pub wireguard: std::result::Result<WireGuard, String>,
     /// This host's record as `keep_presence` publishes it.
     pub record: tokio::sync::watch::Sender<HostRecord>,
+    /// IPsec mode, or why it cannot run here (e.g. no ESP in the kernel).
+    pub ipsec: std::result::Result<std::sync::Arc<crate::ipsec::Ipsec>, String>,
 }
 
 impl<S: Store> Service<S> {
@@ -36,6 +38,9 @@ impl<S: Store> Service<S> {
             Encryption::None => Ok(()),
             Encryption::Wireguard => self
                 .require_tunnel(&format!("{doing} encrypted network {net}"))
+                .map(|_| ()),
+            Encryption::Ipsec => self
+                .require_ipsec(&format!("{doing} IPsec network {net}"))
                 .map(|_| ()),
         }
     }
@@ -111,6 +116,12 @@ impl<S: Store> Service<S> {
         match net.encryption {
             Encryption::None => reachable.clone(),
             Encryption::Wireguard => reachable.intersection(up).cloned().collect(),
+            // Fail closed as for WireGuard: entries only toward peers with SAs both ways
+            // (the catch-all block policy drops anything else, and counts it).
+            Encryption::Ipsec => reachable
+                .intersection(&self.ipsec_ready())
+                .cloned()
+                .collect(),
         }
     }
 
