@@ -259,6 +259,7 @@ fn fake_endpoint(i: usize, network_id: &NetworkId) -> Endpoint {
         origin: Default::default(),
         owner: None,
         mtu: None,
+        ports: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod ipam;
 pub mod lab;
 pub mod libnetwork;
 pub mod model;
+pub mod nat;
 pub mod netns;
 pub mod peers;
 pub mod reconcile;

@@ -183,6 +183,7 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 

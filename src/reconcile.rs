@@ -368,6 +368,8 @@ mod tests {
             mtu: 1450,
             encryption: Default::default(),
             allow_overlap: false,
+            egress: true,
+            internal: false,
         }
     }
 
@@ -393,6 +395,7 @@ mod tests {
                     origin: Default::default(),
                     owner: None,
                     mtu: None,
+                    ports: Vec::new(),
                 };
                 let spec = EndpointSpec::for_endpoint(&net, &ep);
                 (ep, spec)

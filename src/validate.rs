@@ -441,6 +441,8 @@ mod tests {
             mtu: 1450,
             encryption: Encryption::None,
             allow_overlap: false,
+            egress: true,
+            internal: false,
         }
     }
 
@@ -461,6 +463,7 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 

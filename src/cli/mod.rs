@@ -241,6 +241,8 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
         mtu: a.mtu,
         allow_overlap: a.allow_overlap,
         encryption: a.encrypt,
+        no_egress: false,
+        internal: false,
     };
     let net: Network = client.post("/v1/networks", &req).await?;
     match fmt {

@@ -113,6 +113,7 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 

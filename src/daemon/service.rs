@@ -493,6 +493,7 @@ impl<S: Store> Service<S> {
             origin: req.origin.unwrap_or_default(),
             owner: req.owner.clone(),
             mtu: req.mtu.filter(|m| *m != net.mtu),
+            ports: Vec::new(),
         };
         let held = self
             .allocate(&net, template, requested_ip, Some(net_rev))
@@ -1312,6 +1313,7 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 

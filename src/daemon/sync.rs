@@ -476,6 +476,8 @@ mod tests {
             mtu: 1450,
             encryption: Default::default(),
             allow_overlap: false,
+            egress: true,
+            internal: false,
         })
         .unwrap()
     }
@@ -497,6 +499,7 @@ mod tests {
             origin: Default::default(),
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 
@@ -688,6 +691,7 @@ mod tests {
                 origin: Default::default(),
                 owner: None,
                 mtu: None,
+                ports: Vec::new(),
             };
             kv(keys::endpoint(net, ip), serde_json::to_vec(&e).unwrap())
         };

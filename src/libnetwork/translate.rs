@@ -209,6 +209,8 @@ pub fn choose_network(plan: &NetworkPlan, networks: &[Network]) -> Result<Choice
             mtu: plan.mtu,
             allow_overlap: false,
             encryption: plan.encryption,
+            no_egress: false,
+            internal: false,
         })),
     }
 }
@@ -791,6 +793,7 @@ mod tests {
             origin: crate::model::Origin::Docker,
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         }
     }
 

@@ -113,6 +113,7 @@ impl<S: Store> Service<S> {
             origin: crate::model::Origin::Docker,
             owner: None,
             mtu: None,
+            ports: Vec::new(),
         };
         let held = self.allocate(net, template, requested, None).await?;
         tracing::info!(network = %net.name, id = %held.ep.id, ip = %held.ep.ip, "address held for Docker");
