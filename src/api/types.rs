@@ -106,6 +106,10 @@ pub struct AttachRequest {
     /// Who within that front door (for CNI: the network configuration's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Ports of this host to forward to the workload (refused on an internal or no-egress
+    /// network, or when another endpoint here publishes the same host port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::model::PortMapping>,
 }
 
 /// `POST /v1/detach`: disconnect endpoints, chosen by id or by namespace.

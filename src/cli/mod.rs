@@ -122,6 +122,10 @@ fn parse_encryption(s: &str) -> Result<Encryption, String> {
     s.parse().map_err(|e: crate::model::Invalid| e.0)
 }
 
+fn parse_port(s: &str) -> Result<crate::model::PortMapping, String> {
+    s.parse().map_err(|e: crate::model::Invalid| e.0)
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     pub name: String,
@@ -143,6 +147,13 @@ pub struct CreateArgs {
     /// Encrypt traffic between hosts: `none` or `wireguard` (fixed for the network's life).
     #[arg(long, value_name = "none|wireguard", value_parser = parse_encryption)]
     pub encrypt: Option<Encryption>,
+    /// Workloads reach nothing beyond the overlay (default: they reach the host's networks
+    /// and beyond, masqueraded to the host's address).
+    #[arg(long)]
+    pub no_egress: bool,
+    /// As Docker's --internal: no egress and no published ports.
+    #[arg(long)]
+    pub internal: bool,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +177,9 @@ pub struct AttachArgs {
     /// MAC address of the workload interface (unicast; default: derived from the address).
     #[arg(long)]
     pub mac: Option<String>,
+    /// Publish a port of this host: `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]` (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST_PORT:PORT", value_parser = parse_port)]
+    pub publish: Vec<crate::model::PortMapping>,
 }
 
 #[derive(Args, Debug)]
@@ -241,8 +255,8 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
         mtu: a.mtu,
         allow_overlap: a.allow_overlap,
         encryption: a.encrypt,
-        no_egress: false,
-        internal: false,
+        no_egress: a.no_egress,
+        internal: a.internal,
     };
     let net: Network = client.post("/v1/networks", &req).await?;
     match fmt {
@@ -253,7 +267,15 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
 }
 
 fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
-    let mut t = Table::new(&["NAME", "VNI", "SUBNET", "GATEWAY", "MTU", "ENDPOINTS"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "VNI",
+        "SUBNET",
+        "GATEWAY",
+        "MTU",
+        "EGRESS",
+        "ENDPOINTS",
+    ]);
     for (n, eps) in nets {
         t.row(vec![
             n.name.to_string(),
@@ -261,14 +283,25 @@ fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
             n.subnet.to_string(),
             n.gateway.to_string(),
             n.mtu.to_string(),
+            egress_column(n).into(),
             eps.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
     t
 }
 
+fn egress_column(n: &Network) -> &'static str {
+    match (n.internal, n.egress) {
+        (true, _) => "internal",
+        (false, true) => "yes",
+        (false, false) => "no",
+    }
+}
+
 fn endpoints_table(eps: &[Endpoint]) -> Table {
-    let mut t = Table::new(&["NETWORK", "ID", "IP", "MAC", "IFNAME", "HOST", "NETNS"]);
+    let mut t = Table::new(&[
+        "NETWORK", "ID", "IP", "MAC", "IFNAME", "HOST", "NETNS", "PORTS",
+    ]);
     for e in eps {
         t.row(vec![
             e.network.to_string(),
@@ -278,6 +311,11 @@ fn endpoints_table(eps: &[Endpoint]) -> Table {
             e.ifname.to_string(),
             e.host.clone(),
             e.netns.clone(),
+            e.ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
     }
     t
@@ -344,6 +382,7 @@ async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Fail
         ip: a.ip.clone(),
         id: a.id.clone(),
         mac: a.mac.clone(),
+        ports: a.publish.clone(),
         ..Default::default()
     };
     let ep: Endpoint = client.post("/v1/attach", &req).await?;

@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// Interface name inside the workload.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
+    /// Publish a port of this host: `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]` (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST_PORT:PORT", value_parser = super::parse_port)]
+    pub publish: Vec<crate::model::PortMapping>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -165,6 +168,7 @@ async fn supervise(cli: &Cli, args: &RunArgs, child: Pid, go: OwnedFd) -> i32 {
         ip: args.ip.clone(),
         id: args.name.clone(),
         origin: Some(crate::model::Origin::Run),
+        ports: args.publish.clone(),
         ..Default::default()
     };
     let ep: Endpoint = match client.post("/v1/attach", &req).await {

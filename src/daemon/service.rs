@@ -38,6 +38,7 @@ use crate::validate::{self, Rejected};
 
 mod cni;
 mod docker;
+mod egress;
 mod tunnel;
 pub use docker::Versioned;
 pub use tunnel::Tunnel;
@@ -81,6 +82,10 @@ pub struct Service<S: Store> {
     /// Invalid records this process warned about (key -> revision) that the watched cache
     /// did not list yet, so a listing repeated every second logs each once.
     warned: Mutex<HashMap<String, Revision>>,
+    /// One egress pass (uplinks and NAT table) at a time.
+    egress_lock: tokio::sync::Mutex<()>,
+    /// Held from the check that a host port is free until the record taking it is written.
+    ports_lock: tokio::sync::Mutex<()>,
 }
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
@@ -140,6 +145,8 @@ impl<S: Store> Service<S> {
             tunnel,
             tunnel_problems: Mutex::new(Default::default()),
             warned: Mutex::new(HashMap::new()),
+            egress_lock: Default::default(),
+            ports_lock: Default::default(),
         }
     }
 
@@ -437,6 +444,7 @@ impl<S: Store> Service<S> {
         self.dp
             .remove_sandbox(&self.sandbox_spec(&net).netns)
             .await?;
+        self.sync_egress().await;
         tracing::info!(network = name, "network removed");
         Ok(RemoveResponse {
             removed: name.to_string(),
@@ -475,6 +483,7 @@ impl<S: Store> Service<S> {
         if let Some(mac) = requested_mac {
             self.check_mac_free(&net, mac).await?;
         }
+        let ports_held = self.check_ports(&net, &req.ports).await?;
         let _guard = self.kernel.read().await;
         self.ensure_sandbox(&net).await?;
         let template = Endpoint {
@@ -493,7 +502,7 @@ impl<S: Store> Service<S> {
             origin: req.origin.unwrap_or_default(),
             owner: req.owner.clone(),
             mtu: req.mtu.filter(|m| *m != net.mtu),
-            ports: Vec::new(),
+            ports: req.ports.clone(),
         };
         let held = self
             .allocate(&net, template, requested_ip, Some(net_rev))
@@ -512,7 +521,9 @@ impl<S: Store> Service<S> {
             return Err(e.into());
         }
         let ep = held.ep;
+        drop(ports_held);
         self.journal_record(&ep);
+        self.sync_egress().await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok(ep)
     }
@@ -797,6 +808,7 @@ impl<S: Store> Service<S> {
         for v in &chosen {
             self.detach_one(&net, v).await?;
         }
+        self.sync_egress().await;
         Ok(DetachResponse {
             detached: chosen.into_iter().map(|v| v.ep).collect(),
         })
@@ -889,6 +901,10 @@ impl<S: Store> Service<S> {
             }
             Err(e) => return Err(e),
         };
+        match self.egress_pass(apply).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => tracing::warn!(error = %e, "checking egress failed"),
+        }
         let peer_findings = self.peer_pass(true, apply, None).await?;
         if apply {
             let repaired = findings.len() + peer_findings.len();
@@ -1171,8 +1187,8 @@ impl<S: Store> Service<S> {
                     .insert(net.id.clone(), net.encryption);
                 self.programmed.lock().await.remove(&net.id);
             }
-            // Peer tables are programmed by the peer pass that follows.
-            Repair::SyncPeers { .. } => return Ok(false),
+            // Peer tables are programmed by the peer pass that follows; egress by its own.
+            Repair::SyncPeers { .. } | Repair::Egress => return Ok(false),
             Repair::RemoveSandbox { path } => self.dp.remove_sandbox(path).await?,
             Repair::RemoveVeth {
                 sandbox,

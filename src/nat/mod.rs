@@ -421,7 +421,10 @@ mod tests {
         let a = img("postrouting", "masq a", "x");
         let b = img("forward", "drop", "y");
         assert!(audit(&[a.clone(), b.clone()], Some(&[b.clone(), a.clone()])).is_empty());
-        assert_eq!(audit(std::slice::from_ref(&a), None), vec![Drift::TableMissing]);
+        assert_eq!(
+            audit(std::slice::from_ref(&a), None),
+            vec![Drift::TableMissing]
+        );
         assert!(audit(&[], None).is_empty());
         assert_eq!(audit(&[], Some(&[])), vec![Drift::TableStray]);
         let changed = img("postrouting", "masq a", "z");
