@@ -86,6 +86,8 @@ pub struct Service<S: Store> {
     egress_lock: tokio::sync::Mutex<()>,
     /// Held from the check that a host port is free until the record taking it is written.
     ports_lock: tokio::sync::Mutex<()>,
+    /// What the egress pass last made of the watched cache (see `egress_on_change`).
+    egress_seen: Mutex<Option<egress::Seen>>,
 }
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
@@ -147,6 +149,7 @@ impl<S: Store> Service<S> {
             warned: Mutex::new(HashMap::new()),
             egress_lock: Default::default(),
             ports_lock: Default::default(),
+            egress_seen: Mutex::new(None),
         }
     }
 
@@ -950,6 +953,7 @@ impl<S: Store> Service<S> {
     /// last programmed.
     pub async fn sync_peers(&self, full: bool) -> Result<usize> {
         let _guard = self.kernel.read().await;
+        self.egress_on_change().await;
         Ok(self.peer_pass(full, true, None).await?.len())
     }
 

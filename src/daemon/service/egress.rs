@@ -35,7 +35,42 @@ fn nft_error(e: nft::NftError) -> Error {
     Error::Internal(format!("programming the NAT table: {e}"))
 }
 
+/// What egress needs, as computed from the watched cache: the table and the uplink names.
+pub(super) type Seen = (Ruleset, Vec<String>);
+
 impl<S: Store> Service<S> {
+    /// On a store change: run the egress pass if what egress needs changed (another host
+    /// released this host's endpoint, a network was removed elsewhere). Cheap otherwise:
+    /// pure code on the cache, no kernel and no store round trip.
+    pub(super) async fn egress_on_change(&self) {
+        let cache = self.shared.snapshot();
+        if !cache.synced {
+            return;
+        }
+        let networks: Vec<Network> = cache.networks.values().cloned().collect();
+        let local: Vec<Endpoint> = cache
+            .endpoints
+            .values()
+            .filter(|e| e.host == self.cfg.host_id)
+            .cloned()
+            .collect();
+        let uplinks = networks
+            .iter()
+            .filter(|n| nat::wants_uplink(n, &local))
+            .map(|n| crate::dataplane::spec::uplink_ifname(&n.id))
+            .collect();
+        let seen = (nat::desired(&networks, &local), uplinks);
+        let changed = {
+            let mut last = self.egress_seen.lock().expect("poisoned");
+            let changed = last.as_ref() != Some(&seen);
+            *last = Some(seen);
+            changed
+        };
+        if changed {
+            self.sync_egress().await;
+        }
+    }
+
     /// Refuse ports that `net` cannot publish or that another endpoint on this host already
     /// publishes; on success, the guard that keeps the check true until the caller's record
     /// is written (None when nothing is published).
