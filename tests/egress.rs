@@ -373,3 +373,77 @@ fn a_published_port_reaches_the_workload_refuses_clashes_and_goes_with_it() {
     });
     assert!(uplinks(&lab, "h1").is_empty());
 }
+
+/// A TCP listener inside `netns` on port `port` answering every connection with `text`.
+fn serve_in(netns: &Path, port: u16, text: &'static str) {
+    let l = in_ns(netns, move || {
+        TcpListener::bind(("0.0.0.0", port)).expect("bind")
+    });
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(format!("{text}\n").as_bytes());
+        }
+    });
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn cni_port_mappings_from_runtime_config_are_published_and_released() {
+    use common::cni::Plugin;
+    use serde_json::json;
+    let mut h = common::Host::new("cniport");
+    h.start_daemon();
+    h.rnet_ok(&["create", "cnip", "--subnet", "10.96.0.0/24"]);
+    let cni = Plugin::rnet(&h.socket());
+    let conf = |maps: serde_json::Value| {
+        json!({"cniVersion": "1.1.0", "name": "cnip", "type": "rnet-cni",
+               "runtimeConfig": {"portMappings": maps}})
+    };
+    let w = Workload::new("cniweb");
+    let ok = conf(json!([{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]));
+    cni.add(&ok, "c1", &w.path(), "eth0", "").ok();
+    serve_in(&w.path(), 80, "cni-web");
+    // From the host itself to its own address: the output chain's DNAT.
+    let target = format!("{}:8081", h.underlay());
+    assert_eq!(
+        tcp_ask(&h.netns_path(), &target).as_deref(),
+        Some("cni-web")
+    );
+
+    // Hostile: the same host port for another container, and out-of-range ports.
+    let other = Workload::new("cniother");
+    let clash = conf(json!([{"hostPort": 8081, "containerPort": 81}]));
+    let out = cni.add(&clash, "c2", &other.path(), "eth0", "");
+    assert_ne!(out.status, 0);
+    assert!(
+        out.stdout.contains("already published by endpoint"),
+        "{out:?}"
+    );
+    let msg = cni
+        .add(
+            &conf(json!([{"hostPort": 70000, "containerPort": 80}])),
+            "c3",
+            &other.path(),
+            "eth0",
+            "",
+        )
+        .err(7);
+    assert!(msg.contains("out of range"), "{msg}");
+    assert!(
+        other.links().iter().all(|l| l == "lo"),
+        "{:?}",
+        other.links()
+    );
+
+    cni.del(&ok, "c1", Some(&w.path()), "eth0").ok();
+    assert_eq!(tcp_ask(&h.netns_path(), &target), None);
+    let netns = format!("--net={}", h.netns_path().display());
+    wait_until("no rnet table", Duration::from_secs(5), || {
+        !Command::new("nsenter")
+            .args([netns.as_str(), "--", "nft", "list", "table", "ip", "rnet"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+}
