@@ -486,7 +486,7 @@ impl<S: Store> Service<S> {
         if let Some(mac) = requested_mac {
             self.check_mac_free(&net, mac).await?;
         }
-        let ports_held = self.check_ports(&net, &req.ports).await?;
+        let ports_held = self.check_ports(&net, &req.ports, None).await?;
         let _guard = self.kernel.read().await;
         self.ensure_sandbox(&net).await?;
         let template = Endpoint {

@@ -8,6 +8,7 @@
 //! operations the CLI and CNI use (allocation by create-if-absent in the store, the
 //! network's sandbox, a veth pair), so nothing here bypasses rnetd.
 
+pub mod ports;
 pub mod protocol;
 pub mod state;
 pub mod translate;

@@ -78,6 +78,7 @@ impl<S: Store> Service<S> {
         &self,
         net: &Network,
         ports: &[PortMapping],
+        except: Option<&str>,
     ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>> {
         if ports.is_empty() {
             return Ok(None);
@@ -97,7 +98,7 @@ impl<S: Store> Service<S> {
         }
         let guard = self.ports_lock.lock().await;
         let local = self.local_endpoints().await?;
-        if let Some((other, m)) = nat::port_conflict(&local, ports, None) {
+        if let Some((other, m)) = nat::port_conflict(&local, ports, except) {
             return Err(Error::Conflict(format!(
                 "host port {}/{} is already published by endpoint {} ({}) on network {}",
                 m.host_port,
