@@ -197,7 +197,12 @@ fn dnat_rules(net: &Network, ep: &Endpoint, p: &PortMapping) -> Vec<Rule> {
         .into_iter()
         .map(|chain| Rule::Dnat {
             chain,
-            endpoint: format!("{}/{}", net.name, ep.id),
+            // Short, as Docker shows ids: a rule's comment holds at most 125 bytes.
+            endpoint: format!(
+                "{}/{}",
+                net.name,
+                ep.id.as_str().chars().take(12).collect::<String>()
+            ),
             proto: p.proto,
             host_ip: p.host_ip,
             host_port,

@@ -173,7 +173,8 @@ fn uplinks() -> InterfaceName {
 /// The nftnl rule for one of ours.
 fn build<'a>(rule: &Rule, chain: &'a NftChain<'a>) -> Result<nftnl::Rule<'a>> {
     let mut r = nftnl::Rule::new(chain);
-    let comment = CString::new(rule.to_string()).map_err(|e| NftError::Malformed(e.to_string()))?;
+    let comment =
+        CString::new(comment_text(rule)).map_err(|e| NftError::Malformed(e.to_string()))?;
     r.set_comment(&comment)
         .map_err(|e| NftError::Malformed(format!("{e}: {comment:?}")))?;
     match rule {
@@ -235,6 +236,17 @@ fn build<'a>(rule: &Rule, chain: &'a NftChain<'a>) -> Result<nftnl::Rule<'a>> {
         }
     }
     Ok(r)
+}
+
+/// A rule's comment, cut to what fits libnftnl's 128-byte user data (2 header bytes, NUL).
+fn comment_text(rule: &Rule) -> String {
+    let mut s = rule.to_string();
+    let mut end = s.len().min(125);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
 }
 
 /// The images of `rs`'s rules as the kernel would report them.
@@ -521,7 +533,8 @@ mod tests {
                 },
                 Rule::Dnat {
                     chain: Chain::Output,
-                    endpoint: "blue/web".into(),
+                    // Longer than a comment may be: cut, on both sides of the audit alike.
+                    endpoint: "é".repeat(100),
                     proto: Proto::Udp,
                     host_ip: Some("198.18.0.1".parse().unwrap()),
                     host_port: 53,

@@ -286,7 +286,9 @@ impl<S: Store> Service<S> {
             })
             .await?;
         drop(held);
-        self.sync_egress().await;
+        // Docker hears of a failure (and undoes the container's start); the next reconcile
+        // would retry it anyway.
+        self.egress_pass(true).await?;
         tracing::info!(network = %net.name, id = %done.ep.id, ports = done.ep.ports.len(), "published ports for Docker");
         Ok(done)
     }
