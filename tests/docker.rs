@@ -805,6 +805,28 @@ fn docker_run_publish_reaches_the_container_from_outside_and_goes_with_it() {
         "{err}"
     );
 
+    // docker network create --internal reaches the driver as an internal rnet network.
+    docker.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "-d",
+        d,
+        "--ipam-driver",
+        d,
+        "--subnet",
+        "10.68.0.0/24",
+        "-o",
+        "rnet.network=inner",
+        "inner",
+    ]);
+    let inner = host.rnet_json(&["inspect", "inner"]);
+    assert_eq!(
+        (inner["internal"].clone(), inner["egress"].clone()),
+        (json!(true), json!(false)),
+        "{inner}"
+    );
+
     docker.ok(&["rm", "-f", "web"]);
     wait_until("port closed", Duration::from_secs(10), || {
         tcp_read_from(&client.path(), &target).is_none()
