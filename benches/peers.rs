@@ -261,6 +261,7 @@ fn fake_endpoint(i: usize, network_id: &NetworkId) -> Endpoint {
         mtu: None,
         name: None,
         aliases: Vec::new(),
+        ports: Vec::new(),
     }
 }
 

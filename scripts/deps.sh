@@ -13,6 +13,9 @@ export DEBIAN_FRONTEND=noninteractive
 readonly REQUIRED=(
     "protobuf-compiler:protoc" # etcd-client's build script compiles etcd's .proto files
     "libprotobuf-dev:-"        # google/protobuf/descriptor.proto, imported by etcd's .proto files (no command: dpkg decides)
+    "libnftnl-dev:-"           # the nftnl crate links libnftnl (rnetd's NAT table for egress and published ports)
+    "libmnl-dev:-"             # ... and libnftnl's libmnl
+    "nftables:nft"             # tests inspect the NAT table (product code never runs it)
     "iproute2:ip"              # netns, links, fdb/neigh inspection in tests and the demo
     "iproute2:bridge"
     "iputils-ping:ping" # connectivity checks

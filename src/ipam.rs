@@ -33,6 +33,12 @@ pub struct NetworkRequest {
     /// None: `none` for a new network, the existing network's for a repeated request.
     #[serde(default)]
     pub encryption: Option<Encryption>,
+    /// Workloads reach nothing beyond the overlay (`rnet network create --no-egress`).
+    #[serde(default)]
+    pub no_egress: bool,
+    /// No egress and no published ports (Docker's `--internal`).
+    #[serde(default)]
+    pub internal: bool,
 }
 
 /// Why a network request cannot be granted.
@@ -160,6 +166,8 @@ pub fn plan_network_avoiding(
         mtu,
         encryption,
         allow_overlap: req.allow_overlap,
+        egress: !req.no_egress && !req.internal,
+        internal: req.internal,
     };
     if let Some(old) = same_name {
         return if old.same_options(&net) {
@@ -220,6 +228,12 @@ fn describe_differences(old: &Network, new: &Network) -> String {
             "allow-overlap {} vs {}",
             old.allow_overlap, new.allow_overlap
         ));
+    }
+    if old.egress != new.egress {
+        d.push(format!("egress {} vs {}", old.egress, new.egress));
+    }
+    if old.internal != new.internal {
+        d.push(format!("internal {} vs {}", old.internal, new.internal));
     }
     d.join(", ")
 }

@@ -28,6 +28,7 @@ pub mod ipsec;
 pub mod lab;
 pub mod libnetwork;
 pub mod model;
+pub mod nat;
 pub mod netns;
 pub mod peers;
 pub mod reconcile;

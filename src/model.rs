@@ -539,6 +539,17 @@ pub struct Network {
     /// Whether this network may share address space with others.
     #[serde(default)]
     pub allow_overlap: bool,
+    /// Whether workloads reach beyond the overlay through their host (masqueraded to the
+    /// host's address). Records written before the field existed had none: on.
+    #[serde(default = "default_true")]
+    pub egress: bool,
+    /// Docker's `--internal`: no egress and no published ports.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Network {
@@ -589,12 +600,151 @@ pub struct Endpoint {
     pub name: Option<DnsName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<DnsName>,
+    /// Ports published on this endpoint's host (DNAT to the endpoint's address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 impl Endpoint {
     /// Every DNS name of the endpoint: its name, then its aliases.
     pub fn dns_names(&self) -> impl Iterator<Item = &DnsName> {
         self.name.iter().chain(&self.aliases)
+    }
+}
+
+/// A transport protocol of a published port.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => invalid(format!(
+                "unknown protocol {other:?}: use \"tcp\" or \"udp\""
+            )),
+        }
+    }
+}
+
+/// A port of the host forwarded to a port of the endpoint (`HOST_PORT:PORT[/udp]`).
+/// Ports are u32 on the wire so that 70000 is refused by name, not by a parse error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub host_port: u32,
+    pub container_port: u32,
+    #[serde(default)]
+    pub proto: Proto,
+    /// Only traffic to this host address (default: any address of the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+}
+
+impl PortMapping {
+    /// Both ports in 1..=65535.
+    pub fn check(&self) -> Result<(), Invalid> {
+        for (what, p) in [
+            ("host port", self.host_port),
+            ("container port", self.container_port),
+        ] {
+            if !(1..=65535).contains(&p) {
+                return invalid(format!("{what} {p} in {self} is out of range 1..=65535"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether two mappings would take the same host port (same protocol, overlapping address).
+    pub fn clashes(&self, other: &PortMapping) -> bool {
+        self.proto == other.proto
+            && self.host_port == other.host_port
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port, self.container_port, self.proto
+        )
+    }
+}
+
+impl FromStr for PortMapping {
+    type Err = Invalid;
+    /// `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]`, as `docker run -p` takes it.
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let (ports, proto) = match s.rsplit_once('/') {
+            Some((p, proto)) => (p, proto.parse()?),
+            None => (s, Proto::Tcp),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_ip, host, container) = match parts.as_slice() {
+            [h, c] => (None, *h, *c),
+            [ip, h, c] => (
+                Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    Invalid(format!(
+                        "{ip:?} in port mapping {s:?} is not an IPv4 address"
+                    ))
+                })?),
+                *h,
+                *c,
+            ),
+            _ => {
+                return invalid(format!(
+                    "port mapping {s:?} is not [HOST_IP:]HOST_PORT:PORT[/tcp|/udp]"
+                ))
+            }
+        };
+        let port = |what: &str, p: &str| {
+            p.parse::<u32>().map_err(|_| {
+                Invalid(format!(
+                    "{what} {p:?} in port mapping {s:?} is not a number"
+                ))
+            })
+        };
+        let m = PortMapping {
+            host_port: port("host port", host)?,
+            container_port: port("container port", container)?,
+            proto,
+            host_ip,
+        };
+        m.check()?;
+        Ok(m)
     }
 }
 
@@ -766,10 +916,56 @@ mod tests {
             mtu: 1450,
             encryption: Encryption::None,
             allow_overlap: false,
+            egress: true,
+            internal: false,
         };
         let s = serde_json::to_string(&n).unwrap();
         assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
         assert!(serde_json::from_str::<Network>(&s.replace("42", "0")).is_err());
+        // A record written before egress existed: egress on, not internal.
+        let old = s.replace(",\"egress\":true,\"internal\":false", "");
+        assert!(!old.contains("egress"), "{old}");
+        assert_eq!(serde_json::from_str::<Network>(&old).unwrap(), n);
+    }
+
+    #[test]
+    fn port_mappings_parse_and_refuse() {
+        let m: PortMapping = "8080:80".parse().unwrap();
+        assert_eq!(
+            (m.host_port, m.container_port, m.proto, m.host_ip),
+            (8080, 80, Proto::Tcp, None)
+        );
+        let u: PortMapping = "198.18.0.1:53:5353/udp".parse().unwrap();
+        assert_eq!(u.proto, Proto::Udp);
+        assert_eq!(u.host_ip, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(u.to_string().parse::<PortMapping>().unwrap(), u);
+        for bad in [
+            "0:80",
+            "8080:0",
+            "70000:80",
+            "80:65536",
+            "80:80/sctp",
+            "80",
+            "a:80",
+            "x:1:2",
+        ] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad} accepted");
+        }
+        assert!("70000:80"
+            .parse::<PortMapping>()
+            .unwrap_err()
+            .0
+            .contains("out of range"));
+        assert!("80:80/sctp"
+            .parse::<PortMapping>()
+            .unwrap_err()
+            .0
+            .contains("sctp"));
+        assert!(m.clashes(&"8080:81".parse().unwrap()));
+        assert!(!m.clashes(&"8080:80/udp".parse().unwrap()));
+        assert!(m.clashes(&"1.2.3.4:8080:9".parse().unwrap()));
+        let a: PortMapping = "1.2.3.4:8080:9".parse().unwrap();
+        assert!(!a.clashes(&"1.2.3.5:8080:9".parse().unwrap()));
     }
 
     #[test]

@@ -185,6 +185,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 

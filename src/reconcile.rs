@@ -53,6 +53,8 @@ pub enum Repair {
     },
     /// Re-program the network's FDB and neighbour entries from the kernel's actual state.
     SyncPeers { network: String },
+    /// Re-build uplinks and re-program the host's NAT table (the egress pass does it).
+    Egress,
 }
 
 /// One line per missing or stray peer-table entry of `network`.
@@ -336,7 +338,11 @@ fn diff_veths(
         .map(|(e, _)| e.host_ifname.as_str())
         .collect();
     for l in &have.links {
-        if l.kind.as_deref() == Some("veth") && !owned.contains(l.name.as_str()) {
+        // The uplink is the egress pass's (`daemon::service::egress`), not an endpoint's.
+        if l.kind.as_deref() == Some("veth")
+            && !owned.contains(l.name.as_str())
+            && l.name != crate::dataplane::spec::UPLINK_SANDBOX_IFNAME
+        {
             out.push(finding(
                 &want.name,
                 "stray",
@@ -368,6 +374,8 @@ mod tests {
             mtu: 1450,
             encryption: Default::default(),
             allow_overlap: false,
+            egress: true,
+            internal: false,
         }
     }
 
@@ -395,6 +403,7 @@ mod tests {
                     mtu: None,
                     name: None,
                     aliases: Vec::new(),
+                    ports: Vec::new(),
                 };
                 let spec = EndpointSpec::for_endpoint(&net, &ep);
                 (ep, spec)

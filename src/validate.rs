@@ -194,6 +194,9 @@ pub fn check_network(key_name: &str, net: &Network) -> Result<(), String> {
     }
     // Serde checks these on decoding already; said again so no other path can skip them.
     Vni::new(net.vni.get()).map_err(|e| e.0)?;
+    if net.internal && net.egress {
+        return Err("an internal network cannot have egress".into());
+    }
     // A NetworkId is checked by its type when decoded.
     let subnet = net.subnet;
     if subnet.ip() != subnet.network() {
@@ -320,6 +323,28 @@ pub fn check_endpoint(key_net: &str, key_ip: Ipv4Addr, ep: &Endpoint) -> Result<
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return Err(format!("MTU {mtu} is out of range {MIN_MTU}..={MAX_MTU}"));
         }
+    }
+    check_ports(&ep.ports)
+}
+
+/// At most this many published ports per endpoint (each costs two NAT rules on its host).
+pub const MAX_PORTS: usize = 64;
+
+/// Published ports: in range, not too many, no host port twice.
+pub fn check_ports(ports: &[crate::model::PortMapping]) -> Result<(), String> {
+    if ports.len() > MAX_PORTS {
+        return Err(format!(
+            "{} published ports; at most {MAX_PORTS} are allowed",
+            ports.len()
+        ));
+    }
+    for p in ports {
+        p.check().map_err(|e| e.0)?;
+    }
+    if let Some((a, b)) = crate::nat::duplicate_in(ports) {
+        return Err(format!(
+            "published ports {a} and {b} take the same host port"
+        ));
     }
     Ok(())
 }
@@ -470,6 +495,8 @@ mod tests {
             mtu: 1450,
             encryption: Encryption::None,
             allow_overlap: false,
+            egress: true,
+            internal: false,
         }
     }
 
@@ -492,6 +519,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -852,6 +880,33 @@ mod tests {
         h.ipsec = None;
         h.wireguard.as_mut().unwrap().port = 0;
         assert!(host_err(&keys::host("h2"), &h).contains("port is 0"));
+    }
+
+    #[test]
+    fn egress_and_ports_are_checked() {
+        let mut n = net();
+        n.internal = true;
+        assert!(check_network("blue", &n).unwrap_err().contains("internal"));
+        n.egress = false;
+        assert!(check_network("blue", &n).is_ok());
+        let mut e = ep("10.9.0.5");
+        e.ports = vec!["8080:80".parse().unwrap()];
+        assert!(check_endpoint("blue", "10.9.0.5".parse().unwrap(), &e).is_ok());
+        // A record can carry what the parser refuses: checked again here.
+        e.ports[0].host_port = 70000;
+        assert!(check_endpoint("blue", "10.9.0.5".parse().unwrap(), &e)
+            .unwrap_err()
+            .contains("out of range"));
+        e.ports = vec!["8080:80".parse().unwrap(), "8080:81".parse().unwrap()];
+        assert!(check_endpoint("blue", "10.9.0.5".parse().unwrap(), &e)
+            .unwrap_err()
+            .contains("same host port"));
+        e.ports = (1..=65)
+            .map(|p| format!("{p}:80").parse().unwrap())
+            .collect();
+        assert!(check_endpoint("blue", "10.9.0.5".parse().unwrap(), &e)
+            .unwrap_err()
+            .contains("at most 64"));
     }
 
     #[test]

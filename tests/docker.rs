@@ -658,3 +658,184 @@ fn docker_containers_and_rnet_run_workloads_across_lab_hosts() {
     drop(d2);
     drop(d1);
 }
+
+/// A client namespace wired to `host` by a veth pair (host side 198.19.1.1/30, client
+/// 198.19.1.2/30 with its default route through the host): traffic from outside.
+fn outside_client(host: &Host) -> Workload {
+    let client = Workload::new("outside");
+    let h = format!("--net={}", host.netns_path().display());
+    let run = |argv: &[&str]| {
+        let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "nsenter",
+        &h,
+        "--",
+        "ip",
+        "link",
+        "add",
+        "cl0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        client.name(),
+    ]);
+    run(&[
+        "nsenter",
+        &h,
+        "--",
+        "ip",
+        "addr",
+        "add",
+        "198.19.1.1/30",
+        "dev",
+        "cl0",
+    ]);
+    run(&["nsenter", &h, "--", "ip", "link", "set", "cl0", "up"]);
+    let c = client.name();
+    run(&["ip", "-n", c, "addr", "add", "198.19.1.2/30", "dev", "eth0"]);
+    run(&["ip", "-n", c, "link", "set", "eth0", "up"]);
+    run(&[
+        "ip",
+        "-n",
+        c,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.19.1.1",
+    ]);
+    client
+}
+
+/// What the listener at `addr` says to a connection from `netns` (None: no connection).
+fn tcp_read_from(netns: &Path, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn docker_run_publish_reaches_the_container_from_outside_and_goes_with_it() {
+    let mut host = Host::new("dkp");
+    let plugin = DockerPlugin::socket_dir();
+    host.start_daemon_with(&strs(&plugin.rnetd_args()));
+    let docker = Dockerd::start(&host.netns_path());
+    let image = docker.busybox();
+    let d = plugin.name();
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        d,
+        "--ipam-driver",
+        d,
+        "--subnet",
+        "10.67.0.0/24",
+        "-o",
+        "rnet.network=pnet",
+        "pnet",
+    ]);
+    let client = outside_client(&host);
+    let serve = "while true; do echo hello-docker | nc -l -p 80; done";
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "pnet",
+        "-p",
+        "8080:80",
+        image,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    let target = format!("{}:8080", host.underlay());
+    let mut said = None;
+    wait_until("published port answers", Duration::from_secs(10), || {
+        said = tcp_read_from(&client.path(), &target);
+        said.is_some()
+    });
+    assert_eq!(said.as_deref(), Some("hello-docker"));
+    let eps = endpoints(&host, "pnet");
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(
+        eps[0]["ports"],
+        json!([{"host_port": 8080, "container_port": 80, "proto": "tcp"}])
+    );
+
+    // A second container asking for the same host port: Docker reports rnet's refusal.
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "pnet",
+        "-p",
+        "8080:81",
+        image,
+        "sleep",
+        "60",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already published"),
+        "{err}"
+    );
+
+    // docker network create --internal reaches the driver as an internal rnet network.
+    docker.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "-d",
+        d,
+        "--ipam-driver",
+        d,
+        "--subnet",
+        "10.68.0.0/24",
+        "-o",
+        "rnet.network=inner",
+        "inner",
+    ]);
+    let inner = host.rnet_json(&["inspect", "inner"]);
+    assert_eq!(
+        (inner["internal"].clone(), inner["egress"].clone()),
+        (json!(true), json!(false)),
+        "{inner}"
+    );
+
+    docker.ok(&["rm", "-f", "web"]);
+    wait_until("port closed", Duration::from_secs(10), || {
+        tcp_read_from(&client.path(), &target).is_none()
+    });
+    let h = format!("--net={}", host.netns_path().display());
+    let table = Command::new("nsenter")
+        .args([h.as_str(), "--", "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&table.stdout).contains("8080"));
+    host.rnet_ok(&["doctor"]);
+}

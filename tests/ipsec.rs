@@ -122,6 +122,8 @@ fn without_esp_attaching_to_an_ipsec_network_made_elsewhere_fails_and_leaves_not
         mtu: 1410,
         encryption: rnet::model::Encryption::Ipsec,
         allow_overlap: false,
+        egress: true,
+        internal: false,
     };
     {
         use rnet::store::{keys, EmbeddedStore, Store};

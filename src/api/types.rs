@@ -132,6 +132,10 @@ pub struct AttachRequest {
     /// More DNS names for it (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Ports of this host to forward to the workload (refused on an internal or no-egress
+    /// network, or when another endpoint here publishes the same host port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::model::PortMapping>,
 }
 
 /// `POST /v1/detach`: disconnect endpoints, chosen by id or by namespace.

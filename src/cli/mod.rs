@@ -123,6 +123,10 @@ fn parse_encryption(s: &str) -> Result<Encryption, String> {
     s.parse().map_err(|e: crate::model::Invalid| e.0)
 }
 
+fn parse_port(s: &str) -> Result<crate::model::PortMapping, String> {
+    s.parse().map_err(|e: crate::model::Invalid| e.0)
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     pub name: String,
@@ -145,6 +149,13 @@ pub struct CreateArgs {
     /// `ipsec` (kernel ESP; needs esp4 in the kernel). Fixed for the network's life.
     #[arg(long, value_name = "none|wireguard|ipsec", value_parser = parse_encryption)]
     pub encrypt: Option<Encryption>,
+    /// Workloads reach nothing beyond the overlay (default: they reach the host's networks
+    /// and beyond, masqueraded to the host's address).
+    #[arg(long)]
+    pub no_egress: bool,
+    /// As Docker's --internal: no egress and no published ports.
+    #[arg(long)]
+    pub internal: bool,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +185,9 @@ pub struct AttachArgs {
     /// Another DNS name for it (repeatable).
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// Publish a port of this host: `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]` (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST_PORT:PORT", value_parser = parse_port)]
+    pub publish: Vec<crate::model::PortMapping>,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +263,8 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
         mtu: a.mtu,
         allow_overlap: a.allow_overlap,
         encryption: a.encrypt,
+        no_egress: a.no_egress,
+        internal: a.internal,
     };
     let net: Network = client.post("/v1/networks", &req).await?;
     match fmt {
@@ -259,7 +275,15 @@ async fn create(client: &Client, fmt: Format, a: &CreateArgs) -> Result<(), Fail
 }
 
 fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
-    let mut t = Table::new(&["NAME", "VNI", "SUBNET", "GATEWAY", "MTU", "ENDPOINTS"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "VNI",
+        "SUBNET",
+        "GATEWAY",
+        "MTU",
+        "EGRESS",
+        "ENDPOINTS",
+    ]);
     for (n, eps) in nets {
         t.row(vec![
             n.name.to_string(),
@@ -267,15 +291,24 @@ fn networks_table(nets: &[(Network, Option<usize>)]) -> Table {
             n.subnet.to_string(),
             n.gateway.to_string(),
             n.mtu.to_string(),
+            egress_column(n).into(),
             eps.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
     t
 }
 
+fn egress_column(n: &Network) -> &'static str {
+    match (n.internal, n.egress) {
+        (true, _) => "internal",
+        (false, true) => "yes",
+        (false, false) => "no",
+    }
+}
+
 fn endpoints_table(eps: &[Endpoint]) -> Table {
     let mut t = Table::new(&[
-        "NETWORK", "ID", "NAMES", "IP", "MAC", "IFNAME", "HOST", "NETNS",
+        "NETWORK", "ID", "NAMES", "IP", "MAC", "IFNAME", "HOST", "NETNS", "PORTS",
     ]);
     for e in eps {
         let names: Vec<&str> = e.dns_names().map(|n| n.as_str()).collect();
@@ -292,6 +325,11 @@ fn endpoints_table(eps: &[Endpoint]) -> Table {
             e.ifname.to_string(),
             e.host.clone(),
             e.netns.clone(),
+            e.ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
     }
     t
@@ -360,6 +398,7 @@ async fn attach(client: &Client, fmt: Format, a: &AttachArgs) -> Result<(), Fail
         mac: a.mac.clone(),
         name: a.name.clone(),
         aliases: a.aliases.clone(),
+        ports: a.publish.clone(),
         ..Default::default()
     };
     let ep: Endpoint = client.post("/v1/attach", &req).await?;

@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Interface name inside the workload.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
+    /// Publish a port of this host: `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]` (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST_PORT:PORT", value_parser = super::parse_port)]
+    pub publish: Vec<crate::model::PortMapping>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -253,6 +256,7 @@ async fn supervise(cli: &Cli, args: &RunArgs, child: Pid, go: OwnedFd) -> i32 {
         origin: Some(crate::model::Origin::Run),
         name: args.name.clone(),
         aliases: args.aliases.clone(),
+        ports: args.publish.clone(),
         ..Default::default()
     };
     let ep: Endpoint = match client.post("/v1/attach", &req).await {

@@ -303,6 +303,24 @@ fn requested(req: &Request) -> Result<(Option<String>, Option<String>), CniError
     Ok((ip, mac))
 }
 
+/// The `portMappings` capability (only from `runtimeConfig`: it has no static form).
+fn port_mappings(req: &Request) -> Result<Vec<crate::model::PortMapping>, CniError> {
+    let Some(list) = req
+        .conf
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.port_mappings.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|m| {
+            m.to_mapping()
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, e))
+        })
+        .collect()
+}
+
 /// The one IPv4 address of a list of addresses (`10.1.0.5` or `10.1.0.5/24`).
 fn one_ipv4(list: &[String], c: u32, what: &str) -> Result<Option<String>, CniError> {
     let mut found = Vec::new();
@@ -356,6 +374,7 @@ fn add(req: &Request) -> Result<Value, CniError> {
         origin: Some(Origin::Cni),
         owner: Some(req.conf.name.clone()),
         name: dns_name(req, container_id)?.map(|n| n.to_string()),
+        ports: port_mappings(req)?,
         ..Default::default()
     };
     let done: CniAttachment = req

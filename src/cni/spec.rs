@@ -122,13 +122,61 @@ pub struct Attachment {
     pub ifname: String,
 }
 
-/// The `ips`/`mac` runtime capabilities (CONVENTIONS.md), as `runtimeConfig` or `args.cni`.
+/// The `ips`/`mac`/`portMappings` runtime capabilities (CONVENTIONS.md), as `runtimeConfig`
+/// or `args.cni`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requested {
     #[serde(default)]
     pub ips: Option<Vec<String>>,
     #[serde(default)]
     pub mac: Option<String>,
+    #[serde(default, rename = "portMappings")]
+    pub port_mappings: Option<Vec<CniPortMapping>>,
+}
+
+/// One entry of the `portMappings` capability. Ports are wide integers so an out-of-range
+/// one is refused by rnetd by name rather than failing to parse.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniPortMapping {
+    pub host_port: i64,
+    pub container_port: i64,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+}
+
+impl CniPortMapping {
+    /// As rnet's own mapping; the error names what is wrong.
+    pub fn to_mapping(&self) -> Result<crate::model::PortMapping, String> {
+        let port = |what: &str, p: i64| {
+            u32::try_from(p)
+                .map_err(|_| format!("portMappings {what} {p} is out of range 1..=65535"))
+        };
+        let proto = match self.protocol.as_deref().map(str::to_ascii_lowercase) {
+            None => crate::model::Proto::Tcp,
+            Some(p) if p.is_empty() => crate::model::Proto::Tcp,
+            Some(p) => p
+                .parse()
+                .map_err(|e: crate::model::Invalid| format!("portMappings: {}", e.0))?,
+        };
+        let host_ip = match self.host_ip.as_deref() {
+            None | Some("") | Some("0.0.0.0") => None,
+            Some(ip) => Some(
+                ip.parse()
+                    .map_err(|_| format!("portMappings hostIP {ip:?} is not an IPv4 address"))?,
+            ),
+        };
+        let m = crate::model::PortMapping {
+            host_port: port("hostPort", self.host_port)?,
+            container_port: port("containerPort", self.container_port)?,
+            proto,
+            host_ip,
+        };
+        m.check().map_err(|e| format!("portMappings: {}", e.0))?;
+        Ok(m)
+    }
 }
 
 /// `args` in a network configuration: only `args.cni` matters to rnet.
@@ -360,6 +408,32 @@ pub fn version_result(asked: Option<&str>) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn port_mappings_become_rnet_mappings_or_named_errors() {
+        let m: CniPortMapping = serde_json::from_str(
+            r#"{"hostPort": 8080, "containerPort": 80, "protocol": "TCP", "hostIP": ""}"#,
+        )
+        .unwrap();
+        assert_eq!(m.to_mapping().unwrap(), "8080:80".parse().unwrap());
+        let u: CniPortMapping =
+            serde_json::from_str(r#"{"hostPort": 53, "containerPort": 5353, "protocol": "udp"}"#)
+                .unwrap();
+        assert_eq!(u.to_mapping().unwrap(), "53:5353/udp".parse().unwrap());
+        let bad = |j: &str| {
+            serde_json::from_str::<CniPortMapping>(j)
+                .unwrap()
+                .to_mapping()
+                .unwrap_err()
+        };
+        assert!(bad(r#"{"hostPort": 70000, "containerPort": 80}"#).contains("out of range"));
+        assert!(bad(r#"{"hostPort": -1, "containerPort": 80}"#).contains("out of range"));
+        assert!(bad(r#"{"hostPort": 0, "containerPort": 80}"#).contains("out of range"));
+        assert!(
+            bad(r#"{"hostPort": 1, "containerPort": 80, "protocol": "sctp"}"#).contains("sctp")
+        );
+        assert!(bad(r#"{"hostPort": 1, "containerPort": 80, "hostIP": "x"}"#).contains("hostIP"));
+    }
     use super::*;
 
     fn attached() -> Attached {

@@ -35,8 +35,9 @@ use crate::libnetwork::protocol::{
     self, ActivateResponse, AddressSpacesResponse, CapabilitiesResponse, CreateEndpointRequest,
     CreateEndpointResponse, CreateNetworkRequest, DeleteNetworkRequest, DriverError,
     EndpointOperInfoResponse, EndpointRequest, IpamCapabilitiesResponse, IpamError, JoinRequest,
-    JoinResponse, ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest,
-    RequestAddressResponse, RequestPoolRequest, RequestPoolResponse, CONTENT_TYPE, IMPLEMENTS,
+    JoinResponse, ProgramExternalConnectivityRequest, ReleaseAddressRequest, ReleasePoolRequest,
+    RequestAddressRequest, RequestAddressResponse, RequestPoolRequest, RequestPoolResponse,
+    CONTENT_TYPE, IMPLEMENTS,
 };
 use crate::libnetwork::state::{Binding, State as DriverState};
 use crate::libnetwork::translate::{self, Choice, PoolRef};
@@ -420,6 +421,46 @@ impl<S: Store> Plugin<S> {
         Ok(serde_json::json!({}))
     }
 
+    /// Publish the endpoint's ports (`docker run -p`); egress needs nothing per endpoint.
+    async fn program_external(
+        &self,
+        req: ProgramExternalConnectivityRequest,
+    ) -> Result<serde_json::Value> {
+        let ports = crate::libnetwork::ports::port_mappings(&req.options)?;
+        self.publish(&req.network_id, &req.endpoint_id, ports).await
+    }
+
+    async fn revoke_external(&self, req: EndpointRequest) -> Result<serde_json::Value> {
+        self.publish(&req.network_id, &req.endpoint_id, Vec::new())
+            .await
+    }
+
+    async fn publish(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        ports: Vec<crate::model::PortMapping>,
+    ) -> Result<serde_json::Value> {
+        let b = self.binding(network_id)?;
+        let Some(cur) = self.endpoint(&b, endpoint_id).await? else {
+            if ports.is_empty() {
+                return Ok(serde_json::json!({}));
+            }
+            return Err(Error::NotFound(format!(
+                "rnet knows no endpoint {endpoint_id} on network {}",
+                b.network
+            )));
+        };
+        let (service, net_name) = (self.service.clone(), b.network.to_string());
+        let op = async move {
+            let net = service.network_fast(&net_name).await?;
+            service.docker_publish(&net, cur, ports).await
+        };
+        let done = self.bounded("ExternalConnectivity", op, None).await?;
+        self.remember(endpoint_id, Some(done));
+        Ok(serde_json::json!({}))
+    }
+
     // ----- IpamDriver -----
 
     async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
@@ -630,11 +671,15 @@ async fn answer<S: Store>(p: Arc<Plugin<S>>, m: &str, body: &[u8]) -> Response {
         }
         "NetworkDriver.Join" => driver_reply(m, with(body, |r| p.clone().join(r)).await),
         "NetworkDriver.Leave" => driver_reply(m, with(body, |r| p.leave(r)).await),
-        // rnet publishes no ports and gives no external connectivity (see Join); nothing to do.
-        "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity"
-        | "NetworkDriver.DiscoverNew"
-        | "NetworkDriver.DiscoverDelete" => reply(&serde_json::json!({})),
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            driver_reply(m, with(body, |r| p.program_external(r)).await)
+        }
+        "NetworkDriver.RevokeExternalConnectivity" => {
+            driver_reply(m, with(body, |r| p.revoke_external(r)).await)
+        }
+        "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => {
+            reply(&serde_json::json!({}))
+        }
         "IpamDriver.GetCapabilities" => reply(&IpamCapabilitiesResponse {
             requires_mac_address: false,
             requires_request_replay: false,

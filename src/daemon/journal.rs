@@ -115,6 +115,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 

@@ -39,6 +39,7 @@ use crate::validate::{self, Rejected};
 mod cni;
 mod dns;
 mod docker;
+mod egress;
 mod ipsec;
 mod tunnel;
 pub use docker::Versioned;
@@ -85,6 +86,12 @@ pub struct Service<S: Store> {
     warned: Mutex<HashMap<String, Revision>>,
     /// The DNS servers of this host's sandboxes (None: no DNS, as in unit tests).
     dns: Option<std::sync::Arc<crate::dns::Servers>>,
+    /// One egress pass (uplinks and NAT table) at a time.
+    egress_lock: tokio::sync::Mutex<()>,
+    /// Held from the check that a host port is free until the record taking it is written.
+    ports_lock: tokio::sync::Mutex<()>,
+    /// What the egress pass last made of the watched cache (see `egress_on_change`).
+    egress_seen: Mutex<Option<egress::Seen>>,
 }
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
@@ -145,6 +152,9 @@ impl<S: Store> Service<S> {
             tunnel_problems: Mutex::new(Default::default()),
             warned: Mutex::new(HashMap::new()),
             dns: None,
+            egress_lock: Default::default(),
+            ports_lock: Default::default(),
+            egress_seen: Mutex::new(None),
         }
     }
 
@@ -451,6 +461,7 @@ impl<S: Store> Service<S> {
         self.dp
             .remove_sandbox(&self.sandbox_spec(&net).netns)
             .await?;
+        self.sync_egress().await;
         tracing::info!(network = name, "network removed");
         Ok(RemoveResponse {
             removed: name.to_string(),
@@ -490,6 +501,7 @@ impl<S: Store> Service<S> {
         if let Some(mac) = requested_mac {
             self.check_mac_free(&net, mac).await?;
         }
+        let ports_held = self.check_ports(&net, &req.ports, None).await?;
         let _guard = self.kernel.read().await;
         self.ensure_sandbox(&net).await?;
         let template = Endpoint {
@@ -510,6 +522,7 @@ impl<S: Store> Service<S> {
             mtu: req.mtu.filter(|m| *m != net.mtu),
             name,
             aliases,
+            ports: req.ports.clone(),
         };
         let held = self
             .allocate(&net, template, requested_ip, Some(net_rev))
@@ -528,7 +541,9 @@ impl<S: Store> Service<S> {
             return Err(e.into());
         }
         let ep = held.ep;
+        drop(ports_held);
         self.journal_record(&ep);
+        self.sync_egress().await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok(ep)
     }
@@ -815,6 +830,7 @@ impl<S: Store> Service<S> {
         for v in &chosen {
             self.detach_one(&net, v).await?;
         }
+        self.sync_egress().await;
         Ok(DetachResponse {
             detached: chosen.into_iter().map(|v| v.ep).collect(),
         })
@@ -907,6 +923,10 @@ impl<S: Store> Service<S> {
             }
             Err(e) => return Err(e),
         };
+        match self.egress_pass(apply).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => tracing::warn!(error = %e, "checking egress failed"),
+        }
         let peer_findings = self.peer_pass(true, apply, None).await?;
         if apply {
             let repaired = findings.len() + peer_findings.len();
@@ -953,6 +973,7 @@ impl<S: Store> Service<S> {
     /// last programmed.
     pub async fn sync_peers(&self, full: bool) -> Result<usize> {
         let _guard = self.kernel.read().await;
+        self.egress_on_change().await;
         Ok(self.peer_pass(full, true, None).await?.len())
     }
 
@@ -1192,8 +1213,8 @@ impl<S: Store> Service<S> {
                     .insert(net.id.clone(), net.encryption);
                 self.programmed.lock().await.remove(&net.id);
             }
-            // Peer tables are programmed by the peer pass that follows.
-            Repair::SyncPeers { .. } => return Ok(false),
+            // Peer tables are programmed by the peer pass that follows; egress by its own.
+            Repair::SyncPeers { .. } | Repair::Egress => return Ok(false),
             Repair::RemoveSandbox { path } => {
                 self.stop_dns_of(path).await;
                 self.dp.remove_sandbox(path).await?
@@ -1359,6 +1380,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 

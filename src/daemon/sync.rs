@@ -485,6 +485,8 @@ mod tests {
             mtu: 1450,
             encryption: Default::default(),
             allow_overlap: false,
+            egress: true,
+            internal: false,
         })
         .unwrap()
     }
@@ -508,6 +510,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -701,6 +704,7 @@ mod tests {
                 mtu: None,
                 name: None,
                 aliases: Vec::new(),
+                ports: Vec::new(),
             };
             kv(keys::endpoint(net, ip), serde_json::to_vec(&e).unwrap())
         };

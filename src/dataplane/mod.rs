@@ -12,6 +12,7 @@
 pub mod netlink;
 pub mod spec;
 pub mod tables;
+pub mod uplink;
 pub mod workload;
 
 pub use netlink::{DataplaneError, Netlink};

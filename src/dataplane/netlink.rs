@@ -55,7 +55,7 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
-    fn netlink(op: impl Into<String>, e: rtnetlink::Error) -> DataplaneError {
+    pub(super) fn netlink(op: impl Into<String>, e: rtnetlink::Error) -> DataplaneError {
         let errno = errno_of(&e);
         let msg = match errno {
             Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
@@ -196,9 +196,9 @@ pub struct Underlay {
 
 /// The rtnetlink dataplane of one host.
 pub struct Netlink {
-    host: Handle,
+    pub(super) host: Handle,
     /// The host namespace itself, to ask a sandbox which id it knows it by.
-    host_ns: NetNs,
+    pub(super) host_ns: NetNs,
     sandboxes: Mutex<HashMap<PathBuf, Handle>>,
     /// Per sandbox, a raw socket for batched peer-table writes.
     batch: Mutex<HashMap<PathBuf, Arc<Mutex<Socket>>>>,
@@ -216,7 +216,7 @@ impl Netlink {
     }
 
     /// The connection into a sandbox, opened once and reused.
-    fn sandbox(&self, path: &Path) -> Result<Handle> {
+    pub(super) fn sandbox(&self, path: &Path) -> Result<Handle> {
         let mut map = self.sandboxes.lock().expect("sandbox map poisoned");
         if let Some(h) = map.get(path) {
             return Ok(h.clone());
@@ -964,7 +964,7 @@ async fn nsid_of(h: &Handle, ns: &NetNs) -> Result<Option<i32>> {
     Ok(id)
 }
 
-async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {
+pub(super) async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {
     let mut out = Vec::new();
     let mut links = h.link().get().execute();
     while let Some(m) = links
@@ -977,7 +977,7 @@ async fn list_links(h: &Handle) -> Result<Vec<LinkState>> {
     Ok(out)
 }
 
-async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
+pub(super) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
     match h
         .link()
         .get()
@@ -1003,7 +1003,7 @@ async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkState>> 
     }
 }
 
-async fn require_link(h: &Handle, name: &str) -> Result<LinkState> {
+pub(super) async fn require_link(h: &Handle, name: &str) -> Result<LinkState> {
     get_link(h, name)
         .await?
         .ok_or_else(|| DataplaneError::Netlink {
@@ -1013,7 +1013,7 @@ async fn require_link(h: &Handle, name: &str) -> Result<LinkState> {
         })
 }
 
-async fn add_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
+pub(super) async fn add_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
     h.link()
         .add(msg)
         .execute()
@@ -1021,7 +1021,7 @@ async fn add_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
         .map_err(|e| DataplaneError::netlink(op, e))
 }
 
-async fn set_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
+pub(super) async fn set_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
     h.link()
         .set(msg)
         .execute()
@@ -1029,7 +1029,7 @@ async fn set_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<()> {
         .map_err(|e| DataplaneError::netlink(op, e))
 }
 
-async fn del_link(h: &Handle, index: u32, name: &str) -> Result<()> {
+pub(super) async fn del_link(h: &Handle, index: u32, name: &str) -> Result<()> {
     match h.link().del(index).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),

@@ -66,6 +66,42 @@ impl SandboxSpec {
     }
 }
 
+/// A network's uplink: a veth pair from its sandbox to the host namespace, the way out for
+/// egress and the way in for published ports. Each pair is a link of its own, so every
+/// uplink uses the same two link-local transit addresses (routes through them are `onlink`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkSpec {
+    pub sandbox: PathBuf,
+    /// Host side: `rnu` + the first 8 hex digits of the network id (the prefix is rnet's).
+    pub host_ifname: String,
+    pub subnet: Ipv4Network,
+    pub mtu: u32,
+}
+
+/// The sandbox side of every uplink.
+pub const UPLINK_SANDBOX_IFNAME: &str = "uplink";
+/// The host side's transit address (the sandbox's default gateway).
+pub const UPLINK_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
+/// The sandbox side's transit address (the host's gateway to the network's subnet).
+pub const UPLINK_SANDBOX_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
+
+impl UplinkSpec {
+    pub fn for_network(net: &Network, run_dir: &Path) -> UplinkSpec {
+        UplinkSpec {
+            sandbox: sandbox_path(run_dir, net.name.as_str(), &net.id),
+            host_ifname: uplink_ifname(&net.id),
+            subnet: net.subnet,
+            mtu: net.mtu,
+        }
+    }
+}
+
+/// The host-side uplink name of a network.
+pub fn uplink_ifname(id: &NetworkId) -> String {
+    let hex: String = id.as_str().chars().take(8).collect();
+    format!("{}{hex}", crate::nat::UPLINK_PREFIX)
+}
+
 /// The directory holding rnet's namespace bind mounts.
 pub fn netns_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("netns")
@@ -190,6 +226,8 @@ mod tests {
             mtu: 1450,
             encryption: Default::default(),
             allow_overlap: false,
+            egress: true,
+            internal: false,
         };
         let s =
             SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
@@ -247,6 +285,8 @@ mod tests {
             mtu: 1410,
             encryption: Encryption::Ipsec,
             allow_overlap: false,
+            egress: true,
+            internal: false,
         };
         let s =
             SandboxSpec::for_network(&net, Path::new("/run/rnet"), "198.18.0.1".parse().unwrap());
@@ -268,6 +308,13 @@ mod tests {
             SandboxSpec::for_network(&net, Path::new("/r"), s.local).port,
             VXLAN_PORT
         );
+    }
+
+    #[test]
+    fn uplink_names_come_from_the_network_id() {
+        let id: NetworkId = "0123456789abcdef".parse().unwrap();
+        assert_eq!(uplink_ifname(&id), "rnu01234567");
+        assert!(uplink_ifname(&id).len() <= 15);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! network's sandbox, a veth pair), so nothing here bypasses rnetd.
 
 pub mod engine;
+pub mod ports;
 pub mod protocol;
 pub mod state;
 pub mod translate;

@@ -60,6 +60,8 @@ pub struct NetworkPlan {
     pub encryption: Option<Encryption>,
     /// Whether Docker allocates this network's addresses through rnet's IPAM driver.
     pub rnet_ipam: bool,
+    /// `docker network create --internal`: no egress, no published ports.
+    pub internal: bool,
 }
 
 /// A generic option's value as a string (`-o k=v` gives strings; accept numbers and booleans).
@@ -113,6 +115,7 @@ pub fn plan_network(req: &CreateNetworkRequest) -> Result<NetworkPlan, Error> {
         vni: None,
         encryption: None,
         rnet_ipam: is_rnet_address_space(&data.address_space),
+        internal: super::ports::internal(&req.options),
     };
     let generic = match req.options.get(GENERIC_OPTIONS) {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -209,6 +212,8 @@ pub fn choose_network(plan: &NetworkPlan, networks: &[Network]) -> Result<Choice
             mtu: plan.mtu,
             allow_overlap: false,
             encryption: plan.encryption,
+            no_egress: false,
+            internal: plan.internal,
         })),
     }
 }
@@ -231,6 +236,9 @@ pub fn check_compatible(net: &Network, plan: &NetworkPlan) -> Result<(), Error> 
     }
     if let Some(e) = plan.encryption.filter(|e| *e != net.encryption) {
         diff.push(format!("encryption {} (Docker: {e})", net.encryption));
+    }
+    if plan.internal && !net.internal {
+        diff.push("egress (Docker: internal)".into());
     }
     if diff.is_empty() {
         Ok(())
@@ -355,6 +363,7 @@ pub fn pool_network(
         // An encrypted network is made by `rnet create --encrypt` or the driver's option.
         encryption: None,
         rnet_ipam: true,
+        internal: false,
     };
     choose_network(&plan, networks)
 }
@@ -605,6 +614,7 @@ mod tests {
             vni: None,
             encryption: None,
             rnet_ipam: true,
+            internal: false,
         };
         // By name.
         assert_eq!(
@@ -654,6 +664,7 @@ mod tests {
             vni: None,
             encryption: None,
             rnet_ipam: false,
+            internal: false,
         };
         assert!(check_compatible(&blue, &p).is_ok());
         p.gateway = Some("10.1.0.254".parse().unwrap());
@@ -793,6 +804,7 @@ mod tests {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 

@@ -192,6 +192,10 @@ impl<S: Store> Service<S> {
         }
         self.journal.forget(&ep);
         let teardown = self.tear_down(&net, &ep, req.netns.as_deref()).await;
+        // Its published ports close before DEL answers (the rest follows the store watch).
+        if !ep.ports.is_empty() {
+            self.sync_egress().await;
+        }
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, teardown, "released (CNI DEL)");
         Ok(CniDelResponse {
             released: Some(ep),
@@ -359,6 +363,9 @@ impl<S: Store> Service<S> {
                 Ok(false) => {}
                 Err(e) => failures.push(format!("{}: {e}", ep.id)),
             }
+        }
+        if released.iter().any(|e| !e.ports.is_empty()) {
+            self.sync_egress().await;
         }
         if !failures.is_empty() {
             return Err(Error::Internal(format!(

@@ -44,6 +44,7 @@ fn unjoined(e: &Endpoint) -> Endpoint {
     Endpoint {
         netns: String::new(),
         netns_inode: 0,
+        ports: Vec::new(),
         ..e.clone()
     }
 }
@@ -115,6 +116,7 @@ impl<S: Store> Service<S> {
             mtu: None,
             name: None,
             aliases: Vec::new(),
+            ports: Vec::new(),
         };
         let held = self.allocate(net, template, requested, None).await?;
         tracing::info!(network = %net.name, id = %held.ep.id, ip = %held.ep.ip, "address held for Docker");
@@ -262,6 +264,35 @@ impl<S: Store> Service<S> {
         self.journal_record(&joined.ep);
         tracing::info!(network = %net.name, ip = %joined.ep.ip, peer, "joined for Docker");
         Ok(joined)
+    }
+
+    /// Docker's ProgramExternalConnectivity (ports given) and RevokeExternalConnectivity (none):
+    /// the endpoint's record says which ports it publishes, then the NAT table follows.
+    pub async fn docker_publish(
+        &self,
+        net: &Network,
+        cur: Versioned,
+        ports: Vec<crate::model::PortMapping>,
+    ) -> Result<Versioned> {
+        if cur.ep.ports == ports {
+            return Ok(cur);
+        }
+        let held = self
+            .check_ports(net, &ports, Some(cur.ep.id.as_str()))
+            .await?;
+        let _guard = self.kernel.read().await;
+        let done = self
+            .update_endpoint(cur, |e| Endpoint {
+                ports: ports.clone(),
+                ..e.clone()
+            })
+            .await?;
+        drop(held);
+        // Docker hears of a failure (and undoes the container's start); the next reconcile
+        // would retry it anyway.
+        self.egress_pass(true).await?;
+        tracing::info!(network = %net.name, id = %done.ep.id, ports = done.ep.ports.len(), "published ports for Docker");
+        Ok(done)
     }
 
     /// Docker's Leave: the record first (so a reconcile never rebuilds what is going), then
