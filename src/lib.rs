@@ -28,6 +28,7 @@ pub mod libnetwork;
 pub mod model;
 pub mod netns;
 pub mod peers;
+pub mod progress;
 pub mod reconcile;
 pub mod store;
 pub mod validate;
