@@ -105,13 +105,14 @@ deb: build
 
 # Packages what $(DEB_TARGET_DIR)/release holds, without building. The generated files are
 # staged in release/deb-stage, where Cargo.toml's assets find them (man pages gzipped, as
-# Debian ships them).
-deb-files: cargo-deb
+# Debian ships them). cargo-deb is installed after the binaries are found: a refusal costs no
+# install. --strip: the release profile keeps line tables (debug = 1), which cargo-deb would ship.
+deb-files:
 	rm -rf $(DEB_TARGET_DIR)/release/deb-stage
 	$(MAKE) --no-print-directory install-data PREFIX=/usr BUILT=$(DEB_TARGET_DIR)/release \
 		DESTDIR=$(DEB_TARGET_DIR)/release/deb-stage
 	gzip -9n $(DEB_TARGET_DIR)/release/deb-stage/usr/share/man/man1/*.1
-	# --strip: the release profile keeps line tables (debug = 1), which cargo-deb would ship.
+	$(MAKE) --no-print-directory cargo-deb
 	CARGO_TARGET_DIR=$(DEB_TARGET_DIR) $(CARGO) deb --no-build --strip --output $(DEB_OUT) $(DEB_FLAGS)
 
 # cargo-deb, installed (pinned) only when missing.
