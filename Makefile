@@ -10,7 +10,8 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all build test demo bench lint clean deps require-root install install-files
+.PHONY: all build test demo bench lint clean deps require-root install install-files install-data \
+	deb deb-files cargo-deb
 
 all: build
 
@@ -72,6 +73,14 @@ install-files:
 	install -D -m 0755 $(BUILT)/rnet $(DESTDIR)$(BINDIR)/rnet
 	install -D -m 0755 $(BUILT)/rnet-cni $(DESTDIR)$(BINDIR)/rnet-cni
 	install -D -m 0755 $(BUILT)/rnet-cni $(DESTDIR)$(CNI_BIN_DIR)/rnet-cni
+	$(MAKE) --no-print-directory install-data
+
+# Everything but the binaries: the unit, and the completions and man pages that $(BUILT)'s
+# binaries generate. The Debian package stages these (the binaries it takes from the build).
+install-data:
+	@for b in rnetd rnet; do \
+		[[ -x "$(BUILT)/$$b" ]] || { echo "error: $(BUILT)/$$b is missing: run 'make build' first" >&2; exit 1; }; \
+	done
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/bin/rnetd|$(BINDIR)/rnetd|' packaging/rnetd.service > $(DESTDIR)$(UNITDIR)/rnetd.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/rnetd.service
@@ -81,6 +90,34 @@ install-files:
 	$(BUILT)/rnet completions fish > $(DESTDIR)$(FISH_COMPLETIONS)/rnet.fish
 	$(BUILT)/rnet man $(DESTDIR)$(MANDIR)
 	$(BUILT)/rnetd --man $(DESTDIR)$(MANDIR)
+
+# Debian package (cargo-deb, [package.metadata.deb] in Cargo.toml) in $(DEB_OUT).
+# DEB_TARGET_DIR: the cargo target directory whose release/ binaries are packaged (the test
+# points it at a scratch one holding the binaries its run has built); DEB_FLAGS adds
+# cargo-deb flags (e.g. --fast).
+CARGO_DEB_VERSION := 3.8.0
+DEB_TARGET_DIR ?= target
+DEB_OUT ?= $(DEB_TARGET_DIR)/debian
+DEB_FLAGS ?=
+
+deb: build
+	$(MAKE) --no-print-directory deb-files
+
+# Packages what $(DEB_TARGET_DIR)/release holds, without building. The generated files are
+# staged in release/deb-stage, where Cargo.toml's assets find them (man pages gzipped, as
+# Debian ships them). cargo-deb is installed after the binaries are found: a refusal costs no
+# install. --strip: the release profile keeps line tables (debug = 1), which cargo-deb would ship.
+deb-files:
+	rm -rf $(DEB_TARGET_DIR)/release/deb-stage
+	$(MAKE) --no-print-directory install-data PREFIX=/usr BUILT=$(DEB_TARGET_DIR)/release \
+		DESTDIR=$(DEB_TARGET_DIR)/release/deb-stage
+	gzip -9n $(DEB_TARGET_DIR)/release/deb-stage/usr/share/man/man1/*.1
+	$(MAKE) --no-print-directory cargo-deb
+	CARGO_TARGET_DIR=$(DEB_TARGET_DIR) $(CARGO) deb --no-build --strip --output $(DEB_OUT) $(DEB_FLAGS)
+
+# cargo-deb, installed (pinned) only when missing.
+cargo-deb:
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
 
 clean:
 	$(CARGO) clean

@@ -12,6 +12,7 @@ use common::{Host, Workload};
 use rnet::api::types::{AttachRequest, DetachRequest, DetachResponse};
 use rnet::api::Client;
 use rnet::model::Endpoint;
+use rnet::progress::{Plain, Progress};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
@@ -47,6 +48,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    // Steps on stderr: a spinner on a terminal (make bench), plain lines otherwise.
+    let mut progress = Progress::new(Plain::Stderr);
+    progress.step("attach: starting rnetd");
     let mut host = Host::new("bench");
     host.start_daemon();
     host.rnet_ok(&["create", "bench", "--subnet", "10.40.0.0/16"]);
@@ -82,6 +86,7 @@ fn main() {
         "warm",
     ]);
     for i in 0..n {
+        progress.count("attach: attach + detach (API, then CLI)", i, n);
         let w = Workload::new("b");
         let req = AttachRequest {
             network: "bench".into(),
@@ -115,7 +120,9 @@ fn main() {
         rnet_cli(&host, &["detach", "bench", "--id", &format!("c{i}")]);
         cli.samples.push(t0.elapsed());
     }
+    progress.step("attach: the floor (a veth pair by `ip`)");
     let mut floor = floor_series(&host, n);
+    progress.finish();
     let mut rows = [attach, detach, both, cli];
     println!("### Attach and detach latency (one host, {n} workloads)\n");
     println!("| what | p50 ms | p95 ms |\n|---|---|---|");

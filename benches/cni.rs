@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cni::Plugin;
 use common::{Host, Workload};
+use rnet::progress::{Plain, Progress};
 use serde_json::{json, Value};
 
 const BRIDGE: &str = "/usr/lib/cni/bridge";
@@ -73,6 +74,8 @@ fn main() {
         Path::new(BRIDGE).exists(),
         "{BRIDGE} is missing: install containernetworking-plugins (scripts/deps.sh)"
     );
+    let mut progress = Progress::new(Plain::Stderr);
+    progress.step("cni: starting rnetd");
     let mut host = Host::new("cnibench");
     host.start_daemon();
     host.rnet_ok(&["create", "cbench", "--subnet", "10.80.0.0/16"]);
@@ -101,6 +104,9 @@ fn main() {
         del: vec![],
     };
     let hostns = host.netns_path();
+    progress.step(&format!(
+        "cni: ADD and DEL of {n} containers, rnet-cni and bridge"
+    ));
     std::thread::scope(|s| {
         s.spawn(|| {
             // This thread (and the plugins it forks) lives in the host's namespace.
@@ -133,6 +139,7 @@ fn main() {
             }
         });
     });
+    progress.finish();
     let r = rnet.row();
     let b = bridge.row();
     println!("### CNI ADD and DEL latency (one host, {n} containers, each a fresh namespace)\n");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::docker::{DockerPlugin, Dockerd};
 use common::Host;
+use rnet::progress::{Plain, Progress};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
@@ -43,6 +44,8 @@ fn main() {
         .unwrap_or(20);
     // rnetd logs how long it took to answer each Docker call; that is rnet's own share.
     std::env::set_var("RUST_LOG", "info,rnet::daemon::docker=debug");
+    let mut progress = Progress::new(Plain::Stderr);
+    progress.step("docker: starting rnetd and dockerd");
     let mut host = Host::new("dkbench");
     let plugin = DockerPlugin::socket_dir();
     let args = plugin.rnetd_args();
@@ -71,6 +74,7 @@ fn main() {
         "bridgenet",
     ]);
     let nets = ["none", "rnetnet", "bridgenet"];
+    progress.step("docker: warm-up runs");
     // Warm-up: image layers, the rnet sandbox, Docker's caches.
     for net in nets {
         for _ in 0..3 {
@@ -79,11 +83,13 @@ fn main() {
     }
     let log_start = host.daemon_log().len();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); nets.len()];
-    for _ in 0..n {
+    for k in 0..n {
+        progress.count("docker: `docker run` on each network", k, n);
         for (i, net) in nets.iter().enumerate() {
             samples[i].push(run(&docker, net, image));
         }
     }
+    progress.finish();
     let mut in_rnet = rnet_share(&host.daemon_log()[log_start..]);
     assert_eq!(in_rnet.len(), n, "one group of plugin calls per rnet run");
     let mut resolver = resolver_setup(n);

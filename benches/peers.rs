@@ -20,6 +20,7 @@ use rnet::dataplane::Netlink;
 use rnet::icmp::IcmpSocket;
 use rnet::model::{Endpoint, HostRecord, Mac, Network, NetworkId};
 use rnet::netns::NetNs;
+use rnet::progress::{Plain, Progress};
 use rnet::store::etcd::EtcdStore;
 use rnet::store::{keys, Store, TxnOp};
 
@@ -114,6 +115,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let mut progress = Progress::new(Plain::Stderr);
+    progress.step("peers: lab up (2 hosts)");
     let lab = Lab::up(2);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -127,12 +130,14 @@ fn main() {
     let net: Network = rt
         .block_on(lab.client("h1").post("/v1/networks", &req))
         .expect("create network");
-    convergence(&lab, &rt, n);
+    convergence(&lab, &rt, n, &mut progress);
+    progress.step(&format!("peers: programming {entries} remote endpoints"));
     programming(&lab, &rt, entries, &net);
+    progress.finish();
 }
 
 /// Attach on h1, then ping the new address from a workload on h2 every millisecond.
-fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
+fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize, progress: &mut Progress) {
     let watcher = Ns::new("w2");
     let attach = |client: &Client, ns: &str, id: &str| -> Endpoint {
         let req = AttachRequest {
@@ -166,6 +171,11 @@ fn convergence(lab: &Lab, rt: &tokio::runtime::Runtime, n: usize) {
     let mut samples = Vec::new();
     let h1 = lab.client("h1");
     for i in 0..n {
+        progress.count(
+            "peers: convergence, attach on h1 until h2 gets a reply",
+            i,
+            n,
+        );
         let w = Ns::new(&format!("c{i}"));
         let t0 = Instant::now();
         let ep = attach(&h1, &w.path(), &format!("c{i}"));

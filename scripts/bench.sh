@@ -8,6 +8,15 @@ out=docs/benchmarks.md
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 
+# On a terminal each benchmark draws its steps on stderr (a spinner, src/progress.rs) under a
+# numbered heading; elsewhere stderr is dropped, as the figures alone go to the file.
+if [[ -t 2 ]]; then err=/dev/stderr; else err=/dev/null; fi
+total=6 k=0
+step() {
+  k=$((k + 1))
+  [[ $err == /dev/null ]] || echo "== [$k/$total] $*" >&2
+}
+
 {
   echo "# Benchmarks"
   echo
@@ -17,18 +26,25 @@ trap 'rm -f "$tmp"' EXIT
   echo
   echo "## One host"
   echo
-  cargo bench --features root-tests --bench attach 2>/dev/null
+  step "attach and detach latency"
+  cargo bench --features root-tests --bench attach 2>"$err"
   echo
-  cargo bench --features root-tests --bench cni 2>/dev/null
+  step "CNI ADD and DEL latency"
+  cargo bench --features root-tests --bench cni 2>"$err"
   echo
-  cargo bench --features root-tests --bench docker 2>/dev/null
+  step "docker run latency"
+  cargo bench --features root-tests --bench docker 2>"$err"
   echo
   echo "## Two lab hosts over etcd"
   echo
+  step "throughput (iperf3)"
   ./scripts/bench-throughput.sh 2>/dev/null
-  echo; ./scripts/bench-wireguard.sh 2>/dev/null
   echo
-  cargo bench --features root-tests --bench peers 2>/dev/null
+  step "WireGuard throughput"
+  ./scripts/bench-wireguard.sh 2>/dev/null
+  echo
+  step "convergence and programming rate"
+  cargo bench --features root-tests --bench peers 2>"$err"
 } > "$tmp"
 mkdir -p docs
 mv "$tmp" "$out"

@@ -33,6 +33,7 @@ readonly REQUIRED=(
     "curl:curl"                    # the metrics tests scrape rnetd
     "groff-base:groff"             # the packaging test checks the man pages
     "systemd:systemd-analyze"      # the packaging test verifies the unit
+    "lintian:lintian"              # the packaging test checks the .deb (errors fail it)
     # Real runtimes for the front-door tests, and the reference plugins for the CNI benchmark.
     "podman:podman"
     "runc:runc"                     # podman's runtime here (crun fails on these machines)

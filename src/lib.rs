@@ -31,6 +31,7 @@ pub mod model;
 pub mod nat;
 pub mod netns;
 pub mod peers;
+pub mod progress;
 pub mod reconcile;
 pub mod store;
 pub mod validate;

@@ -185,3 +185,206 @@ fn make_install_files_stages_everything_under_destdir() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is missing: run 'make build' first"));
     assert_eq!(std::fs::read_dir(dest2.path()).unwrap().count(), 0);
 }
+
+/// Hard links to the binaries this test run built, as the `release/` of a scratch cargo
+/// target directory: the package test reuses them instead of a release build of its own.
+fn scratch_target_dir() -> tempfile::TempDir {
+    // Beside the binaries (target/tmp), so the links are on the same filesystem.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let release = dir.path().join("release");
+    std::fs::create_dir(&release).unwrap();
+    for (name, path) in [
+        ("rnetd", env!("CARGO_BIN_EXE_rnetd")),
+        ("rnet", env!("CARGO_BIN_EXE_rnet")),
+        ("rnet-cni", env!("CARGO_BIN_EXE_rnet-cni")),
+    ] {
+        std::fs::hard_link(path, release.join(name)).unwrap();
+    }
+    dir
+}
+
+/// `make deb-files` (cargo-deb, installed by make when missing) packages everything; the
+/// package's contents, modes, control fields and maintainer scripts are what dpkg reports, and
+/// the binaries extracted into a scratch root run. The machine's dpkg database is not touched.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "make test runs it: cargo-deb is installed on demand"
+)]
+fn make_deb_packages_binaries_unit_completions_and_man_pages() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = scratch_target_dir();
+    let t0 = std::time::Instant::now();
+    // --fast: these are debug binaries, and compression ratio is not under test.
+    run(Command::new("make")
+        .current_dir(root)
+        .args(["-s", "deb-files", "DEB_FLAGS=--fast"])
+        .arg(format!("DEB_TARGET_DIR={}", target.path().display())));
+    eprintln!("make deb-files took {:.1} s", t0.elapsed().as_secs_f64());
+    let debs: Vec<PathBuf> = std::fs::read_dir(target.path().join("debian"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "{debs:?}");
+    let deb = &debs[0];
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        deb.file_name().unwrap().to_str().unwrap() == format!("rnet_{version}-1_amd64.deb")
+            || !cfg!(target_arch = "x86_64"),
+        "{}",
+        deb.display()
+    );
+
+    // Control fields.
+    let field = |name: &str| {
+        let out = run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(field("Package"), "rnet");
+    assert_eq!(field("Version"), format!("{version}-1"));
+    assert_eq!(field("Section"), "net");
+    let depends = field("Depends");
+    assert!(depends.starts_with("libc6"), "Depends: {depends}");
+    // rnetd programs the kernel through netlink itself: no ip, iptables or nft needed.
+    for tool in ["iproute2", "iptables", "nftables"] {
+        assert!(!depends.contains(tool), "Depends: {depends}");
+    }
+    let info = String::from_utf8(run(Command::new("dpkg-deb").arg("-I").arg(deb)).stdout).unwrap();
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(info.contains(script), "no {script} in:\n{info}");
+    }
+
+    // Every file, with its mode, owned by root.
+    let listing =
+        String::from_utf8(run(Command::new("dpkg-deb").arg("-c").arg(deb)).stdout).unwrap();
+    let files: std::collections::BTreeMap<String, (String, String)> = listing
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f[5].trim_start_matches('.').to_string();
+            (path, (f[0].to_string(), f[1].to_string()))
+        })
+        .collect();
+    let exe = "-rwxr-xr-x";
+    let data = "-rw-r--r--";
+    for (path, mode) in [
+        ("/usr/bin/rnetd", exe),
+        ("/usr/bin/rnet", exe),
+        ("/usr/bin/rnet-cni", exe),
+        ("/usr/lib/cni/rnet-cni", exe),
+        ("/opt/cni/bin/rnet-cni", exe),
+        ("/usr/lib/systemd/system/rnetd.service", data),
+        ("/usr/share/bash-completion/completions/rnet", data),
+        ("/usr/share/zsh/vendor-completions/_rnet", data),
+        ("/usr/share/fish/vendor_completions.d/rnet.fish", data),
+        ("/usr/share/man/man1/rnet.1.gz", data),
+        ("/usr/share/man/man1/rnet-attach.1.gz", data),
+        ("/usr/share/man/man1/rnetd.1.gz", data),
+        ("/usr/share/doc/rnet/copyright", data),
+        ("/usr/share/doc/rnet/README.md", data),
+        ("/usr/share/doc/rnet/docs/operations.md", data),
+        ("/usr/share/doc/rnet/changelog.Debian.gz", data),
+        ("/usr/share/lintian/overrides/rnet", data),
+    ] {
+        let (m, owner) = files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not in the package:\n{listing}"));
+        assert_eq!(m, mode, "{path}");
+        assert_eq!(owner, "0/0", "{path}");
+    }
+    // Nothing outside /usr and /opt (no /etc, no /run, no home directory).
+    for path in files.keys() {
+        assert!(
+            path.starts_with("/usr/") || path.starts_with("/opt/"),
+            "{path} in the package"
+        );
+    }
+
+    // Maintainer scripts: valid sh; reload systemd only when it runs; never start rnetd.
+    let control = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(control.path()));
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = control.path().join(script);
+        run(Command::new("sh").arg("-n").arg(&path));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[ -d /run/systemd/system ]"), "{script}");
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        for verb in ["enable", "start", "restart"] {
+            assert!(
+                !code.contains(&format!(" {verb} ")),
+                "{script} runs systemctl {verb}"
+            );
+        }
+    }
+
+    // Installed into a scratch root: the binaries run, the unit points at /usr/bin.
+    let inst = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg").arg("-x").arg(deb).arg(inst.path()));
+    let r = inst.path();
+    let out = run(Command::new(r.join("usr/bin/rnet")).arg("--version"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("rnet {version}")
+    );
+    let out = run(Command::new(r.join("usr/bin/rnetd")).arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--store") && help.contains("--metrics-addr"),
+        "{help}"
+    );
+    for cni in ["usr/lib/cni/rnet-cni", "opt/cni/bin/rnet-cni"] {
+        let out = run(Command::new(r.join(cni)).env("CNI_COMMAND", "VERSION"));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["supportedVersions"].is_array(), "{cni}: {v}");
+    }
+    let unit = std::fs::read_to_string(r.join("usr/lib/systemd/system/rnetd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/rnetd "), "{unit}");
+    let man = run(Command::new("zcat").arg(r.join("usr/share/man/man1/rnetd.1.gz")));
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH rnetd"));
+
+    // lintian (scripts/deps.sh installs it): no errors. Warnings and pedantic tags are
+    // reported by `make deb` users' own lintian runs, not failures here.
+    {
+        let out = Command::new("lintian")
+            .args(["--tag-display-limit", "0", "--fail-on", "error"])
+            .arg(deb)
+            .output()
+            .expect("lintian (scripts/deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "lintian errors:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "make test runs it: cargo-deb is installed on demand"
+)]
+fn make_deb_files_refuses_missing_binaries_before_packaging() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = tempfile::tempdir().unwrap();
+    let out = Command::new("make")
+        .current_dir(root)
+        .args(["-s", "deb-files"])
+        .arg(format!("DEB_TARGET_DIR={}", target.path().display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("release/rnetd is missing: run 'make build' first"),
+        "{err}"
+    );
+    assert!(!target.path().join("debian").exists(), "a package was made");
+}

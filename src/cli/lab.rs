@@ -12,6 +12,7 @@ use super::{Cli, Format};
 use crate::lab::control::{self, StopMode};
 use crate::lab::status::LabStatus;
 use crate::lab::{self, config, LabConfig, LabError, LabPaths, UpOptions};
+use crate::progress::{Plain, Progress};
 
 /// `rnet lab …`: every subcommand acts on the lab named by `--name`.
 #[derive(Args, Debug)]
@@ -192,12 +193,26 @@ fn dispatch(fmt: Format, paths: &LabPaths, cmd: &LabCommand) -> Result<(), LabEr
     }
 }
 
-/// Progress goes to stdout with tables, to stderr when stdout carries JSON.
-pub(super) fn progress(fmt: Format) -> impl FnMut(&str) {
-    move |line| match fmt {
-        Format::Table => println!("{line}"),
-        Format::Json => eprintln!("{line}"),
+/// Step lines: a spinner on a terminal (stderr); otherwise plain lines on stdout with tables,
+/// on stderr when stdout carries JSON.
+pub(super) fn progress(fmt: Format) -> Progress {
+    Progress::new(match fmt {
+        Format::Table => Plain::Stdout,
+        Format::Json => Plain::Stderr,
+    })
+}
+
+/// Runs `work` reporting its steps through `p`; the spinner ends with the outcome.
+pub(super) fn with_progress<T>(
+    mut p: Progress,
+    work: impl FnOnce(&mut dyn FnMut(&str)) -> Result<T, LabError>,
+) -> Result<T, LabError> {
+    let result = work(&mut |line| p.step(line));
+    match &result {
+        Ok(_) => p.finish(),
+        Err(_) => p.fail(),
     }
+    result
 }
 
 fn up(fmt: Format, paths: &LabPaths, a: &UpArgs) -> Result<(), LabError> {
@@ -210,7 +225,7 @@ fn up(fmt: Format, paths: &LabPaths, a: &UpArgs) -> Result<(), LabError> {
         etcd: a.etcd.clone(),
         store: a.store.clone(),
     };
-    let (cfg, hosts) = lab::up::up(paths, &opts, &mut progress(fmt))?;
+    let (cfg, hosts) = with_progress(progress(fmt), |p| lab::up::up(paths, &opts, p))?;
     if fmt == Format::Json {
         let out = serde_json::json!({ "name": cfg.name, "dir": cfg.dir, "hosts": hosts });
         print_json(&out);
@@ -227,7 +242,7 @@ fn up(fmt: Format, paths: &LabPaths, a: &UpArgs) -> Result<(), LabError> {
 }
 
 fn down(fmt: Format, paths: &LabPaths) -> Result<(), LabError> {
-    let report = lab::down::down(paths, &mut progress(fmt))?;
+    let report = with_progress(progress(fmt), |p| lab::down::down(paths, p))?;
     match fmt {
         Format::Json => print_json(&report),
         Format::Table if !report.existed => println!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use super::lab::{progress, ExecArgs, LabCommand, LinkState, UpArgs};
+use super::lab::{progress, with_progress, ExecArgs, LabCommand, LinkState, UpArgs};
 use super::output::{print_json, Table};
 use super::Format;
 use crate::lab::exec::EXIT_LAB_FAILED;
@@ -39,7 +39,7 @@ pub(super) fn up(fmt: Format, paths: &LabPaths, a: &UpArgs) -> Result<(), LabErr
         image_root: a.image_dir.clone(),
         bin_dir: a.bin_dir.clone(),
     };
-    let (cfg, hosts) = vm::up(paths, &opts, &mut progress(fmt))?;
+    let (cfg, hosts) = with_progress(progress(fmt), |p| vm::up(paths, &opts, p))?;
     if fmt == Format::Json {
         let out = serde_json::json!({
             "name": cfg.name, "dir": cfg.dir, "vm": true, "accel": cfg.accel, "hosts": hosts

@@ -6,6 +6,7 @@ pub mod lab;
 mod lab_vm;
 pub mod output;
 pub mod run;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -71,8 +72,17 @@ pub enum Command {
     Peers {
         /// Approve HOST's changed identity key or underlay: pin what the store says now
         /// (its WireGuard tunnel then comes up).
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", conflicts_with = "watch")]
         trust: Option<String>,
+        /// Refresh every --interval, top-style, until Ctrl-C: new rows marked +, changed ~.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch (0.1 to 86400, fractions allowed).
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = watch::parse_interval, requires = "watch", allow_negative_numbers = true)]
+        interval: std::time::Duration,
+        /// The same as `-o json`; with --watch, one JSON document per line per refresh.
+        #[arg(long)]
+        json: bool,
     },
     /// Release the endpoints of a host that is gone.
     Gc {
@@ -107,13 +117,16 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
+    /// Create a network (idempotent for the same options).
     Create(CreateArgs),
+    /// List networks.
     Ls,
-    Inspect {
-        name: String,
-    },
+    /// Show one network and its endpoints.
+    Inspect { name: String },
+    /// Remove a network (refused while it has endpoints, unless --force).
     Rm {
         name: String,
+        /// Detach its endpoints first.
         #[arg(long)]
         force: bool,
     },
@@ -236,8 +249,18 @@ pub async fn exec(cli: &Cli) -> Result<(), Failure> {
         Command::Detach(a) => detach(&client, fmt, a).await,
         Command::Endpoints { network } => endpoints(&client, fmt, network.as_deref()).await,
         Command::Status => status(&client, fmt).await,
-        Command::Peers { trust: None } => peers(&client, fmt).await,
-        Command::Peers { trust: Some(host) } => trust(&client, fmt, host).await,
+        Command::Peers {
+            trust: Some(host),
+            json,
+            ..
+        } => trust(&client, json_if(*json, fmt), host).await,
+        Command::Peers {
+            watch: true,
+            interval,
+            json,
+            ..
+        } => watch::watch(&client, json_if(*json, fmt) == Format::Json, *interval).await,
+        Command::Peers { json, .. } => peers(&client, json_if(*json, fmt)).await,
         Command::RotateKey => rotate_key(&client, fmt).await,
         Command::Gc { host, force } => gc(&client, fmt, host, *force).await,
         Command::Doctor { repair } => doctor(&client, fmt, *repair).await,
@@ -604,56 +627,24 @@ fn ipsec_words(ip: &crate::ipsec::PeerIpsec) -> String {
     s
 }
 
+/// `--json`, a subcommand's shorthand for `-o json`.
+fn json_if(json: bool, fmt: Format) -> Format {
+    if json {
+        Format::Json
+    } else {
+        fmt
+    }
+}
+
 async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
     let peers: Vec<PeerInfo> = client.get("/v1/peers").await?;
     match fmt {
         Format::Json => print_json(&peers),
         Format::Table => {
-            let mut t = Table::new(&[
-                "HOST",
-                "STATE",
-                "UNDERLAY",
-                "RENEWED",
-                "ENDPOINTS",
-                "TUNNEL",
-                "HANDSHAKE",
-                "TX",
-                "RX",
-                "KEY AGE",
-            ]);
-            let ago = |s: Option<u64>| s.map(|s| format!("{s}s ago")).unwrap_or_else(|| "-".into());
-            let mut problems = Vec::new();
-            for p in &peers {
-                let tunnel = p.tunnel.as_ref();
-                if let Some(problem) = tunnel.and_then(|t| t.problem.as_ref()) {
-                    problems.push(format!("{}: {problem}", p.host));
-                }
-                if let Some(ip) = &p.ipsec {
-                    problems.push(format!("{}: IPsec {}", p.host, ipsec_words(ip)));
-                }
-                t.row(vec![
-                    p.host.clone(),
-                    p.state.to_string(),
-                    p.underlay.to_string(),
-                    ago(p.renewed_ago),
-                    p.endpoints.to_string(),
-                    match tunnel {
-                        None => "-".into(),
-                        Some(t) if t.up => "up".into(),
-                        Some(_) => "down".into(),
-                    },
-                    ago(tunnel.and_then(|t| t.since_handshake)),
-                    tunnel
-                        .map(|t| t.tx_bytes.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    tunnel
-                        .map(|t| t.rx_bytes.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    tunnel
-                        .and_then(|t| t.key_age)
-                        .map(|s| format!("{s}s"))
-                        .unwrap_or_else(|| "-".into()),
-                ]);
+            let (headers, rows, problems) = peers_rows(&peers);
+            let mut t = Table::new(&headers);
+            for row in rows {
+                t.row(row);
             }
             t.print();
             for p in problems {
@@ -662,6 +653,58 @@ async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The peers table's headers and rows, and the tunnel problems to print below it.
+fn peers_rows(peers: &[PeerInfo]) -> (Vec<&'static str>, Vec<Vec<String>>, Vec<String>) {
+    let headers = vec![
+        "HOST",
+        "STATE",
+        "UNDERLAY",
+        "RENEWED",
+        "ENDPOINTS",
+        "TUNNEL",
+        "HANDSHAKE",
+        "TX",
+        "RX",
+        "KEY AGE",
+    ];
+    let ago = |s: Option<u64>| s.map(|s| format!("{s}s ago")).unwrap_or_else(|| "-".into());
+    let mut problems = Vec::new();
+    let mut rows = Vec::new();
+    for p in peers {
+        let tunnel = p.tunnel.as_ref();
+        if let Some(problem) = tunnel.and_then(|t| t.problem.as_ref()) {
+            problems.push(format!("{}: {problem}", p.host));
+        }
+        if let Some(ip) = &p.ipsec {
+            problems.push(format!("{}: IPsec {}", p.host, ipsec_words(ip)));
+        }
+        rows.push(vec![
+            p.host.clone(),
+            p.state.to_string(),
+            p.underlay.to_string(),
+            ago(p.renewed_ago),
+            p.endpoints.to_string(),
+            match tunnel {
+                None => "-".into(),
+                Some(t) if t.up => "up".into(),
+                Some(_) => "down".into(),
+            },
+            ago(tunnel.and_then(|t| t.since_handshake)),
+            tunnel
+                .map(|t| t.tx_bytes.to_string())
+                .unwrap_or_else(|| "-".into()),
+            tunnel
+                .map(|t| t.rx_bytes.to_string())
+                .unwrap_or_else(|| "-".into()),
+            tunnel
+                .and_then(|t| t.key_age)
+                .map(|s| format!("{s}s"))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    (headers, rows, problems)
 }
 
 async fn trust(client: &Client, fmt: Format, host: &str) -> Result<(), Failure> {
