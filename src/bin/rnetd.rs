@@ -97,6 +97,16 @@ struct Flags {
         value_name = "SECS"
     )]
     wireguard_rotate_every: u64,
+    /// WireGuard implementation for encrypted networks: `auto` uses the kernel's wireguard
+    /// module where it exists and boringtun (userspace) elsewhere; `kernel` refuses to
+    /// start without the module.
+    #[arg(
+        long,
+        env = "RNET_WIREGUARD_BACKEND",
+        value_enum,
+        default_value_t = rnet::wireguard::BackendChoice::Auto
+    )]
+    wireguard_backend: rnet::wireguard::BackendChoice,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
@@ -151,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         wireguard_port: flags.wireguard_port,
         wireguard_rotate_every: (flags.wireguard_rotate_every > 0)
             .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
+        wireguard_backend: flags.wireguard_backend,
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

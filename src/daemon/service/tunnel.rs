@@ -138,12 +138,17 @@ impl<S: Store> Service<S> {
             rx_bytes: 0,
             key_age: None,
             problem,
+            backend: Some(wg.backend()),
         })
     }
 
     /// What the tunnel dropped, by reason (None: no tunnel runs here).
     pub fn wireguard_drops(&self) -> Option<crate::wireguard::DropCounters> {
-        self.tunnel.wireguard.as_ref().ok().map(|wg| wg.drops())
+        self.tunnel
+            .wireguard
+            .as_ref()
+            .ok()
+            .and_then(|wg| wg.drops())
     }
 
     /// The tunnel's part of `rnet status`.
@@ -154,10 +159,11 @@ impl<S: Store> Service<S> {
                 crate::api::types::WireguardStatus {
                     available: true,
                     error: None,
+                    backend: Some(wg.backend()),
                     public_key: Some(info.public_key),
                     port: Some(info.port),
                     identity: info.identity,
-                    drops: wg.drops(),
+                    drops: wg.drops().unwrap_or_default(),
                 }
             }
             Err(why) => crate::api::types::WireguardStatus {
