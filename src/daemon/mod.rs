@@ -239,7 +239,7 @@ async fn run_with_store<S: Store>(
     )
     .await;
     notify_systemd(sd_notify::NotifyState::Stopping);
-    service.release_tunnel_namespace();
+    service.release_tunnel_namespace().await;
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
         let _ = std::fs::remove_file(socket);

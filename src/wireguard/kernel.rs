@@ -58,8 +58,8 @@ pub fn probe() -> Result<(), String> {
 /// The counters of one peer the kernel reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelPeer {
-    /// Unix seconds of the latest handshake (None: never).
-    pub last_handshake: Option<u64>,
+    /// When the latest handshake was, since the Unix epoch (None: never).
+    pub last_handshake: Option<Duration>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
 }
@@ -81,6 +81,9 @@ struct Inner {
     /// The kernel's view from the last poll, by public key.
     seen: Mutex<HashMap<[u8; 32], KernelPeer>>,
     up: Mutex<BTreeSet<String>>,
+    /// When the key last changed: sessions from before are gone (the kernel keeps their
+    /// handshake times), so they do not count as up.
+    rotated_at: Mutex<Duration>,
     rotation: Mutex<()>,
     on_change: Box<dyn Fn() + Send + Sync>,
 }
@@ -134,6 +137,7 @@ impl KernelWg {
             peers: RwLock::new(BTreeMap::new()),
             seen: Mutex::new(HashMap::new()),
             up: Mutex::new(BTreeSet::new()),
+            rotated_at: Mutex::new(Duration::ZERO),
             rotation: Mutex::new(()),
             on_change,
         });
@@ -241,7 +245,7 @@ impl KernelWg {
             since_handshake: seen
                 .last_handshake
                 .filter(|_| up)
-                .map(|t| now.saturating_sub(t)),
+                .map(|t| now.saturating_sub(t.as_secs())),
             tx_bytes: seen.tx_bytes,
             rx_bytes: seen.rx_bytes,
             key_age: (spec.key_created > 0).then(|| now.saturating_sub(spec.key_created)),
@@ -265,6 +269,7 @@ impl KernelWg {
             )
             .map_err(|e| WgError::Setup(e.to_string()))?;
         *self.inner.key.write() = key.clone();
+        *self.inner.rotated_at.lock() = now();
         self.inner.poll();
         tracing::info!(public_key = %key.public_b64(), "WireGuard key rotated (kernel)");
         Ok(self.info())
@@ -282,14 +287,14 @@ impl Inner {
             }
         };
         let seen = parse_peers(&replies);
-        let now = now_secs();
+        let (now, rotated) = (now(), *self.rotated_at.lock());
         let up: BTreeSet<String> = self
             .peers
             .read()
             .values()
             .filter(|s| {
                 seen.get(s.public.as_bytes())
-                    .is_some_and(|p| session_live(p.last_handshake, now))
+                    .is_some_and(|p| session_live(p.last_handshake, now, rotated))
             })
             .map(|s| s.host.clone())
             .collect();
@@ -315,9 +320,10 @@ impl Inner {
     }
 }
 
-/// Whether a handshake at `last` (unix seconds) still gives a usable session at `now`.
-pub fn session_live(last: Option<u64>, now: u64) -> bool {
-    last.is_some_and(|t| now.saturating_sub(t) < SESSION_LIFETIME.as_secs())
+/// Whether a handshake at `last` still gives a usable session at `now`, the key having
+/// last changed at `rotated` (all since the Unix epoch).
+pub fn session_live(last: Option<Duration>, now: Duration, rotated: Duration) -> bool {
+    last.is_some_and(|t| t > rotated && now.saturating_sub(t) < SESSION_LIFETIME)
 }
 
 /// Which peers to take out of the kernel, and which to (re)configure, to go from `old` to
@@ -418,7 +424,12 @@ pub fn parse_peers(replies: &[WireguardMessage]) -> HashMap<[u8; 32], KernelPeer
                     match attr {
                         WireguardPeerAttribute::PublicKey(k) => key = Some(*k),
                         WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
-                            state.last_handshake = Some(t.seconds as u64)
+                            state.last_handshake = Some(
+                                Duration::from_secs(t.seconds as u64)
+                                    + Duration::from_nanos(
+                                        t.nano_seconds.clamp(0, 999_999_999) as u64
+                                    ),
+                            )
                         }
                         WireguardPeerAttribute::TxBytes(n) => state.tx_bytes = *n,
                         WireguardPeerAttribute::RxBytes(n) => state.rx_bytes = *n,
@@ -434,11 +445,14 @@ pub fn parse_peers(replies: &[WireguardMessage]) -> HashMap<[u8; 32], KernelPeer
     out
 }
 
-fn now_secs() -> u64 {
+fn now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+fn now_secs() -> u64 {
+    now().as_secs()
 }
 
 #[cfg(test)]
@@ -557,10 +571,18 @@ mod tests {
 
     #[test]
     fn up_means_a_handshake_younger_than_a_session_lifetime() {
-        assert!(!session_live(None, 1000));
-        assert!(session_live(Some(1000), 1000));
-        assert!(session_live(Some(1000), 1179));
-        assert!(!session_live(Some(1000), 1180));
+        let s = Duration::from_secs;
+        assert!(!session_live(None, s(1000), s(0)));
+        assert!(session_live(Some(s(1000)), s(1000), s(0)));
+        assert!(session_live(Some(s(1000)), s(1179), s(0)));
+        assert!(!session_live(Some(s(1000)), s(1180), s(0)));
+        // A rotated key ends the sessions made with the old one.
+        assert!(!session_live(Some(s(1000)), s(1001), s(1000)));
+        assert!(session_live(
+            Some(s(1000) + Duration::from_millis(1)),
+            s(1001),
+            s(1000)
+        ));
         let k = HostKey::generate();
         let reply = WireguardMessage {
             cmd: WireguardCmd::GetDevice,

@@ -187,8 +187,10 @@ impl<S: Store> Service<S> {
     }
 
     /// On a clean stop: drop the tunnel namespace unless an encrypted network has a sandbox
-    /// here (its VXLAN socket lives in it; a restarted daemon takes it up again).
-    pub fn release_tunnel_namespace(&self) {
+    /// here (its VXLAN socket lives in it; a restarted daemon takes it up again). A kernel
+    /// WireGuard device goes first: the namespace itself dies in the kernel's own time, and
+    /// until then the device would hold the WireGuard port on the underlay.
+    pub async fn release_tunnel_namespace(&self) {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
         };
@@ -201,6 +203,16 @@ impl<S: Store> Service<S> {
         });
         if in_use || !cache.synced {
             return;
+        }
+        if wg.backend() == crate::wireguard::Backend::Kernel {
+            if let Err(e) = self
+                .dp
+                .remove_tunnel_device(wg.netns(), crate::wireguard::TUN_NAME)
+                .await
+            {
+                tracing::warn!(error = %e, "removing the kernel WireGuard device failed");
+            }
+            self.dp.forget_sandbox(wg.netns());
         }
         if let Err(e) = crate::netns::remove(wg.netns()) {
             tracing::warn!(error = %e, "removing the tunnel namespace failed");
