@@ -65,6 +65,9 @@ pub struct WireguardStatus {
     /// Why not, when they cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Which implementation runs: "kernel" or "userspace" (boringtun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::wireguard::Backend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +76,8 @@ pub struct WireguardStatus {
     /// `rnet peers` offers before running `rnet peers --trust` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
-    /// Datagrams and packets the tunnel dropped, by reason.
+    /// Datagrams and packets the tunnel dropped, by reason (userspace backend only: the
+    /// kernel's device counts no such reasons).
     #[serde(default)]
     pub drops: crate::wireguard::DropCounters,
 }

@@ -117,6 +117,16 @@ struct Flags {
     /// its SAs fail to install and every IPsec flow stays blocked (never sent in clear).
     #[arg(long, env = "RNET_IPSEC_ASSUME_ESP", hide = true)]
     ipsec_assume_esp: bool,
+    /// WireGuard implementation for encrypted networks: `auto` uses the kernel's wireguard
+    /// module where it exists and boringtun (userspace) elsewhere; `kernel` refuses to
+    /// start without the module.
+    #[arg(
+        long,
+        env = "RNET_WIREGUARD_BACKEND",
+        value_enum,
+        default_value_t = rnet::wireguard::BackendChoice::Auto
+    )]
+    wireguard_backend: rnet::wireguard::BackendChoice,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
     /// bind it to an address only the scraper reaches). Off unless given.
     #[arg(long, env = "RNET_METRICS_ADDR", value_name = "ADDR:PORT")]
@@ -183,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
         ipsec_rotate_every: Duration::from_secs(flags.ipsec_rotate_every),
         ipsec_assume_esp: flags.ipsec_assume_esp,
+        wireguard_backend: flags.wireguard_backend,
         docker_plugin: PluginConfig::from_flags(
             &flags.docker_plugin_dir,
             &flags.docker_plugin_name,

@@ -487,13 +487,24 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
             let wg = &s.wireguard;
             match (&wg.public_key, &wg.error) {
                 (Some(key), _) => println!(
-                    "WireGuard: port {}, public key {key}, identity {}; dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                    "WireGuard ({}): port {}, public key {key}, identity {}; {}",
+                    wg.backend
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "backend unknown".into()),
                     wg.port.unwrap_or_default(),
                     wg.identity.as_deref().unwrap_or("-"),
-                    wg.drops.malformed,
-                    wg.drops.rejected,
-                    wg.drops.spoofed,
-                    wg.drops.no_peer
+                    match wg.backend {
+                        Some(crate::wireguard::Backend::Kernel) => {
+                            "drop reasons are not counted by the kernel backend".to_string()
+                        }
+                        _ => format!(
+                            "dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                            wg.drops.malformed,
+                            wg.drops.rejected,
+                            wg.drops.spoofed,
+                            wg.drops.no_peer
+                        ),
+                    }
                 ),
                 (None, Some(why)) => println!("WireGuard: unavailable ({why})"),
                 (None, None) => {}
@@ -647,6 +658,12 @@ async fn peers(client: &Client, fmt: Format) -> Result<(), Failure> {
                 t.row(row);
             }
             t.print();
+            if let Some(backend) = peers
+                .iter()
+                .find_map(|p| p.tunnel.as_ref().and_then(|t| t.backend))
+            {
+                println!("WireGuard backend: {backend}");
+            }
             for p in problems {
                 println!("{p}");
             }

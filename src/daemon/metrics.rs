@@ -385,6 +385,7 @@ mod tests {
             rx_bytes: 200,
             key_age: None,
             problem: None,
+            backend: None,
         });
         let text = m.render(&Sample {
             local_endpoints: 4,

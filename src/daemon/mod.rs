@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     pub ipsec_rotate_every: Duration,
     /// Start IPsec mode even where the ESP probe fails (tests of the control plane only).
     pub ipsec_assume_esp: bool,
+    /// Kernel WireGuard, boringtun, or whichever this kernel allows.
+    pub wireguard_backend: wireguard::BackendChoice,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
     pub docker_plugin: Option<docker::PluginConfig>,
     /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
@@ -84,6 +86,11 @@ pub async fn run(
     // would find its own records skipped everywhere.
     crate::validate::host_id(&cfg.host_id)
         .map_err(|e| Error::Invalid(format!("--host-id: {e}")))?;
+    // Before anything is made: a kernel backend that cannot exist stops the daemon here.
+    if cfg.wireguard_backend == wireguard::BackendChoice::Kernel {
+        wireguard::kernel::probe()
+            .map_err(|e| Error::Unsupported(format!("--wireguard-backend kernel: {e}")))?;
+    }
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| io_err("creating state dir", &cfg.state_dir, e))?;
     std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
@@ -258,7 +265,7 @@ async fn run_with_store<S: Store>(
     )
     .await;
     notify_systemd(sd_notify::NotifyState::Stopping);
-    service.release_tunnel_namespace();
+    service.release_tunnel_namespace().await;
     let _ = std::fs::remove_file(&cfg.socket);
     if let Some(socket) = plugin_socket {
         let _ = std::fs::remove_file(socket);
@@ -344,13 +351,8 @@ async fn start_wireguard(
         underlay_mtu: mtu,
         port: cfg.wireguard_port,
     };
-    let configure = |ns: PathBuf, ifname: String, addr: Ipv4Addr, mtu: u32| async move {
-        dp.configure_tunnel(&ns, &ifname, addr, mtu)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let on_change = Box::new(move || shared.changed.notify_one());
-    WireGuard::start(wg_cfg, configure, on_change)
+    let on_change = Arc::new(move || shared.changed.notify_one());
+    WireGuard::start(wg_cfg, cfg.wireguard_backend, dp, on_change)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "WireGuard is unavailable: encrypted networks cannot be used on this host");

@@ -503,6 +503,33 @@ impl Netlink {
             .map_err(|e| DataplaneError::netlink(format!("routing through {ifname}"), e))
     }
 
+    /// Remove the tunnel device `ifname` from the namespace at `netns` if one is there (a
+    /// kernel WireGuard device outlives rnetd; a new start makes its own).
+    pub async fn remove_tunnel_device(&self, netns: &Path, ifname: &str) -> Result<()> {
+        let h = self.sandbox(netns)?;
+        match get_link(&h, ifname).await? {
+            Some(l) => del_link(&h, l.index, ifname).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Create a kernel WireGuard device named `ifname` from the host namespace straight into
+    /// the namespace at `netns`: the kernel keeps its UDP socket in the namespace it was
+    /// created from (the underlay's), while its packets come and go in `netns`. Fails with
+    /// errno EOPNOTSUPP where the kernel has no WireGuard.
+    pub async fn create_wireguard_device(&self, netns: &Path, ifname: &str) -> Result<()> {
+        let ns = NetNs::open(netns)?;
+        let msg = rtnetlink::LinkWireguard::new(ifname)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        add_link(
+            &self.host,
+            msg,
+            &format!("creating WireGuard device {ifname}"),
+        )
+        .await
+    }
+
     /// Remove a sandbox: dropping the namespace tears down its devices in the kernel's own time.
     /// Every handle cached for it goes too: a cached socket would keep the old namespace (and
     /// its VXLAN device) alive and be used for whatever later appears at the same path.

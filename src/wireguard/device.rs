@@ -77,6 +77,9 @@ pub struct TunnelStatus {
     /// Why the tunnel is not up, when rnetd knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Which WireGuard implementation carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<super::Backend>,
 }
 
 /// Datagrams dropped on the way in, by reason.
@@ -138,13 +141,13 @@ struct Inner {
     on_change: Box<dyn Fn() + Send + Sync>,
 }
 
-/// The running tunnel; cheap to clone.
+/// The running userspace tunnel; cheap to clone.
 #[derive(Clone)]
-pub struct WireGuard {
+pub struct Userspace {
     inner: Arc<Inner>,
 }
 
-impl WireGuard {
+impl Userspace {
     /// Load or make the key, bind the UDP port, create the TUN device in the tunnel
     /// namespace, and start the threads. `configure` gives the TUN its address, MTU and
     /// route (netlink, owned by the dataplane). `on_change` runs whenever a tunnel goes up or
@@ -153,7 +156,7 @@ impl WireGuard {
         cfg: WgConfig,
         configure: F,
         on_change: Box<dyn Fn() + Send + Sync>,
-    ) -> Result<WireGuard, WgError>
+    ) -> Result<Userspace, WgError>
     where
         F: FnOnce(PathBuf, String, Ipv4Addr, u32) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -211,7 +214,7 @@ impl WireGuard {
                 })
                 .map_err(|e| WgError::Setup(format!("starting thread {name}: {e}")))?;
         }
-        let me = WireGuard { inner };
+        let me = Userspace { inner };
         tracing::info!(port = me.inner.cfg.port, public_key = %me.public_key(), device = TUN_NAME, "WireGuard tunnel up");
         Ok(me)
     }
@@ -329,6 +332,7 @@ impl WireGuard {
             key_age: (peer.spec.key_created > 0)
                 .then(|| now_secs().saturating_sub(peer.spec.key_created)),
             problem,
+            backend: Some(super::Backend::Userspace),
         })
     }
 

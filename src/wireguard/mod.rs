@@ -1,5 +1,7 @@
-//! Encrypted overlay: a userspace WireGuard tunnel per host (boringtun's sans-IO `Tunn`; rnet
-//! owns the TUN device, the UDP socket and the timers), so no kernel module is needed.
+//! Encrypted overlay: one WireGuard tunnel per host, carried by the kernel's `wireguard`
+//! device where the kernel has it (`kernel`, over generic netlink) and by boringtun in
+//! userspace elsewhere (`device`: boringtun's sans-IO `Tunn`; rnet owns the TUN device, the
+//! UDP socket and the timers). `backend` picks one and hides the difference.
 //!
 //! The VXLAN devices of encrypted networks are created from a dedicated *tunnel namespace*
 //! that holds only the TUN device: their UDP sockets live there, so every frame they send
@@ -7,9 +9,12 @@
 //! addresses are their underlay addresses (see `plan`), so the peer tables are the same as
 //! for unencrypted networks, gated on the tunnel being up.
 
+pub mod backend;
 pub mod batch;
 mod device;
+mod genl;
 pub mod identity;
+pub mod kernel;
 pub mod keys;
 pub mod pins;
 pub mod plan;
@@ -18,9 +23,10 @@ pub mod tun;
 
 use std::path::{Path, PathBuf};
 
-pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig, WireGuard};
+pub use backend::{Backend, BackendChoice, WireGuard};
+pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig};
 
-/// The TUN device, in the tunnel namespace.
+/// The tunnel device (TUN or kernel WireGuard), in the tunnel namespace.
 pub const TUN_NAME: &str = "rnet-wg0";
 /// WireGuard's customary port.
 pub const DEFAULT_PORT: u16 = 51820;

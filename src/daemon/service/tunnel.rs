@@ -149,12 +149,17 @@ impl<S: Store> Service<S> {
             rx_bytes: 0,
             key_age: None,
             problem,
+            backend: Some(wg.backend()),
         })
     }
 
     /// What the tunnel dropped, by reason (None: no tunnel runs here).
     pub fn wireguard_drops(&self) -> Option<crate::wireguard::DropCounters> {
-        self.tunnel.wireguard.as_ref().ok().map(|wg| wg.drops())
+        self.tunnel
+            .wireguard
+            .as_ref()
+            .ok()
+            .and_then(|wg| wg.drops())
     }
 
     /// The tunnel's part of `rnet status`.
@@ -165,10 +170,11 @@ impl<S: Store> Service<S> {
                 crate::api::types::WireguardStatus {
                     available: true,
                     error: None,
+                    backend: Some(wg.backend()),
                     public_key: Some(info.public_key),
                     port: Some(info.port),
                     identity: info.identity,
-                    drops: wg.drops(),
+                    drops: wg.drops().unwrap_or_default(),
                 }
             }
             Err(why) => crate::api::types::WireguardStatus {
@@ -192,8 +198,10 @@ impl<S: Store> Service<S> {
     }
 
     /// On a clean stop: drop the tunnel namespace unless an encrypted network has a sandbox
-    /// here (its VXLAN socket lives in it; a restarted daemon takes it up again).
-    pub fn release_tunnel_namespace(&self) {
+    /// here (its VXLAN socket lives in it; a restarted daemon takes it up again). A kernel
+    /// WireGuard device goes first: the namespace itself dies in the kernel's own time, and
+    /// until then the device would hold the WireGuard port on the underlay.
+    pub async fn release_tunnel_namespace(&self) {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
         };
@@ -206,6 +214,16 @@ impl<S: Store> Service<S> {
         });
         if in_use || !cache.synced {
             return;
+        }
+        if wg.backend() == crate::wireguard::Backend::Kernel {
+            if let Err(e) = self
+                .dp
+                .remove_tunnel_device(wg.netns(), crate::wireguard::TUN_NAME)
+                .await
+            {
+                tracing::warn!(error = %e, "removing the kernel WireGuard device failed");
+            }
+            self.dp.forget_sandbox(wg.netns());
         }
         if let Err(e) = crate::netns::remove(wg.netns()) {
             tracing::warn!(error = %e, "removing the tunnel namespace failed");
