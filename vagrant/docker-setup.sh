@@ -21,7 +21,7 @@ set -euo pipefail
 readonly IMAGE=${RNET_VAGRANT_IMAGE:-rnet-vagrant:bookworm}
 readonly CACHE=${RNET_VAGRANT_CACHE:-/var/cache/rnet/vagrant}
 readonly SUITE=bookworm
-readonly PACKAGES=iproute2,iputils-ping,procps,etcd-server
+readonly PACKAGES=iproute2,iputils-ping,procps,etcd-server,libnftnl11
 # The Debian 12 docker CLI: a newer client earlier on PATH may not speak to Debian's engine.
 DOCKER=$(command -v /usr/bin/docker || command -v docker)
 readonly DOCKER

@@ -42,7 +42,7 @@ ext4
 '
 
 mmdebstrap --quiet --variant=minbase --components=main \
-    --include=linux-image-amd64,initramfs-tools,kmod,tini,busybox,iproute2,iputils-ping,iperf3,tcpdump,etcd-server,etcd-client,procps,netcat-openbsd \
+    --include=linux-image-amd64,initramfs-tools,kmod,tini,busybox,iproute2,iputils-ping,iperf3,tcpdump,etcd-server,etcd-client,procps,netcat-openbsd,libnftnl11 \
     --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"' \
     --setup-hook="printf 'MODULES=list\nCOMPRESS=gzip\n' > \"\$1/etc/initramfs-tools/conf.d/rnet-lab.conf\"" \
     --setup-hook="printf '%s' '$modules' > \"\$1/etc/initramfs-tools/modules\"" \
