@@ -9,6 +9,8 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,6 +22,8 @@ use serde_json::{json, Value};
 
 const IMAGE: &str = "localhost/rnet-busybox:latest";
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// The page the image's httpd serves.
+const WEB_PAGE: &str = "rnet-podman-web\n";
 
 /// Says what is missing instead of failing halfway (scripts/deps.sh installs all of it).
 fn require_tools() {
@@ -129,9 +133,14 @@ tmp_dir = "{d}/tmp"
             fs::create_dir_all(rootfs.join(sub)).unwrap();
         }
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "ping", "ip", "sleep", "cat", "true"] {
+        for applet in [
+            "sh", "ping", "ip", "sleep", "cat", "true", "httpd", "nslookup",
+        ] {
             symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
+        // What `httpd -h /www` serves.
+        fs::create_dir_all(rootfs.join("www")).unwrap();
+        fs::write(rootfs.join("www/index.html"), WEB_PAGE).unwrap();
         let tar = self.dir.path().join("busybox.tar");
         let st = Command::new("tar")
             .arg("-C")
@@ -279,6 +288,207 @@ fn podman_containers_on_an_rnet_cni_network_talk() {
                 == 1
         },
     );
+    drop(podman);
+    h.kill_daemon(nix::sys::signal::Signal::SIGTERM);
+}
+
+/// A namespace outside the host: a veth to the host namespace (198.19.254.2/30 here,
+/// .1 there) and a route to the host's underlay address through it, so what it sends to the
+/// host arrives from outside, as a client on the host's network would.
+fn outside_client(h: &Host) -> Workload {
+    let w = Workload::new("outside");
+    let host_side = format!("oc{}", std::process::id() % 100_000);
+    let ns = w.name();
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &host_side,
+        "netns",
+        h.netns_name(),
+    ]);
+    run(&["-n", ns, "addr", "add", "198.19.254.2/30", "dev", "eth0"]);
+    run(&["-n", ns, "link", "set", "eth0", "up"]);
+    let hn = h.netns_name();
+    run(&[
+        "-n",
+        hn,
+        "addr",
+        "add",
+        "198.19.254.1/30",
+        "dev",
+        &host_side,
+    ]);
+    run(&["-n", hn, "link", "set", &host_side, "up"]);
+    let ul = format!("{}/32", h.underlay());
+    run(&["-n", ns, "route", "add", &ul, "via", "198.19.254.1"]);
+    w
+}
+
+/// An HTTP GET of `/` at `addr` from the namespace of `w`: the body, or None when nothing
+/// answered (a connection refused or timed out, or no complete response).
+fn fetch(w: &Workload, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let netns = w.path();
+    std::thread::spawn(move || {
+        let ns = fs::File::open(&netns).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        Some(body.to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+/// The host's `table ip rnet` as nft lists it ("" when there is none).
+fn rnet_table(h: &Host) -> String {
+    let out = h.exec(&["nft", "list", "table", "ip", "rnet"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn podman_publishes_ports_and_names_through_rnet_cni() {
+    require_tools();
+    let mut h = Host::new("podport");
+    h.start_daemon();
+    h.rnet_ok(&["create", "ppub", "--subnet", "10.70.0.0/24"]);
+    let client = outside_client(&h);
+    // Podman hands `-p` to every plugin of the list that declares the capability (libcni's
+    // runtimeConfig injection), not only to `portmap`.
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "ppub",
+        "plugins": [{
+            "type": "rnet-cni",
+            "socket": h.socket(),
+            "capabilities": {"portMappings": true},
+        }],
+    });
+    let podman = Podman::new(&h, &[conflist]);
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "--network",
+        "ppub",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let eps = h.rnet_json(&["endpoints", "ppub"]);
+    let eps = eps.as_array().unwrap();
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let web = &eps[0];
+    let web_ip = web["ip"].as_str().unwrap().split('/').next().unwrap();
+    assert_eq!(web["ports"][0]["host_port"], 8080, "{web}");
+    assert_eq!(web["ports"][0]["container_port"], 80, "{web}");
+    // Podman passes the container's name as K8S_POD_NAME; rnet-cni records it.
+    assert_eq!(web["name"], "web", "{web}");
+
+    // From outside the host, to the host's address: the container's httpd answers.
+    let url = format!("{}:8080", h.underlay());
+    let mut body = None;
+    wait_until(
+        "the published port answers",
+        Duration::from_secs(10),
+        || {
+            body = fetch(&client, &url);
+            body.is_some()
+        },
+    );
+    assert_eq!(body.as_deref(), Some(WEB_PAGE));
+    assert!(rnet_table(&h).contains("dport 8080"), "{}", rnet_table(&h));
+
+    // Another container resolves the first by name at the network's gateway; podman wrote
+    // the ADD result's `dns` (gateway first, the network as search domain) into resolv.conf.
+    let out = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "ppub",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; nslookup web 10.70.0.1",
+    ]);
+    assert!(out.contains("search ppub"), "{out}");
+    assert!(
+        out.lines().find(|l| l.starts_with("nameserver")) == Some("nameserver 10.70.0.1"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("Address: {web_ip}")), "{out}");
+
+    // Hostile: a second container asking for the same host port is refused, nothing left.
+    let out = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        "8080:81",
+        "--network",
+        "ppub",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert!(!out.status.success(), "a second -p 8080 was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already published by endpoint"), "{err}");
+    assert_eq!(endpoint_ids(&h, "ppub").len(), 1);
+
+    // Removing the container closes the port and leaves no DNAT rule.
+    podman.ok(&["rm", "--force", "--time", "0", "web"]);
+    wait_until("web's endpoint released", Duration::from_secs(20), || {
+        endpoint_ids(&h, "ppub").is_empty()
+    });
+    assert_eq!(fetch(&client, &url), None, "the port still answers");
+    let out = podman.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "ppub",
+        IMAGE,
+        "nslookup",
+        "web.ppub",
+        "10.70.0.1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("NXDOMAIN"),
+        "a removed name still resolves: {text}"
+    );
+    wait_until("no DNAT rule left", Duration::from_secs(5), || {
+        !rnet_table(&h).contains("dnat")
+    });
     drop(podman);
     h.kill_daemon(nix::sys::signal::Signal::SIGTERM);
 }
