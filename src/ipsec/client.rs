@@ -1,10 +1,13 @@
 //! A small blocking XFRM netlink client: one socket in the calling thread's namespace,
 //! requests acknowledged one by one, and dumps of rnet's own SAs and policies.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_xfrm::{constants::*, policy, state, Address, UserPolicyInfo, XfrmMessage};
+use netlink_packet_xfrm::{
+    constants::*, policy, state, Address, Replay, UserPolicyInfo, XfrmAttrs, XfrmMessage,
+};
 use netlink_sys::{protocols::NETLINK_XFRM, Socket, SocketAddr};
 
 use super::xfrm::{encode, Action, Dir, PolicySpec, SaId, IPPROTO_ESP_U8, IPPROTO_UDP_U8, REQID};
@@ -27,6 +30,26 @@ fn describe(errno: i32) -> String {
 pub struct Observed {
     pub sas: Vec<SaId>,
     pub policies: Vec<PolicySpec>,
+    /// Per SA (where the dump showed them): a digest of its key and its replay state, so a
+    /// key changed behind rnet's back is seen (and replaced without resetting sequence
+    /// numbers). Absent entries are not checked.
+    pub states: BTreeMap<SaId, SaState>,
+}
+
+/// What rnet checks of an installed SA besides its id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaState {
+    /// [`key_tag`] of the SA's AEAD key.
+    pub key_tag: u64,
+    /// Sequence numbers sent (`oseq`) and received (`seq`, `bitmap`).
+    pub replay: Replay,
+}
+
+/// A digest of an SA key to compare keys without keeping the kernel's copy (or logging it).
+pub fn key_tag(key: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(key);
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 fn ipv4(a: &Address) -> Ipv4Addr {
@@ -148,11 +171,23 @@ impl Xfrm {
             if let XfrmMessage::AddSa(sa) = m {
                 let i = &sa.user_sa_info;
                 if i.reqid == REQID && i.family == AF_INET && i.id.proto == IPPROTO_ESP_U8 {
-                    seen.sas.push(SaId {
+                    let id = SaId {
                         src: ipv4(&i.saddr),
                         dst: ipv4(&i.id.daddr),
                         spi: i.id.spi,
-                    });
+                    };
+                    seen.sas.push(id);
+                    let mut st = (None, Replay::default());
+                    for nla in &sa.nlas {
+                        match nla {
+                            XfrmAttrs::EncryptionAlgAead(a) => st.0 = Some(key_tag(&a.alg_key)),
+                            XfrmAttrs::ReplayState(r) => st.1 = *r,
+                            _ => {}
+                        }
+                    }
+                    if let (Some(key_tag), replay) = st {
+                        seen.states.insert(id, SaState { key_tag, replay });
+                    }
                 }
             }
         }

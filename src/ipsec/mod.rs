@@ -322,6 +322,16 @@ pub fn apply(x: &mut Xfrm, op: Op) -> Result<(), XfrmError> {
         ),
         Op::AddPolicy(p) => x.request(&format!("adding policy {p:?}"), xfrm::add_policy(&p)),
         Op::DelPolicy(p) => x.request(&format!("removing policy {p:?}"), xfrm::del_policy(&p)),
+        Op::ReplaceSa(sa, replay) => {
+            tracing::warn!(
+                "IPsec: the kernel's key differs from the derived one for {sa:?}; replacing it"
+            );
+            x.request(&format!("removing {sa:?}"), xfrm::del_sa(&sa.id()))?;
+            x.request(
+                &format!("re-adding {sa:?}"),
+                xfrm::add_sa_with_replay(&sa, replay),
+            )
+        }
     }
 }
 
@@ -335,6 +345,10 @@ pub fn describe(op: &Op) -> (String, String) {
         Op::DelSa(id) => (
             format!("SA {} -> {} spi {:#010x}", id.src, id.dst, id.spi),
             "extra: no peer or epoch wants it".into(),
+        ),
+        Op::ReplaceSa(sa, _) => (
+            format!("SA {} -> {} spi {:#010x}", sa.src, sa.dst, sa.spi),
+            "key differs from the derived one".into(),
         ),
         Op::AddPolicy(p) => (policy_words(p), "missing".into()),
         Op::DelPolicy(p) => (policy_words(p), "extra: no peer wants it".into()),

@@ -22,9 +22,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::keys::{derive, Direction};
-use super::xfrm::{Action, Dir, Observed, PolicySpec, SaId, SaSpec};
+use super::xfrm::{key_tag, Action, Dir, Observed, PolicySpec, SaId, SaSpec};
 use super::Aead;
 use crate::model::IpsecInfo;
+use netlink_packet_xfrm::Replay;
 
 /// This host, as the plan needs it.
 #[derive(Clone, Debug)]
@@ -56,8 +57,6 @@ struct InSa {
 struct PeerBook {
     inbound: Vec<InSa>,
     outbound: Option<SaSpec>,
-    /// SPIs of outbound SAs installed by this process: never installed twice.
-    used_out: BTreeSet<u32>,
 }
 
 /// Per-peer IPsec state for `rnet peers`.
@@ -98,6 +97,9 @@ pub struct Plan {
 pub enum Op {
     AddSa(SaSpec),
     DelSa(SaId),
+    /// The SA exists with another key (changed behind rnet's back): put the derived key
+    /// back, carrying the kernel's sequence numbers over so none is used twice.
+    ReplaceSa(SaSpec, Replay),
     AddPolicy(PolicySpec),
     DelPolicy(PolicySpec),
 }
@@ -141,6 +143,10 @@ fn sa(
 #[derive(Clone, Debug, Default)]
 pub struct Book {
     peers: BTreeMap<String, PeerBook>,
+    /// Per peer, SPIs of outbound SAs installed by this process: never installed twice.
+    /// Kept when a peer goes away: if it comes back acknowledging the same epoch, the SA
+    /// would restart its sequence numbers under the same key (AES-GCM nonce reuse).
+    used_out: BTreeMap<String, BTreeSet<u32>>,
 }
 
 impl Book {
@@ -160,15 +166,18 @@ impl Book {
         self.peers.retain(|id, _| live.contains(id.as_str()));
         for p in peers {
             let book = self.peers.entry(p.id.to_string()).or_default();
-            let status = plan_peer(book, now, grace, me, p, seen, &mut plan);
+            let used = self.used_out.entry(p.id.to_string()).or_default();
+            let status = plan_peer(book, used, now, grace, me, p, seen, &mut plan);
             plan.peers.insert(p.id.to_string(), status);
         }
         plan
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_peer(
     book: &mut PeerBook,
+    used_out: &mut BTreeSet<u32>,
     now: u64,
     grace: u64,
     me: &Me<'_>,
@@ -201,7 +210,7 @@ fn plan_peer(
     let acked = p.info.acks.get(me.id) == Some(&want_out.spi);
     let mut note = None;
     if let Some(cur) = &book.outbound {
-        if !seen.sas.contains(&cur.id()) && book.used_out.contains(&cur.spi) {
+        if !seen.sas.contains(&cur.id()) && used_out.contains(&cur.spi) {
             // Installed before and gone now: re-adding it would restart its sequence
             // numbers under the same key. A new epoch replaces it.
             note = Some(format!(
@@ -212,10 +221,21 @@ fn plan_peer(
             book.outbound = None;
         }
     }
-    if acked && book.outbound.as_ref() != Some(&want_out) && !book.used_out.contains(&want_out.spi)
-    {
-        book.used_out.insert(want_out.spi);
-        book.outbound = Some(want_out.clone());
+    if acked && book.outbound.as_ref() != Some(&want_out) {
+        if used_out.contains(&want_out.spi) {
+            // Used before (the peer went away and came back on this host's epoch): only
+            // a new epoch gives a fresh key.
+            note.get_or_insert_with(|| {
+                format!(
+                    "outbound SA {:#010x} was used before; starting a new epoch",
+                    want_out.spi
+                )
+            });
+            plan.rotate = true;
+        } else {
+            used_out.insert(want_out.spi);
+            book.outbound = Some(want_out.clone());
+        }
     }
     match &book.outbound {
         Some(out) => plan.sas.push(out.clone()),
@@ -277,6 +297,14 @@ pub fn diff(plan: &Plan, seen: &Observed) -> Vec<Op> {
     adds.sort_by_key(|s| plan.acks.values().all(|(_, id)| *id != s.id()));
     adds.dedup_by_key(|s| s.id());
     ops.extend(adds.into_iter().cloned().map(Op::AddSa));
+    let mut seen_replace = BTreeSet::new();
+    for s in &plan.sas {
+        if let Some(st) = seen.states.get(&s.id()) {
+            if st.key_tag != key_tag(&s.key) && seen_replace.insert(s.id()) {
+                ops.push(Op::ReplaceSa(s.clone(), st.replay));
+            }
+        }
+    }
     let have_pol: BTreeSet<PolicySpec> = seen.policies.iter().copied().collect();
     // A policy with our selector but another action (a hand edit) is replaced.
     let selector = |p: &PolicySpec| (p.dir, p.src, p.dst);

@@ -53,6 +53,7 @@ impl Host {
                 Op::DelSa(s) => self.kernel.sas.retain(|x| *x != s),
                 Op::AddPolicy(p) => self.kernel.policies.push(p),
                 Op::DelPolicy(p) => self.kernel.policies.retain(|x| *x != p),
+                Op::ReplaceSa(..) => {}
             }
         }
         self.kernel.sas.sort();
@@ -210,6 +211,97 @@ fn a_vanished_outbound_sa_is_never_re_added() {
         .as_deref()
         .unwrap()
         .contains("vanished"));
+}
+
+#[test]
+fn a_peer_that_comes_back_on_this_hosts_epoch_never_gets_an_outbound_sa_twice() {
+    let (mut a, mut b) = (Host::new("h1", A, 10), Host::new("h2", B, 20));
+    for t in 0..3 {
+        a.pass(t, &b);
+        b.pass(t, &a);
+    }
+    let out = a.out_sa(B)[0];
+    // h2's daemon dies: its presence expires and h1 removes everything of h2's.
+    let me = Me {
+        id: "h1",
+        underlay: A,
+        epoch: 10,
+        aead: Aead::AesGcm,
+    };
+    let plan = a.book.plan(4, GRACE, &me, &[], &a.kernel);
+    for op in diff(&plan, &a.kernel) {
+        if let Op::DelSa(s) = op {
+            a.kernel.sas.retain(|x| *x != s);
+        }
+    }
+    assert!(a.out_sa(B).is_empty());
+    // h2 restarts on a new epoch and acknowledges h1's epoch, whose SPI it derives again.
+    let mut b2 = Host::new("h2", B, 30);
+    b2.pass(5, &a);
+    assert_eq!(b2.info.acks.get("h1"), Some(&out.spi));
+    let peers = [Peer {
+        id: "h2",
+        underlay: B,
+        info: &b2.info,
+        shared: [7; 32],
+    }];
+    let plan = a.book.plan(6, GRACE, &me, &peers, &a.kernel);
+    assert!(plan.rotate, "a used outbound SA must start a new epoch");
+    assert!(
+        !diff(&plan, &a.kernel)
+            .iter()
+            .any(|o| matches!(o, Op::AddSa(s) if s.id() == out)),
+        "outbound SA {out:?} installed twice"
+    );
+}
+
+#[test]
+fn an_sa_whose_key_changed_is_replaced_with_its_sequence_numbers() {
+    let (mut a, mut b) = (Host::new("h1", A, 10), Host::new("h2", B, 20));
+    for t in 0..3 {
+        a.pass(t, &b);
+        b.pass(t, &a);
+    }
+    let me = Me {
+        id: "h1",
+        underlay: A,
+        epoch: 10,
+        aead: Aead::AesGcm,
+    };
+    let peers = [Peer {
+        id: "h2",
+        underlay: B,
+        info: &b.info,
+        shared: [7; 32],
+    }];
+    let plan = a.book.plan(4, GRACE, &me, &peers, &a.kernel);
+    let inbound = plan.sas.iter().find(|s| s.dst == A).unwrap().clone();
+    let replay = netlink_packet_xfrm::Replay {
+        oseq: 0,
+        seq: 77,
+        bitmap: 1,
+    };
+    let mut kernel = a.kernel.clone();
+    kernel.states.insert(
+        inbound.id(),
+        crate::ipsec::xfrm::SaState {
+            key_tag: key_tag(&inbound.key),
+            replay,
+        },
+    );
+    assert!(
+        diff(&plan, &kernel).is_empty(),
+        "the right key is left alone"
+    );
+    kernel.states.get_mut(&inbound.id()).unwrap().key_tag ^= 1;
+    assert_eq!(
+        diff(&plan, &kernel),
+        vec![Op::ReplaceSa(inbound.clone(), replay)]
+    );
+    assert_eq!(
+        crate::ipsec::describe(&Op::ReplaceSa(inbound, replay)).1,
+        "key differs from the derived one"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use netlink_packet_xfrm::{
     UserPolicyInfo, UserSaId, UserSaInfo, UserTemplate, XfrmAttrs, XfrmMessage,
 };
 
-pub use super::client::{Observed, Xfrm, XfrmError};
+pub use super::client::{key_tag, Observed, SaState, Xfrm, XfrmError};
 use super::keys::KEY_LEN;
 use super::Aead;
 use crate::model::IPSEC_VXLAN_PORT;
@@ -187,6 +187,15 @@ fn add_sa_with_key(src: Ipv4Addr, dst: Ipv4Addr, spi: u32, aead: Aead, key: &[u8
         user_sa_info: info,
         nlas: vec![aead_attr(aead, key)],
     })
+}
+
+/// As [`add_sa`], starting from the sequence numbers of `replay` (a replaced SA's).
+pub fn add_sa_with_replay(sa: &SaSpec, replay: netlink_packet_xfrm::Replay) -> XfrmMessage {
+    let mut msg = add_sa(sa);
+    if let XfrmMessage::AddSa(m) = &mut msg {
+        m.nlas.push(XfrmAttrs::ReplayState(replay));
+    }
+    msg
 }
 
 /// `ip xfrm state add ... proto esp spi 0x1ff mode transport enc cipher_null ""`: an SA
