@@ -379,15 +379,21 @@ async fn keep_presence<S: Store>(
     let mut held: Option<Held> = None;
     let mut changed = false;
     let mut closed = false;
+    // The lease is kept alive on its own clock: record changes (IPsec epochs and acks, a
+    // rotated key) can come more often than TTL/3, and republishing a record does not renew
+    // its lease, so a change must never put the keep-alive off.
+    let mut keep_alive_at = tokio::time::Instant::now();
     loop {
         let mut record = records.borrow_and_update().clone();
         record.renewed = now_secs();
+        let due = tokio::time::Instant::now() >= keep_alive_at;
         held = match held {
             None => publish(&store, &record, ttl_secs, None).await,
             // A new record (rotated key) replaces whatever is there, under the same lease,
             // so peers never see this host vanish.
-            Some(h) if changed => publish(&store, &record, ttl_secs, Some(h.lease)).await,
+            Some(h) if changed && !due => publish(&store, &record, ttl_secs, Some(h.lease)).await,
             Some(h) => match store.lease_keep_alive(h.lease).await {
+                Ok(_) if changed => publish(&store, &record, ttl_secs, Some(h.lease)).await,
                 Ok(_) => renew(&store, &record, h, ttl_secs).await,
                 Err(StoreError::LeaseNotFound(_)) => {
                     tracing::warn!("host lease lost; registering again");
@@ -399,9 +405,12 @@ async fn keep_presence<S: Store>(
                 }
             },
         };
+        if due || held.is_none() {
+            keep_alive_at = tokio::time::Instant::now() + ttl / 3;
+        }
         changed = false;
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep_until(keep_alive_at) => {}
             // Err: the service (the only sender) is gone; keep renewing what there is.
             result = records.changed(), if !closed => match result {
                 Ok(()) => changed = true,
@@ -682,6 +691,32 @@ mod tests {
         // A deleted durable record comes back too.
         store.delete(&keys::host_info("h1")).await.unwrap();
         until_both_are(&store, mine.underlay, "deleted info written back").await;
+        task.abort();
+    }
+
+    /// IPsec epochs and acks change the record more often than TTL/3; the lease must still be
+    /// kept alive (republishing a record does not renew it), or peers see the host vanish.
+    #[tokio::test]
+    async fn frequent_record_changes_do_not_starve_the_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        let mut mine = record();
+        let (tx, rx) = tokio::sync::watch::channel(mine.clone());
+        let task = tokio::spawn(keep_presence(store.clone(), rx, Duration::from_secs(1)));
+        until_both_are(&store, mine.underlay, "registered").await;
+        let lease = store.get(&keys::host("h1")).await.unwrap().unwrap().lease;
+        // A change every 100 ms for three lease lifetimes.
+        for started in 2..32 {
+            mine.started = started;
+            tx.send(mine.clone()).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let kv = store.get(&keys::host("h1")).await.unwrap();
+            assert_eq!(
+                kv.map(|kv| kv.lease),
+                Some(lease),
+                "the presence record lost its lease after {started} changes"
+            );
+        }
         task.abort();
     }
 }
