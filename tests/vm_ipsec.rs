@@ -54,6 +54,35 @@ fn sas(lab: &VmLab, host: &str) -> Vec<Sa> {
     found
 }
 
+/// Host leases lost so far, in both guests' rnetd logs.
+fn lease_lapses(lab: &VmLab) -> usize {
+    ["h1", "h2"]
+        .iter()
+        .map(|h| {
+            let log = lab.guest_log(h, "rnetd");
+            log.matches("host lease lost").count() + log.matches("not found").count()
+        })
+        .sum()
+}
+
+/// The XFRM drop counters a lossy rotation would raise, per guest.
+fn rotation_counters(lab: &VmLab) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+    ["h1", "h2"]
+        .into_iter()
+        .map(|host| {
+            let names = [
+                "XfrmInNoStates",
+                "XfrmInStateProtoError",
+                "XfrmInStateSeqError",
+                "XfrmInTmplMismatch",
+                "XfrmOutNoStates",
+                "XfrmOutPolBlock",
+            ];
+            (host, names.map(|n| (n, xfrm_stat(lab, host, n))).to_vec())
+        })
+        .collect()
+}
+
 fn xfrm_stat(lab: &VmLab, host: &str, name: &str) -> u64 {
     let out = lab.exec_ok(host, &["cat", "/proc/net/xfrm_stat"]);
     out.lines()
@@ -402,6 +431,7 @@ fn rotation_every_10s_under_ping_loses_nothing(lab: &VmLab, vni: u32) {
         installed(lab, "h1", "h2") && installed(lab, "h2", "h1")
     });
     let first: BTreeSet<Sa> = sas(lab, "h1").into_iter().collect();
+    let counters_before = rotation_counters(lab);
     let cap = capture(lab);
     let ping = run_in(
         lab,
@@ -411,6 +441,22 @@ fn rotation_every_10s_under_ping_loses_nothing(lab: &VmLab, vni: u32) {
     );
     let seen = cap.finish();
     let (sent, got) = received(&ping);
+    // Which side dropped, if any: an SPI with no SA (an inbound SA removed too early), or
+    // outbound blocked / without a state (an outbound switch too early).
+    for ((host, before), (_, after)) in counters_before.iter().zip(rotation_counters(lab)) {
+        let grew: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| a.1 > b.1)
+            .map(|(b, a)| format!("{} +{}", b.0, a.1 - b.1))
+            .collect();
+        eprintln!("rotation: {host} xfrm_stat grew: {grew:?}");
+    }
+    // A lapsed lease tears the peer's SAs down (fail closed): name it if pings were lost.
+    let lapses = lease_lapses(lab);
+    if got < sent && lapses > 0 {
+        eprintln!("rotation: {lapses} host lease lapse(s) in the rnetd logs");
+    }
     let spis = esp_spis(&seen);
     eprintln!(
         "rotation: {got}/{sent} pings answered, {} SPIs on the wire: {spis:x?}",
