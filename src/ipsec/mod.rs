@@ -182,25 +182,13 @@ impl Ipsec {
         if !enabled {
             inner.book = Book::default();
         }
+        let epoch = inner.rotation.epoch;
+        let plan = self.plan(&mut inner.book, epoch, me, peers, now, enabled, &seen);
         let me = plan::Me {
             id: me.0,
             underlay: me.1,
-            epoch: inner.rotation.epoch,
+            epoch,
             aead: self.aead,
-        };
-        let views: Vec<plan::Peer<'_>> = peers
-            .iter()
-            .map(|p| plan::Peer {
-                id: &p.id,
-                underlay: p.underlay,
-                info: &p.info,
-                shared: p.shared,
-            })
-            .collect();
-        let plan = if enabled {
-            inner.book.plan(now, self.grace, &me, &views, &seen)
-        } else {
-            plan::Plan::default()
         };
         let refused: Vec<(Op, XfrmError)> = plan::diff(&plan, &seen)
             .into_iter()
@@ -257,10 +245,41 @@ impl Ipsec {
     ) -> Result<Vec<Op>, String> {
         let inner = self.lock();
         let mut book = inner.book.clone();
+        let seen = Xfrm::open()
+            .and_then(|mut x| x.observe())
+            .map_err(|e| format!("dumping XFRM: {e}"))?;
+        let plan = self.plan(
+            &mut book,
+            inner.rotation.epoch,
+            me,
+            peers,
+            now,
+            enabled,
+            &seen,
+        );
+        Ok(plan::diff(&plan, &seen))
+    }
+
+    /// What `book` plans for this host (sending on `epoch`) and `peers` against `seen`;
+    /// nothing when no network uses IPsec. Shared by the pass and `rnet doctor`.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        book: &mut Book,
+        epoch: u64,
+        me: (&str, Ipv4Addr),
+        peers: &[PeerInput],
+        now: u64,
+        enabled: bool,
+        seen: &xfrm::Observed,
+    ) -> plan::Plan {
+        if !enabled {
+            return plan::Plan::default();
+        }
         let me = plan::Me {
             id: me.0,
             underlay: me.1,
-            epoch: inner.rotation.epoch,
+            epoch,
             aead: self.aead,
         };
         let views: Vec<plan::Peer<'_>> = peers
@@ -272,15 +291,7 @@ impl Ipsec {
                 shared: p.shared,
             })
             .collect();
-        let seen = Xfrm::open()
-            .and_then(|mut x| x.observe())
-            .map_err(|e| format!("dumping XFRM: {e}"))?;
-        let plan = if enabled {
-            book.plan(now, self.grace, &me, &views, &seen)
-        } else {
-            plan::Plan::default()
-        };
-        Ok(plan::diff(&plan, &seen))
+        book.plan(now, self.grace, &me, &views, seen)
     }
 
     /// The peers both of whose SAs are installed.
