@@ -38,7 +38,7 @@ pub enum NetnsError {
     Thread(String),
     #[error("opening {path} took longer than {secs} s (a hung filesystem?)")]
     Timeout { path: PathBuf, secs: u64 },
-    #[error("too many namespace paths are being opened at once ({max}, some hung); try {path} again later")]
+    #[error("too many namespace paths are being opened at once ({max} places, all held for {} s, some hung); try {path} again later", OPEN_TIMEOUT.as_secs())]
     Busy { path: PathBuf, max: usize },
 }
 
@@ -55,6 +55,8 @@ static UNTRUSTED_OPENS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(MAX_UNTRUSTED_OPENS);
 static USER_OPENS: std::sync::Mutex<std::collections::BTreeMap<u32, usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// Woken whenever a user's place is given back, so that user's waiting opens try again.
+static USER_PLACE_FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// On whose behalf a path is opened, which decides whose places it takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,13 @@ impl Opener {
             Opener::User(uid)
         }
     }
+
+    fn max_places(self) -> usize {
+        match self {
+            Opener::Trusted => MAX_UNTRUSTED_OPENS,
+            Opener::User(_) => MAX_OPENS_PER_USER,
+        }
+    }
 }
 
 /// One place taken in a pool, given back when dropped (with the thread that holds it).
@@ -82,55 +91,76 @@ enum Place {
 }
 
 impl Place {
-    fn take(who: Opener) -> Option<Place> {
+    /// Wait until `who` has a place free, or until `deadline`. A burst of opens (fifty
+    /// parallel CNI ADDs on a busy two-core host) queues here for the microseconds a healthy
+    /// open takes; only places held by hung opens for the whole wait make it fail.
+    async fn take(who: Opener, deadline: tokio::time::Instant) -> Option<Place> {
         match who {
-            Opener::Trusted => UNTRUSTED_OPENS.try_acquire().ok().map(Place::Trusted),
-            Opener::User(uid) => {
-                let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
-                let n = users.entry(uid).or_default();
-                (*n < MAX_OPENS_PER_USER).then(|| {
-                    *n += 1;
-                    Place::User(uid)
-                })
-            }
+            Opener::Trusted => tokio::time::timeout_at(deadline, UNTRUSTED_OPENS.acquire())
+                .await
+                .ok()?
+                .ok()
+                .map(Place::Trusted),
+            Opener::User(uid) => loop {
+                // Registered before looking, so a place freed in between still wakes us.
+                let freed = USER_PLACE_FREED.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(place) = Place::try_take_user(uid) {
+                    return Some(place);
+                }
+                tokio::time::timeout_at(deadline, freed).await.ok()?;
+            },
         }
+    }
+
+    fn try_take_user(uid: u32) -> Option<Place> {
+        let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = users.entry(uid).or_default();
+        (*n < MAX_OPENS_PER_USER).then(|| {
+            *n += 1;
+            Place::User(uid)
+        })
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         if let Place::User(uid) = self {
-            let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = users.get_mut(uid) {
-                *n -= 1;
-                if *n == 0 {
-                    users.remove(uid);
+            {
+                let mut users = USER_OPENS.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = users.get_mut(uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        users.remove(uid);
+                    }
                 }
             }
+            USER_PLACE_FREED.notify_waiters();
         }
     }
 }
 
-/// Run `open` on a blocking thread if `who` has a place free (refused at once otherwise),
-/// giving up after [`OPEN_TIMEOUT`]. The place is held until the thread really ends, hung
-/// or not.
+/// Run `open` on a blocking thread once `who` has a place free, giving up at `deadline`
+/// (waiting for the place counts). The place is held until the thread really ends, hung or
+/// not.
 async fn open_bounded(
     path: PathBuf,
     who: Opener,
+    deadline: tokio::time::Instant,
     open: impl FnOnce() -> Result<NetNs, NetnsError> + Send + 'static,
 ) -> Result<NetNs, NetnsError> {
-    let Some(place) = Place::take(who) else {
-        let max = match who {
-            Opener::Trusted => MAX_UNTRUSTED_OPENS,
-            Opener::User(_) => MAX_OPENS_PER_USER,
-        };
-        return Err(NetnsError::Busy { path, max });
+    let Some(place) = Place::take(who, deadline).await else {
+        return Err(NetnsError::Busy {
+            path,
+            max: who.max_places(),
+        });
     };
     let task = tokio::task::spawn_blocking(move || {
         let _held = place;
         open()
     });
-    match tokio::time::timeout(OPEN_TIMEOUT, task).await {
+    match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(NetnsError::Thread(e.to_string())),
         Err(_) => Err(NetnsError::Timeout {
@@ -140,8 +170,13 @@ async fn open_bounded(
     }
 }
 
-/// How long opening a namespace path named by a caller or a record may take.
+/// How long opening a namespace path named by a caller or a record may take, waiting for a
+/// free place included.
 pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + OPEN_TIMEOUT
+}
 
 /// An open handle on a network namespace; the namespace lives at least as long as it.
 #[derive(Debug)]
@@ -199,12 +234,18 @@ impl NetNs {
     /// hold a worker (a path on a hung network filesystem blocks even `O_PATH` lookups).
     pub async fn open_untrusted(path: &Path, who: Opener) -> Result<NetNs, NetnsError> {
         let owned = path.to_path_buf();
-        open_bounded(path.to_path_buf(), who, move || NetNs::open(&owned)).await
+        open_bounded(path.to_path_buf(), who, open_deadline(), move || {
+            NetNs::open(&owned)
+        })
+        .await
     }
 
     /// [`NetNs::of_pid`] off the async runtime's workers, with a deadline.
     pub async fn of_pid_untrusted(pid: u32, who: Opener) -> Result<NetNs, NetnsError> {
-        open_bounded(pid_netns_path(pid), who, move || NetNs::of_pid(pid)).await
+        open_bounded(pid_netns_path(pid), who, open_deadline(), move || {
+            NetNs::of_pid(pid)
+        })
+        .await
     }
 
     /// The network namespace of process `pid`.
@@ -450,19 +491,25 @@ mod tests {
         ));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_users_hung_opens_take_only_its_own_places() {
-        const UID: u32 = 4_000_123;
-        let users = || USER_OPENS.lock().unwrap().get(&UID).copied().unwrap_or(0);
+    /// Stand-ins for opens hung on a dead filesystem: each holds its place until `release`
+    /// gets a message.
+    fn hung_opens(
+        uid: u32,
+        n: usize,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        Vec<tokio::task::JoinHandle<Result<NetNs, NetnsError>>>,
+    ) {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
-        // Stand-ins for opens hung on a dead filesystem: they hold their places until released.
-        let hung: Vec<_> = (0..MAX_OPENS_PER_USER)
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let hung = (0..n)
             .map(|_| {
                 let wait = wait.clone();
                 tokio::spawn(open_bounded(
                     PathBuf::from("/hung"),
-                    Opener::User(UID),
+                    Opener::User(uid),
+                    far,
                     move || {
                         let _ = wait.lock().unwrap().recv();
                         Err(NetnsError::Thread("released".into()))
@@ -470,20 +517,41 @@ mod tests {
                 ))
             })
             .collect();
-        while users() < MAX_OPENS_PER_USER {
+        (release, hung)
+    }
+
+    fn places_of(uid: u32) -> usize {
+        USER_OPENS.lock().unwrap().get(&uid).copied().unwrap_or(0)
+    }
+
+    fn own_netns() -> PathBuf {
+        PathBuf::from("/proc/self/ns/net")
+    }
+
+    async fn open_own(who: Opener, wait: std::time::Duration) -> Result<NetNs, NetnsError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        open_bounded(own_netns(), who, deadline, || NetNs::open(&own_netns())).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_users_hung_opens_take_only_its_own_places() {
+        const UID: u32 = 4_000_123;
+        let (release, hung) = hung_opens(UID, MAX_OPENS_PER_USER);
+        while places_of(UID) < MAX_OPENS_PER_USER {
             tokio::task::yield_now().await;
         }
-        let own = Path::new("/proc/self/ns/net");
         let started = std::time::Instant::now();
-        let refused = NetNs::open_untrusted(own, Opener::User(UID)).await;
+        let refused = open_own(Opener::User(UID), std::time::Duration::from_millis(300)).await;
         assert!(
             matches!(refused, Err(NetnsError::Busy { .. })),
             "{refused:?}"
         );
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
         // Root's and other users' places are untouched.
-        assert!(NetNs::open_untrusted(own, Opener::Trusted).await.is_ok());
-        assert!(NetNs::open_untrusted(own, Opener::User(UID + 1))
+        assert!(NetNs::open_untrusted(&own_netns(), Opener::Trusted)
+            .await
+            .is_ok());
+        assert!(NetNs::open_untrusted(&own_netns(), Opener::User(UID + 1))
             .await
             .is_ok());
         for _ in 0..MAX_OPENS_PER_USER {
@@ -492,10 +560,39 @@ mod tests {
         for h in hung {
             let _ = h.await;
         }
-        while users() > 0 {
+        while places_of(UID) > 0 {
             tokio::task::yield_now().await;
         }
-        assert!(NetNs::open_untrusted(own, Opener::User(UID)).await.is_ok());
+        assert!(NetNs::open_untrusted(&own_netns(), Opener::User(UID))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_larger_than_the_pool_waits_for_places_instead_of_failing() {
+        const UID: u32 = 4_000_456;
+        let (release, hung) = hung_opens(UID, MAX_OPENS_PER_USER);
+        while places_of(UID) < MAX_OPENS_PER_USER {
+            tokio::task::yield_now().await;
+        }
+        // Three times the pool, all queued behind the held places.
+        let burst: Vec<_> = (0..3 * MAX_OPENS_PER_USER)
+            .map(|_| tokio::spawn(open_own(Opener::User(UID), OPEN_TIMEOUT)))
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(burst.iter().all(|h| !h.is_finished()));
+        // One place given back lets the whole queue through, one open at a time.
+        release.send(()).unwrap();
+        for h in burst {
+            let opened = h.await.unwrap();
+            assert!(opened.is_ok(), "{opened:?}");
+        }
+        for _ in 1..MAX_OPENS_PER_USER {
+            release.send(()).unwrap();
+        }
+        for h in hung {
+            let _ = h.await;
+        }
     }
 
     #[test]
