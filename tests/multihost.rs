@@ -227,7 +227,8 @@ fn a_lost_host_is_dropped_after_ttl_and_window_then_gc_frees_its_addresses() {
     for h in ["h1", "h2"] {
         wait_until(
             &format!("{h} drops h3's entries"),
-            Duration::from_secs(2 + 2 + 3),
+            // Lease 2 s, window 2 s; the rest is slack for a loaded CI host (3.5-4 s here).
+            Duration::from_secs(2 + 2 + 8),
             || h3_entries(h) == 0,
         );
     }

@@ -563,6 +563,7 @@ async fn program_peers<S: Store>(
         if !dirty && !full && last_reachable.as_ref() == Some(&reachable) {
             continue;
         }
+        log_reachability_changes(last_reachable.as_ref().map(|r| &r.0), &reachable.0);
         match service.sync_peers(full).await {
             Ok(_) => {
                 dirty = false;
@@ -573,6 +574,21 @@ async fn program_peers<S: Store>(
             }
             Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
         }
+    }
+}
+
+/// Say which peers' entries are about to be programmed or removed: a host dropped or
+/// back is something an operator (or a failing test) needs to see in the log.
+fn log_reachability_changes(
+    before: Option<&std::collections::BTreeSet<String>>,
+    now: &std::collections::BTreeSet<String>,
+) {
+    let Some(before) = before else { return };
+    for host in before.difference(now) {
+        tracing::info!(peer = %host, "peer gone (no presence, no probe answer for the window); removing its entries");
+    }
+    for host in now.difference(before) {
+        tracing::info!(peer = %host, "peer reachable; programming its entries");
     }
 }
 

@@ -181,7 +181,13 @@ impl Cache {
                 self.held.remove(key);
                 self.endpoints.remove(key).is_some()
             }
-            Key::Host(id) => self.presence.remove(id).is_some(),
+            Key::Host(id) => {
+                let had = self.presence.remove(id).is_some();
+                if had {
+                    tracing::info!(peer = %id, "peer's presence record is gone (its lease lapsed or its daemon stopped); probing its underlay");
+                }
+                had
+            }
             Key::HostInfo(id) => self.host_info.remove(id).is_some(),
             Key::Other => false,
         }
