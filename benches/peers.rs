@@ -330,6 +330,9 @@ async fn write_and_wait(
     (written, wait_programmed(entries, sandbox, t0).await)
 }
 
+/// How long a convergence round may take before the bench gives up (a hang, not a figure).
+const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Poll the VXLAN device's tables until they hold every entry; time since `t0`.
 async fn wait_programmed(entries: usize, sandbox: &Path, t0: Instant) -> Duration {
     let dp = Netlink::new().unwrap();
@@ -339,6 +342,10 @@ async fn wait_programmed(entries: usize, sandbox: &Path, t0: Instant) -> Duratio
                 return t0.elapsed();
             }
         }
+        assert!(
+            t0.elapsed() < PROGRAM_DEADLINE,
+            "{entries} entries not programmed within {PROGRAM_DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

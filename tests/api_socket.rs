@@ -348,7 +348,7 @@ fn trickle(mut s: UnixStream, bytes: Vec<u8>, every: Duration) {
         if s.write_all(&[b]).is_err() {
             return;
         }
-        thread::sleep(every);
+        thread::sleep(every); // the slowness is what is tested
     }
 }
 

@@ -506,6 +506,9 @@ fn a_tampered_key_is_written_back_by_its_host_and_nothing_leaves_in_clear() {
     assert_ne!(forged, real);
 }
 
+/// What a daemon logs when it takes a peer's rotated key.
+const ACCEPTED_KEY: &str = "accepted a new WireGuard key signed by the host's pinned identity";
+
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn key_rotation_under_a_running_transfer_lets_it_complete() {
@@ -534,9 +537,21 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
         .iter()
         .map(|h| lab.host_rnet_json(h, &["status"])["wireguard"]["public_key"].to_string())
         .collect();
-    std::thread::sleep(Duration::from_secs(2)); // mid-transfer: the point of the test
+    // Each rotation comes mid-transfer (the point of the test): once data flows, and once
+    // h2 has taken h1's new key and data flows again. 1000 segments is about 1.4 MB of the
+    // 200 MB transfer.
+    let flowing = |since: u64| b.snmp("Tcp", "InSegs") >= since + 1000;
+    let start = b.snmp("Tcp", "InSegs");
+    wait_until("the transfer flows", Duration::from_secs(5), || {
+        flowing(start)
+    });
     lab.host_rnet_ok("h1", &["rotate-key"]);
-    std::thread::sleep(Duration::from_secs(2));
+    let rotated = b.snmp("Tcp", "InSegs");
+    wait_until(
+        "h2 takes h1's new key and the transfer goes on",
+        Duration::from_secs(5),
+        || lab.log("h2").contains(ACCEPTED_KEY) && flowing(rotated),
+    );
     lab.host_rnet_ok("h2", &["rotate-key"]);
     let out = client.wait_with_output().unwrap();
     assert!(
@@ -560,9 +575,7 @@ fn key_rotation_under_a_running_transfer_lets_it_complete() {
     // Each side took the other's new key on its pinned identity's signature, no operator.
     for (h, other) in [("h1", "h2"), ("h2", "h1")] {
         assert!(
-            lab.log(h)
-                .contains("accepted a new WireGuard key signed by the host's pinned identity")
-                && !lab.log(h).contains("WireGuard peer refused"),
+            lab.log(h).contains(ACCEPTED_KEY) && !lab.log(h).contains("WireGuard peer refused"),
             "{h} on {other}'s rotation:\n{}",
             lab.log(h)
         );

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{links_in, mounts_under, parse_ip_o_link, unescape_mountinfo, wait_until, Host};
+use common::{
+    links_in, mounts_under, parse_ip_o_link, snmp_counter, unescape_mountinfo, wait_until, Host,
+};
 
 /// Names under /run/netns, as `ip netns list` prints them.
 fn netns_names() -> Vec<String> {
@@ -26,6 +28,17 @@ fn parses_ip_link_and_mountinfo_text() {
     assert_eq!(parse_ip_o_link(text), ["lo", "veth1"]);
     assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
     assert_eq!(unescape_mountinfo(r"/plain\x"), r"/plain\x");
+}
+
+#[test]
+fn reads_one_counter_of_proc_net_snmp() {
+    let text = "Icmp: InMsgs InErrors InEchoReps\nIcmp: 7 0 5\n\
+                IcmpMsg: InType0\nIcmpMsg: 5\n\
+                Tcp: RtoAlgorithm InSegs\nTcp: 1 1234\n";
+    assert_eq!(snmp_counter(text, "Icmp", "InEchoReps"), 5);
+    assert_eq!(snmp_counter(text, "Tcp", "InSegs"), 1234);
+    assert_eq!(snmp_counter(text, "Tcp", "OutSegs"), 0);
+    assert_eq!(snmp_counter(text, "Udp", "InDatagrams"), 0);
 }
 
 #[test]

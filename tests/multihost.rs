@@ -172,7 +172,12 @@ fn a_killed_daemon_is_daemon_down_not_gone_and_loses_no_ping() {
     );
     // 5 pings a second for 10 s; h2's daemon is down for over three lease TTLs of it.
     let pinger = Pinger::start(&a, &ipb, 50);
-    std::thread::sleep(Duration::from_millis(500));
+    let answered = a.snmp("Icmp", "InEchoReps");
+    wait_until(
+        "pings answered before the kill",
+        Duration::from_secs(5),
+        || a.snmp("Icmp", "InEchoReps") > answered,
+    );
     lab.ok(&["stop", "h2", "--kill"]);
     wait_until("h1 sees h2 as daemon down", Duration::from_secs(8), || {
         lab.host_rnet_json("h1", &["peers"])

@@ -223,8 +223,13 @@ fn kill_9_and_restart_lose_no_ping() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_until(
+        "pings answered before the kill",
+        Duration::from_secs(5),
+        || a.snmp("Icmp", "InEchoReps") > 0,
+    );
     h.kill_daemon(Signal::SIGKILL);
+    // The daemon stays down for a while (what is tested: the kernel forwards without it).
     std::thread::sleep(Duration::from_millis(1000));
     h.start_daemon();
     let out = pinger.wait_with_output().unwrap();

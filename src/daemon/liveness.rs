@@ -6,7 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock (the plain monotonic clock outside tests), so tests can pause and advance it.
+use tokio::time::Instant;
 
 use super::sync::{Cache, Shared};
 use crate::icmp::IcmpSocket;
@@ -96,7 +99,11 @@ impl Liveness {
 
 /// Probe absent hosts forever (on a plain OS thread: raw sockets and short blocking waits).
 pub fn spawn_prober(me: String, liveness: Arc<Liveness>, shared: Arc<Shared>) {
+    // Inside the runtime's context, the thread's `mark_up` stamps come from the same clock
+    // as everything else's (a paused one in tests); its own pacing stays on the OS clock.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let spawned = std::thread::Builder::new().name("rnet-prober".into()).spawn(move || {
+        let _context = runtime.as_ref().map(|r| r.enter());
         let socket = match IcmpSocket::open() {
             Ok(s) => s,
             Err(e) => {
@@ -106,7 +113,7 @@ pub fn spawn_prober(me: String, liveness: Arc<Liveness>, shared: Arc<Shared>) {
         };
         let mut seq: u16 = 0;
         loop {
-            let started = Instant::now();
+            let started = std::time::Instant::now();
             let targets = liveness.targets(&me, &shared.cache.read().expect("cache poisoned"));
             if !targets.is_empty() {
                 seq = seq.wrapping_add(1);
@@ -130,28 +137,64 @@ mod tests {
     use super::*;
     use crate::model::{HostRecord, Mac};
 
-    #[test]
-    fn states_follow_presence_then_the_window() {
-        let l = Liveness::new(Duration::from_millis(50));
-        let mut c = Cache::default();
-        let rec = HostRecord {
-            id: "h2".into(),
+    fn record(id: &str) -> HostRecord {
+        HostRecord {
+            id: id.into(),
             underlay: "198.18.0.12".parse().unwrap(),
             vtep_mac: Mac([2, 0, 0, 0, 0, 1]),
             started: 0,
             renewed: 0,
             wireguard: None,
             ipsec: None,
-        };
-        c.host_info.insert("h2".into(), rec.clone());
-        c.presence.insert("h2".into(), rec);
+        }
+    }
+
+    /// On the paused clock: the window is exact, and nothing waits for real.
+    #[tokio::test(start_paused = true)]
+    async fn states_follow_presence_then_the_window() {
+        const WINDOW: Duration = Duration::from_secs(5);
+        let l = Liveness::new(WINDOW);
+        let mut c = Cache::default();
+        c.host_info.insert("h2".into(), record("h2"));
+        c.presence.insert("h2".into(), record("h2"));
         assert_eq!(l.state("h1", "h1", &c), PeerState::Local);
         assert_eq!(l.state("h1", "h2", &c), PeerState::Live);
         c.presence.clear();
         assert_eq!(l.state("h1", "h2", &c), PeerState::DaemonDown);
         assert_eq!(l.targets("h1", &c).len(), 1);
-        std::thread::sleep(Duration::from_millis(60)); // the window is the thing under test
+        tokio::time::advance(WINDOW - Duration::from_millis(1)).await;
+        assert_eq!(l.state("h1", "h2", &c), PeerState::DaemonDown);
+        assert_eq!(l.reachable("h1", &c).len(), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(l.state("h1", "h2", &c), PeerState::Gone);
+        assert!(l.reachable("h1", &c).is_empty());
+    }
+
+    /// A probe answer restarts the window; a host never seen up since start-up gets one
+    /// window of grace from the daemon's start.
+    #[tokio::test(start_paused = true)]
+    async fn probe_answers_restart_the_window_and_unseen_hosts_get_one_from_start() {
+        const WINDOW: Duration = Duration::from_secs(5);
+        let l = Liveness::new(WINDOW);
+        let mut c = Cache::default();
+        c.host_info.insert("h2".into(), record("h2"));
+        c.host_info.insert("h3".into(), record("h3"));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(l.state("h1", "h3", &c), PeerState::DaemonDown, "grace");
+        l.mark_up("h2");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(l.state("h1", "h3", &c), PeerState::Gone, "grace over");
+        assert_eq!(
+            l.state("h1", "h2", &c),
+            PeerState::DaemonDown,
+            "answered 4 s ago"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            l.state("h1", "h2", &c),
+            PeerState::Gone,
+            "silent for the window"
+        );
         assert!(l.reachable("h1", &c).is_empty());
     }
 }

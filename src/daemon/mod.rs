@@ -13,6 +13,8 @@ pub mod serve;
 pub mod service;
 mod socket;
 pub mod sync;
+#[cfg(test)]
+mod test_store;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -544,7 +546,7 @@ async fn program_peers<S: Store>(
     shared: Arc<sync::Shared>,
     resync: Duration,
 ) {
-    let mut last_full = std::time::Instant::now();
+    let mut last_full = tokio::time::Instant::now();
     let mut last_reachable = None;
     let mut dirty = true;
     loop {
@@ -569,7 +571,7 @@ async fn program_peers<S: Store>(
                 dirty = false;
                 last_reachable = Some(reachable);
                 if full {
-                    last_full = std::time::Instant::now();
+                    last_full = tokio::time::Instant::now();
                 }
             }
             Err(e) => tracing::warn!(error = %e, "programming peer tables failed; will retry"),
@@ -640,6 +642,7 @@ async fn periodic_reconcile<S: Store>(service: Arc<Service<S>>, every: Duration)
 
 #[cfg(test)]
 mod tests {
+    use super::test_store::PausedStore;
     use super::*;
 
     fn record() -> HostRecord {
@@ -654,37 +657,38 @@ mod tests {
         }
     }
 
-    async fn underlay_of(store: &EmbeddedStore, key: &str) -> Option<Ipv4Addr> {
+    async fn underlay_of(store: &PausedStore, key: &str) -> Option<Ipv4Addr> {
         let kv = store.get(key).await.expect("get")?;
         serde_json::from_slice::<HostRecord>(&kv.value)
             .ok()
             .map(|r| r.underlay)
     }
 
-    /// Polls until both of h1's records name `want` as its underlay.
-    async fn until_both_are(store: &EmbeddedStore, want: Ipv4Addr, what: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    /// Polls (on the paused clock) until both of h1's records name `want` as its underlay;
+    /// the time it took.
+    async fn until_both_are(store: &PausedStore, want: Ipv4Addr, what: &str) -> Duration {
+        let started = tokio::time::Instant::now();
         loop {
             let presence = underlay_of(store, &keys::host("h1")).await;
             let info = underlay_of(store, &keys::host_info("h1")).await;
             if presence == Some(want) && info == Some(want) {
-                return;
+                return started.elapsed();
             }
             assert!(
-                tokio::time::Instant::now() < deadline,
+                started.elapsed() < Duration::from_secs(10),
                 "{what}: presence {presence:?}, info {info:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_host_writes_back_its_records_changed_by_someone_else() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        let store = PausedStore::new();
         let mine = record();
         let (_tx, rx) = tokio::sync::watch::channel(mine.clone());
-        let task = tokio::spawn(keep_presence(store.clone(), rx, Duration::from_secs(1)));
+        let ttl = Duration::from_secs(3);
+        let task = tokio::spawn(keep_presence(store.clone(), rx, ttl));
         until_both_are(&store, mine.underlay, "registered").await;
 
         // Forge the presence record (keeping its lease) and the durable one.
@@ -702,20 +706,29 @@ mod tests {
             .put(&keys::host_info("h1"), value, None)
             .await
             .unwrap();
-        until_both_are(&store, mine.underlay, "presence and info written back").await;
+        let took = until_both_are(&store, mine.underlay, "presence and info written back").await;
+        assert!(
+            took <= ttl / 3,
+            "written back after {took:?}, not within one renewal"
+        );
 
         // A deleted durable record comes back too.
         store.delete(&keys::host_info("h1")).await.unwrap();
-        until_both_are(&store, mine.underlay, "deleted info written back").await;
+        let took = until_both_are(&store, mine.underlay, "deleted info written back").await;
+        assert!(
+            took <= ttl / 3,
+            "written back after {took:?}, not within one renewal"
+        );
         task.abort();
     }
 
     /// IPsec epochs and acks change the record more often than TTL/3; the lease must still be
     /// kept alive (republishing a record does not renew it), or peers see the host vanish.
-    #[tokio::test]
+    /// On the paused clock the store's leases expire on the same clock: three lease
+    /// lifetimes pass in no real time.
+    #[tokio::test(start_paused = true)]
     async fn frequent_record_changes_do_not_starve_the_lease() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        let store = PausedStore::new();
         let mut mine = record();
         let (tx, rx) = tokio::sync::watch::channel(mine.clone());
         let task = tokio::spawn(keep_presence(store.clone(), rx, Duration::from_secs(1)));
@@ -733,6 +746,33 @@ mod tests {
                 "the presence record lost its lease after {started} changes"
             );
         }
+        let renewals = store.calls("lease_keep_alive");
+        assert!(renewals.len() >= 9, "{} keep-alives in 3 s", renewals.len());
+        task.abort();
+    }
+
+    /// A lease lost while the store was down is replaced once it is back: the host registers
+    /// again under a new lease within one renewal period.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_lost_in_an_outage_is_granted_again() {
+        let store = PausedStore::new();
+        let mine = record();
+        let (_tx, rx) = tokio::sync::watch::channel(mine.clone());
+        let ttl = Duration::from_secs(3);
+        let task = tokio::spawn(keep_presence(store.clone(), rx, ttl));
+        until_both_are(&store, mine.underlay, "registered").await;
+        let lease = store.get(&keys::host("h1")).await.unwrap().unwrap().lease;
+        store.set_down(true);
+        tokio::time::sleep(ttl * 2).await; // the outage outlives the lease: what is tested
+        store.set_down(false);
+        let took = until_both_are(&store, mine.underlay, "registered again").await;
+        assert!(took <= ttl / 3, "registered again after {took:?}");
+        let kv = store.get(&keys::host("h1")).await.unwrap().unwrap();
+        assert_ne!(kv.lease, lease, "a new lease");
+        assert!(matches!(
+            store.lease_keep_alive(lease).await,
+            Err(StoreError::LeaseNotFound(_))
+        ));
         task.abort();
     }
 }

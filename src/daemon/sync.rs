@@ -728,4 +728,42 @@ mod tests {
         assert_eq!(c.endpoints_of("a2").count(), 1);
         assert!(c.synced);
     }
+
+    /// On the paused clock: a store that is down is listed again after 100 ms, doubling to
+    /// 1 s, and once it is back the cache is loaded within that second.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_is_down_is_retried_at_doubling_delays_up_to_a_second() {
+        use crate::daemon::test_store::PausedStore;
+        use tokio::time::Instant;
+        let store = PausedStore::new();
+        store
+            .put(&keys::host_info("h2"), host("h2", "198.18.0.12", 1), None)
+            .await
+            .unwrap();
+        store.set_down(true);
+        let shared = Arc::new(Shared {
+            cache: RwLock::new(Cache::default()),
+            changed: Notify::new(),
+        });
+        let task = tokio::spawn(run(store.clone(), shared.clone()));
+        tokio::time::sleep(Duration::from_millis(4200)).await; // the schedule is what is tested
+        let lists = store.calls("list");
+        let gaps: Vec<u64> = lists
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        assert_eq!(gaps, [100, 200, 400, 800, 1000, 1000]);
+        assert!(!shared.snapshot().synced);
+
+        store.set_down(false);
+        let back = Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), shared.changed.notified())
+            .await
+            .expect("the cache is loaded within a second of the store's return");
+        assert!(back.elapsed() <= Duration::from_secs(1));
+        let cache = shared.snapshot();
+        assert!(cache.synced);
+        assert!(cache.host_info.contains_key("h2"));
+        task.abort();
+    }
 }

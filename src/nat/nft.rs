@@ -275,12 +275,12 @@ pub fn observe() -> Result<Option<Vec<RuleImage>>> {
         return Ok(None);
     }
     let name = table_name();
-    // SAFETY: the rule object only names the table (the kernel then dumps that table's
-    // rules); it is freed once written.
     send_request(
         &socket,
         libc::NFT_MSG_GETRULE,
         libc::NLM_F_DUMP,
+        // SAFETY: the rule object only names the table (the kernel then dumps that table's
+        // rules); `hdr` is the message `send_request` began, and the object is freed once written.
         |hdr| unsafe {
             let filter = sys::nftnl_rule_alloc();
             sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());

@@ -117,6 +117,7 @@ impl RecvBatch {
         // SAFETY: all-zero is a valid iovec and mmsghdr; every pointer set below points into
         // buffers owned by self that outlive the call.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, all-zero is a valid mmsghdr (null pointers, zero lengths).
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let base = self.bufs.as_mut_ptr();
         for i in 0..BATCH {
@@ -265,7 +266,9 @@ impl SendBatch {
         // SAFETY: all-zero is a valid iovec, mmsghdr and cmsghdr; every pointer set below
         // points into buffers owned by self or this frame, valid during the calls.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, all-zero is a valid mmsghdr (null pointers, zero lengths).
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: SegmentCmsg is plain integers (a cmsghdr and a u16); all-zero is valid.
         let mut ctrl: [SegmentCmsg; BATCH] = unsafe { std::mem::zeroed() };
         let mut counts = [0usize; BATCH];
         let base = self.bufs.as_mut_ptr();

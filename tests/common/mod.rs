@@ -585,6 +585,13 @@ impl Workload {
             .success()
     }
 
+    /// A counter of the namespace's `/proc/net/snmp`, such as `("Icmp", "InEchoReps")`, or 0
+    /// when there is no such counter: what a test waits on to know that traffic flows.
+    pub fn snmp(&self, group: &str, field: &str) -> u64 {
+        let out = self.exec(&["cat", "/proc/net/snmp"]);
+        snmp_counter(&String::from_utf8_lossy(&out.stdout), group, field)
+    }
+
     /// Interface names inside the workload namespace.
     pub fn links(&self) -> Vec<String> {
         links_in(&self.path())
@@ -601,6 +608,22 @@ impl Workload {
             })
             .collect()
     }
+}
+
+/// One counter of `/proc/net/snmp` text: each group is a line of names (`Icmp: InMsgs ...`)
+/// followed by a line of values (`Icmp: 5 ...`).
+pub fn snmp_counter(text: &str, group: &str, field: &str) -> u64 {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Workload {
