@@ -10,6 +10,7 @@ use nix::sys::socket::{
     SockType, SockaddrIn,
 };
 use nix::sys::time::TimeVal;
+use rand_core::{OsRng, RngCore};
 
 use crate::checksum::internet_checksum;
 
@@ -29,10 +30,7 @@ impl IcmpSocket {
             SockProtocol::Icmp,
         )?;
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))?;
-        Ok(IcmpSocket {
-            fd,
-            id: (std::process::id() & 0xffff) as u16,
-        })
+        Ok(IcmpSocket { fd, id: echo_id() })
     }
 
     /// Send one echo request to each target; return those that replied within `wait`.
@@ -62,6 +60,12 @@ impl IcmpSocket {
     }
 }
 
+/// A socket's echo identifier: random, not the pid, so that each socket tells its own replies
+/// from those of another socket in the same process (a raw socket sees every echo reply).
+fn echo_id() -> u16 {
+    OsRng.next_u32() as u16
+}
+
 /// An ICMP echo request with identifier `id` and sequence `seq`.
 pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
     let mut p = [0u8; 16];
@@ -88,6 +92,12 @@ pub fn parse_echo_reply(pkt: &[u8], id: u16) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_of_one_process_draw_different_ids() {
+        let ids: BTreeSet<u16> = (0..64).map(|_| echo_id()).collect();
+        assert!(ids.len() > 1, "64 echo ids all {ids:?}");
+    }
 
     #[test]
     fn echo_request_checksums_to_zero() {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rand_core::{OsRng, RngCore};
+
 use super::{Plugin, Undo};
 use crate::daemon::service::Versioned;
 use crate::error::{Error, Result};
@@ -13,7 +15,7 @@ use crate::libnetwork::protocol::{
 };
 use crate::libnetwork::state::Binding;
 use crate::libnetwork::translate::{self, Choice};
-use crate::model::{fnv1a, Endpoint, EndpointId, Network};
+use crate::model::{Endpoint, EndpointId, Network};
 use crate::store::Store;
 
 impl<S: Store> Plugin<S> {
@@ -122,7 +124,7 @@ impl<S: Store> Plugin<S> {
     /// rnet's IPAM (which Docker asks to release it next) or released.
     async fn end_endpoint(&self, b: &Binding, v: Versioned) -> Result<()> {
         let net = self.service.network_fast(b.network.as_str()).await?;
-        let hold = b.rnet_ipam.then(|| new_reservation_id(&v.ep.id));
+        let hold = b.rnet_ipam.then(new_reservation_id);
         self.service.docker_delete_endpoint(&net, v, hold).await
     }
 
@@ -246,9 +248,7 @@ impl<S: Store> Plugin<S> {
     }
 }
 
-/// A fresh reservation id for an address an endpoint gives back.
-fn new_reservation_id(previous: &EndpointId) -> EndpointId {
-    translate::reservation_id(fnv1a(
-        format!("{previous}/{:?}", std::time::Instant::now()).as_bytes(),
-    ))
+/// A fresh reservation id for an address an endpoint gives back (48 bits from the OS RNG).
+fn new_reservation_id() -> EndpointId {
+    translate::reservation_id(OsRng.next_u64())
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rand_core::{OsRng, RngCore};
+
 use super::{Plugin, Undo};
 use crate::daemon::service::Versioned;
 use crate::error::{Error, Result};
@@ -11,7 +13,6 @@ use crate::libnetwork::protocol::{
     RequestPoolRequest, RequestPoolResponse,
 };
 use crate::libnetwork::translate::{self, Choice, PoolRef};
-use crate::model::fnv1a;
 use crate::store::Store;
 
 impl<S: Store> Plugin<S> {
@@ -67,7 +68,8 @@ impl<S: Store> Plugin<S> {
             });
         }
         let service = self.service.clone();
-        let seed = fnv1a(format!("{}/{:?}", req.pool_id, std::time::Instant::now()).as_bytes());
+        // The reservation's id: random, so concurrent requests never share one.
+        let seed = OsRng.next_u64();
         let op = async move {
             let net = match choice {
                 Choice::Existing(n) => n,
