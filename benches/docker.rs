@@ -43,7 +43,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     // rnetd logs how long it took to answer each Docker call; that is rnet's own share.
-    std::env::set_var("RUST_LOG", "info,rnet::daemon::docker=debug");
+    std::env::set_var("RUST_LOG", "info,rnet::daemon::docker_plugin=debug");
     let mut progress = Progress::new(Plain::Stderr);
     progress.step("docker: starting rnetd and dockerd");
     let mut host = Host::new("dkbench");

@@ -10,6 +10,9 @@ use nix::sys::socket::{
     SockType, SockaddrIn,
 };
 use nix::sys::time::TimeVal;
+use rand_core::{OsRng, RngCore};
+
+use crate::checksum::internet_checksum;
 
 /// A raw ICMP socket (root) for echo requests.
 pub struct IcmpSocket {
@@ -27,10 +30,7 @@ impl IcmpSocket {
             SockProtocol::Icmp,
         )?;
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))?;
-        Ok(IcmpSocket {
-            fd,
-            id: (std::process::id() & 0xffff) as u16,
-        })
+        Ok(IcmpSocket { fd, id: echo_id() })
     }
 
     /// Send one echo request to each target; return those that replied within `wait`.
@@ -60,6 +60,12 @@ impl IcmpSocket {
     }
 }
 
+/// A socket's echo identifier: random, not the pid, so that each socket tells its own replies
+/// from those of another socket in the same process (a raw socket sees every echo reply).
+fn echo_id() -> u16 {
+    OsRng.next_u32() as u16
+}
+
 /// An ICMP echo request with identifier `id` and sequence `seq`.
 pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
     let mut p = [0u8; 16];
@@ -67,7 +73,7 @@ pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     p[8..16].copy_from_slice(b"rnetprob");
-    let sum = checksum(&p);
+    let sum = internet_checksum(&p);
     p[2..4].copy_from_slice(&sum.to_be_bytes());
     p
 }
@@ -83,26 +89,24 @@ pub fn parse_echo_reply(pkt: &[u8], id: u16) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
 }
 
-/// The Internet checksum (RFC 1071).
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn sockets_of_one_process_draw_different_ids() {
+        let ids: BTreeSet<u16> = (0..64).map(|_| echo_id()).collect();
+        assert!(ids.len() > 1, "64 echo ids all {ids:?}");
+    }
+
+    #[test]
     fn echo_request_checksums_to_zero() {
         let p = echo_request(0x1234, 7);
-        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(
+            internet_checksum(&p),
+            0,
+            "a packet with its checksum sums to zero"
+        );
         assert_eq!(&p[4..8], &[0x12, 0x34, 0, 7]);
     }
 

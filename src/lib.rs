@@ -16,6 +16,7 @@
 //! netlink. A reconcile compares records with what the kernel holds and repairs the rest.
 
 pub mod api;
+pub mod checksum;
 pub mod cli;
 pub mod cni;
 pub mod daemon;

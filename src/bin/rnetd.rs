@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rnet::daemon::access::Access;
-use rnet::daemon::docker::PluginConfig;
+use rnet::daemon::docker_plugin::PluginConfig;
 use rnet::daemon::{self, DaemonConfig};
 use rnet::store::etcd::{EtcdSecurity, EtcdUser};
 
@@ -83,7 +83,7 @@ struct Flags {
     #[arg(
         long,
         env = "RNET_DOCKER_PLUGIN_NAME",
-        default_value = rnet::daemon::docker::DEFAULT_NAME
+        default_value = rnet::daemon::docker_plugin::DEFAULT_NAME
     )]
     docker_plugin_name: String,
     /// The local Docker engine's API socket, asked for containers' names and aliases (DNS)

@@ -4,7 +4,7 @@
 //! workloads keep talking while no daemon runs.
 
 pub mod access;
-pub mod docker;
+pub mod docker_plugin;
 pub mod http;
 pub mod journal;
 pub mod liveness;
@@ -62,7 +62,7 @@ pub struct DaemonConfig {
     /// Kernel WireGuard, boringtun, or whichever this kernel allows.
     pub wireguard_backend: wireguard::BackendChoice,
     /// Where to serve Docker's network-driver and IPAM-driver protocols (None: not at all).
-    pub docker_plugin: Option<docker::PluginConfig>,
+    pub docker_plugin: Option<docker_plugin::PluginConfig>,
     /// Who may use the API socket (the Docker plugin socket is root's alone: dockerd is root).
     pub api_access: access::Access,
     /// Timeouts and the connection limit of both sockets.
@@ -216,13 +216,13 @@ async fn run_with_store<S: Store>(
             let socket = p.socket();
             let listener = socket::bind(&socket, &access::Access::root_only()).await?;
             let plugin = Arc::new(
-                docker::Plugin::open(service.clone(), &cfg.state_dir)
+                docker_plugin::Plugin::open(service.clone(), &cfg.state_dir)
                     .with_engine(cfg.docker_engine.clone()),
             );
             tracing::info!(socket = %socket.display(), name = %p.name, "serving Docker's network and IPAM driver protocols");
             tokio::spawn(serve::serve(
                 listener,
-                docker::router(plugin),
+                docker_plugin::router(plugin),
                 access::Access::root_only(),
                 cfg.limits,
                 std::future::pending(),

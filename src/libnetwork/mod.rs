@@ -5,7 +5,7 @@
 //! - `state`: the little the driver must remember locally across restarts;
 //! - `engine`: containers' DNS names from the Docker engine's API answers.
 //!
-//! The server lives in `daemon::docker`; it turns every call into the same service
+//! The server lives in `daemon::docker_plugin`; it turns every call into the same service
 //! operations the CLI and CNI use (allocation by create-if-absent in the store, the
 //! network's sandbox, a veth pair), so nothing here bypasses rnetd.
 

@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::WgError;
+use crate::checksum::{fold, internet_checksum, ones_sum};
 use crate::netns::NetNs;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -99,7 +100,7 @@ impl Tun {
             if at + 2 > len {
                 return Ok(Some(0));
             }
-            let sum = !fold(sum16(&buf[start..len], 0));
+            let sum = internet_checksum(&buf[start..len]);
             buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         }
         Ok(Some(len))
@@ -270,12 +271,12 @@ fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR] {
     let len = packet.len();
     packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     packet[10..12].copy_from_slice(&[0, 0]);
-    let ip = !fold(sum16(&packet[..20], 0));
+    let ip = internet_checksum(&packet[..20]);
     packet[10..12].copy_from_slice(&ip.to_be_bytes());
     let udp_len = (len - 20) as u16;
     packet[24..26].copy_from_slice(&udp_len.to_be_bytes());
     // Checksum left partial: the pseudo-header sum, which the kernel completes per datagram.
-    let pseudo = sum16(
+    let pseudo = ones_sum(
         &packet[12..20],
         u32::from(libc::IPPROTO_UDP as u16) + u32::from(udp_len),
     );
@@ -288,29 +289,6 @@ fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR] {
     hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
     hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
     hdr
-}
-
-/// One's-complement sum of `data` as big-endian 16-bit words, unfolded, added to `acc`.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        // Keep the carries from overflowing on long inputs.
-        if acc > 0xffff_0000 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-    }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 fn open_tun(name: &str, vnet: bool) -> Result<OwnedFd, WgError> {
@@ -363,16 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn checksums_follow_rfc1071() {
-        // The example header from RFC 1071's worked example style: a valid header sums to 0xffff.
-        let mut h = udp(10, 0)[..20].to_vec();
-        let c = !fold(sum16(&h, 0));
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(fold(sum16(&h, 0)), 0xffff);
-        assert_eq!(sum16(&[1], 0), 0x100);
-    }
-
-    #[test]
     fn only_plain_ipv4_udp_packets_are_gathered() {
         assert_eq!(udp_payload(&udp(100, 0)), Some(100));
         let mut opts = udp(100, 0);
@@ -415,14 +383,14 @@ mod tests {
         let p = &w.buf[..len];
         assert_eq!(len, IPV4_UDP_HDR + 240);
         assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, len);
-        assert_eq!(fold(sum16(&p[..20], 0)), 0xffff);
+        assert_eq!(fold(ones_sum(&p[..20], 0)), 0xffff);
         assert_eq!(u16::from_be_bytes([p[24], p[25]]) as usize, len - 20);
         assert_eq!(&p[28..128], &[1u8; 100][..]);
         assert_eq!(&p[228..268], &[3u8; 40][..]);
         assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_UDP_L4);
         assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 100);
         // The UDP checksum field holds the folded pseudo-header sum.
-        let pseudo = fold(sum16(&p[12..20], 17 + (len as u32 - 20)));
+        let pseudo = fold(ones_sum(&p[12..20], 17 + (len as u32 - 20)));
         assert_eq!(u16::from_be_bytes([p[26], p[27]]), pseudo);
     }
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -128,13 +128,10 @@ fn round_trip(sock: &Path, req: &Request, limit: Duration) -> Result<Response, S
     }
 }
 
-/// An id unlikely to repeat across clients: time and pid mixed.
+/// An id that does not repeat across clients: 64 bits from the OS RNG.
 fn request_id() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    nanos ^ (u64::from(std::process::id()) << 40)
+    use rand_core::{OsRng, RngCore};
+    OsRng.next_u64()
 }
 
 #[cfg(test)]
