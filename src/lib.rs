@@ -30,6 +30,7 @@ pub mod libnetwork;
 pub mod model;
 pub mod nat;
 pub mod netns;
+pub mod paths;
 pub mod peers;
 pub mod progress;
 pub mod reconcile;
