@@ -158,6 +158,11 @@ impl SandboxMarker {
     }
 }
 
+/// The TCP MSS to advertise for an MTU: minus the IPv4 and TCP headers (20 + 20).
+pub fn advmss(mtu: u32) -> u32 {
+    mtu.saturating_sub(40)
+}
+
 /// What one endpoint's veth pair should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
