@@ -494,7 +494,7 @@ async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
                     wg.port.unwrap_or_default(),
                     wg.identity.as_deref().unwrap_or("-"),
                     match wg.backend {
-                        Some(crate::wireguard::Backend::Kernel) => {
+                        Some(crate::api::types::Backend::Kernel) => {
                             "drop reasons are not counted by the kernel backend".to_string()
                         }
                         _ => format!(
@@ -608,7 +608,7 @@ fn path_segment(s: &str) -> String {
 }
 
 /// One peer's IPsec state in a line: SPIs both ways and what is missing.
-fn ipsec_words(ip: &crate::ipsec::PeerIpsec) -> String {
+fn ipsec_words(ip: &crate::api::types::PeerIpsec) -> String {
     let spis = |v: &[u32]| {
         v.iter()
             .map(|s| format!("{s:#010x}"))

@@ -20,6 +20,7 @@ pub mod pins;
 pub mod plan;
 mod private_file;
 pub mod tun;
+mod wire;
 
 pub use backend::{Backend, BackendChoice, WireGuard};
 pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig};
