@@ -17,29 +17,8 @@ pub const AUTO_VNI_BASE: u32 = 4096;
 /// The smallest MTU IPv4 allows.
 pub const MIN_MTU: u32 = 68;
 
-/// A request to create a network, as it arrives (strings not yet parsed).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NetworkRequest {
-    pub name: String,
-    pub subnet: String,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    #[serde(default)]
-    pub vni: Option<u32>,
-    #[serde(default)]
-    pub mtu: Option<u32>,
-    #[serde(default)]
-    pub allow_overlap: bool,
-    /// None: `none` for a new network, the existing network's for a repeated request.
-    #[serde(default)]
-    pub encryption: Option<Encryption>,
-    /// Workloads reach nothing beyond the overlay (`rnet network create --no-egress`).
-    #[serde(default)]
-    pub no_egress: bool,
-    /// No egress and no published ports (Docker's `--internal`).
-    #[serde(default)]
-    pub internal: bool,
-}
+/// A request to create a network; a wire type, defined with the API's.
+pub use crate::api::types::NetworkRequest;
 
 /// Why a network request cannot be granted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

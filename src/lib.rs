@@ -5,7 +5,7 @@
 //! ```text
 //! bins (rnetd, rnet, rnet-cni)
 //!   └─ daemon (service: the one orchestrator; http: the API server) · cli · cni · api (types, client)
-//!        └─ reconcile (pure diff) · ipam (pure planning) · dataplane (spec: pure; netlink: kernel)
+//!        └─ reconcile (pure diff) · ipam (pure planning) · dataplane (spec, state: pure; netlink, request: kernel)
 //!           · store (trait, keys, embedded backend) · netns · validate (store records, pure)
 //!             └─ model (validated names, VNIs, MACs, records)
 //! ```
@@ -31,6 +31,7 @@ pub mod libnetwork;
 pub mod model;
 pub mod nat;
 pub mod netns;
+pub mod paths;
 pub mod peers;
 pub mod progress;
 pub mod reconcile;

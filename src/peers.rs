@@ -162,9 +162,43 @@ impl std::fmt::Display for PeerState {
     }
 }
 
+impl From<PeerState> for crate::api::types::PeerState {
+    fn from(s: PeerState) -> Self {
+        use crate::api::types::PeerState as Wire;
+        match s {
+            PeerState::Local => Wire::Local,
+            PeerState::Live => Wire::Live,
+            PeerState::DaemonDown => Wire::DaemonDown,
+            PeerState::Gone => Wire::Gone,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_states_go_on_the_wire_as_before() {
+        use crate::api::types::PeerState as Wire;
+        for s in [
+            PeerState::Local,
+            PeerState::Live,
+            PeerState::DaemonDown,
+            PeerState::Gone,
+        ] {
+            let w = Wire::from(s);
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::to_value(w).unwrap()
+            );
+            assert_eq!(s.to_string(), w.to_string());
+        }
+        assert_eq!(
+            serde_json::to_value(Wire::DaemonDown).unwrap(),
+            "daemon-down"
+        );
+    }
 
     fn ep(host: &str, ip: &str) -> Endpoint {
         let ip: Ipv4Addr = ip.parse().unwrap();

@@ -3,13 +3,16 @@
 //! Every front door (CLI, CNI plugin, Docker driver) speaks these; plugin-spec/rnetd-api.md
 //! documents them.
 
+//!
+//! They import nothing but the domain model: the modules that produce what a reply reports
+//! (wireguard, peers, ipsec) convert their own types into these (`From` impls beside them),
+//! so an internal change never changes the wire by accident.
+
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Endpoint, Network};
-
-pub use crate::ipam::NetworkRequest;
+use crate::model::{Aead, Encryption, Endpoint, Network};
 
 /// The API version this build speaks; the path prefix is `/v{API_VERSION}`.
 pub const API_VERSION: u32 = 1;
@@ -39,7 +42,7 @@ pub struct Status {
     pub dns: DnsStatus,
     /// IPsec mode on this host: its AEAD and epoch, or why it cannot run.
     #[serde(default)]
-    pub ipsec: crate::ipsec::IpsecStatus,
+    pub ipsec: IpsecStatus,
 }
 
 /// The networks' DNS servers on this host in `GET /v1/status` (counters since the start).
@@ -67,7 +70,7 @@ pub struct WireguardStatus {
     pub error: Option<String>,
     /// Which implementation runs: "kernel" or "userspace" (boringtun).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<crate::wireguard::Backend>,
+    pub backend: Option<Backend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,7 +82,159 @@ pub struct WireguardStatus {
     /// Datagrams and packets the tunnel dropped, by reason (userspace backend only: the
     /// kernel's device counts no such reasons).
     #[serde(default)]
-    pub drops: crate::wireguard::DropCounters,
+    pub drops: DropCounters,
+}
+
+/// A request to create a network (`POST /v1/networks`), as it arrives (strings not yet
+/// parsed; `ipam` plans the network from it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub name: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub vni: Option<u32>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub allow_overlap: bool,
+    /// None: `none` for a new network, the existing network's for a repeated request.
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
+    /// Workloads reach nothing beyond the overlay (`rnet network create --no-egress`).
+    #[serde(default)]
+    pub no_egress: bool,
+    /// No egress and no published ports (Docker's `--internal`).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// The WireGuard implementation that runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The kernel's `wireguard` module.
+    Kernel,
+    /// boringtun, in rnetd.
+    Userspace,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace (boringtun)",
+        })
+    }
+}
+
+/// Datagrams the userspace tunnel dropped on the way in, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCounters {
+    /// Not a WireGuard message at all.
+    pub malformed: u64,
+    /// Well-formed but refused by the protocol (bad MAC or tag, replayed counter, unknown index...).
+    pub rejected: u64,
+    /// Decrypted, but the inner source address is not the peer's.
+    pub spoofed: u64,
+    /// Outbound packets for an address that is no peer.
+    pub no_peer: u64,
+}
+
+/// One peer's WireGuard tunnel in `GET /v1/peers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub up: bool,
+    /// Seconds since the current session's handshake (None: no session).
+    pub since_handshake: Option<u64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Seconds since the peer made its key.
+    pub key_age: Option<u64>,
+    /// Why the tunnel is not up, when rnetd knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Which WireGuard implementation carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+}
+
+/// This host's IPsec state in `GET /v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecStatus {
+    pub available: bool,
+    /// Why IPsec cannot run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aead: Option<Aead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Seconds until the next scheduled rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_secs: Option<u64>,
+    /// What the last programming pass could not do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// One peer's IPsec SAs in `GET /v1/peers`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerIpsec {
+    /// The AEAD of the pair.
+    pub aead: Option<Aead>,
+    /// The peer's sending epoch (what this host receives on).
+    pub peer_epoch: Option<u64>,
+    /// SPIs this host receives on from the peer (newest last).
+    pub inbound_spis: Vec<u32>,
+    /// The SPI this host sends on to the peer.
+    pub outbound_spi: Option<u32>,
+    /// Both ways have an SA.
+    pub installed: bool,
+    /// Why not, or what is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A peer's state in `GET /v1/peers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerState {
+    /// This host.
+    #[serde(rename = "self")]
+    Local,
+    /// Its daemon's presence record lives.
+    Live,
+    /// The record expired but the host still answers probes: its workloads keep their entries.
+    DaemonDown,
+    /// Neither: its entries are removed.
+    Gone,
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerState::Local => "self",
+            PeerState::Live => "live",
+            PeerState::DaemonDown => "daemon down",
+            PeerState::Gone => "gone",
+        })
+    }
+}
+
+/// What a host is pinned to (`POST /v1/peers/{host}/trust`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Its Ed25519 identity key, base64.
+    pub identity: String,
+    pub underlay: Ipv4Addr,
+    /// The WireGuard public key last accepted under the identity, base64.
+    pub public_key: String,
+    pub port: u16,
+    pub key_created: u64,
+    /// Unix seconds of the pinning (first sight or `rnet peers --trust`).
+    pub pinned: u64,
 }
 
 /// One row of `GET /v1/networks`.
@@ -200,23 +355,23 @@ pub struct PeerInfo {
     pub host: String,
     pub underlay: Ipv4Addr,
     pub vtep_mac: crate::model::Mac,
-    pub state: crate::peers::PeerState,
+    pub state: PeerState,
     /// Seconds since the host's daemon last renewed its presence (None: no presence record).
     pub renewed_ago: Option<u64>,
     pub endpoints: usize,
     /// The WireGuard tunnel to it (None: this host runs no tunnel, or it is this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<crate::wireguard::TunnelStatus>,
+    pub tunnel: Option<TunnelStatus>,
     /// The IPsec SAs with it (None: no IPsec on this host, or it is this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipsec: Option<crate::ipsec::plan::PeerIpsec>,
+    pub ipsec: Option<PeerIpsec>,
 }
 
 /// `POST /v1/peers/{host}/trust`: what the host is now pinned to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrustResponse {
     pub host: String,
-    pub pin: crate::wireguard::pins::Pin,
+    pub pin: Pin,
 }
 
 /// `POST /v1/gc`: release the endpoints of a host that is gone.

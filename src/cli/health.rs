@@ -39,7 +39,7 @@ pub(super) async fn status(client: &Client, fmt: Format) -> Result<(), Failure> 
                     wg.port.unwrap_or_default(),
                     wg.identity.as_deref().unwrap_or("-"),
                     match wg.backend {
-                        Some(crate::wireguard::Backend::Kernel) => {
+                        Some(crate::api::types::Backend::Kernel) => {
                             "drop reasons are not counted by the kernel backend".to_string()
                         }
                         _ => format!(

@@ -7,7 +7,7 @@ use crate::api::Client;
 use crate::model::WireguardInfo;
 
 /// One peer's IPsec state in a line: SPIs both ways and what is missing.
-fn ipsec_words(ip: &crate::ipsec::PeerIpsec) -> String {
+fn ipsec_words(ip: &crate::api::types::PeerIpsec) -> String {
     let spis = |v: &[u32]| {
         v.iter()
             .map(|s| format!("{s:#010x}"))

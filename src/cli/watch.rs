@@ -290,7 +290,7 @@ pub async fn watch(client: &Client, json: bool, interval: Duration) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::PeerState;
+    use crate::api::types::PeerState;
 
     fn peer(host: &str, state: PeerState, endpoints: usize) -> PeerInfo {
         PeerInfo {

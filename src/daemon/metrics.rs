@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::api::types::PeerInfo;
-use crate::peers::PeerState;
+use crate::api::types::PeerState;
 use crate::wireguard::DropCounters;
 
 /// The exposition format's content type (OpenMetrics text, which Prometheus reads).
@@ -378,7 +378,7 @@ mod tests {
         m.reconciled(3, true);
         m.reconciled(2, false);
         let mut gone = peer("h3", PeerState::Gone);
-        gone.tunnel = Some(crate::wireguard::TunnelStatus {
+        gone.tunnel = Some(crate::api::types::TunnelStatus {
             up: false,
             since_handshake: Some(7),
             tx_bytes: 100,

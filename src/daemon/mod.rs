@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dataplane::spec::netns_dir;
 use crate::dataplane::Netlink;
 use crate::error::{Error, Result};
 use crate::model::{HostRecord, Mac};
+use crate::paths::netns_dir;
 use crate::store::etcd::{EtcdSecurity, EtcdStore};
 use crate::store::{keys, Compare, EmbeddedStore, LeaseId, Revision, Store, StoreError, TxnOp};
 use crate::wireguard::{self, WgConfig, WireGuard};

@@ -322,7 +322,7 @@ impl<S: Store> Service<S> {
             bad_records,
             wireguard: self.wireguard_status(),
             dns: self.dns_status(),
-            ipsec: self.ipsec_status(),
+            ipsec: self.ipsec_status().into(),
         })
     }
 
@@ -1059,14 +1059,14 @@ impl<S: Store> Service<S> {
         known_hosts(&cache)
             .into_values()
             .map(|h| PeerInfo {
-                state: self.liveness.state(&self.cfg.host_id, &h.id, &cache),
+                state: self.liveness.state(&self.cfg.host_id, &h.id, &cache).into(),
                 renewed_ago: cache
                     .presence
                     .get(&h.id)
                     .map(|p| now.saturating_sub(p.renewed)),
                 endpoints: cache.endpoints.values().filter(|e| e.host == h.id).count(),
-                tunnel: self.tunnel_status(&h),
-                ipsec: self.ipsec_peer(&h),
+                tunnel: self.tunnel_status(&h).map(Into::into),
+                ipsec: self.ipsec_peer(&h).map(Into::into),
                 host: h.id,
                 underlay: h.underlay,
                 vtep_mac: h.vtep_mac,

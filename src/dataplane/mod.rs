@@ -6,14 +6,24 @@
 //! Each endpoint is a veth pair: one end enslaved to `br0` in the sandbox, the other
 //! created straight inside the workload's namespace under its final name.
 //!
-//! `spec` holds the pure descriptions of what should exist; `netlink` applies them and
-//! reads the kernel back.
+//! Pure: `spec` describes what should exist, `state` holds what was read back. Kernel I/O:
+//! `netlink` (the [`Netlink`] dataplane, its methods spread over `sandbox`, `endpoint`,
+//! `tunnel` and `uplink`), `tables` (the peer tables), `workload` (the workload side of an
+//! attach, on a thread in its namespace); every netlink request goes through `request`.
 
+mod endpoint;
+pub mod error;
 pub mod netlink;
+pub mod request;
+mod sandbox;
 pub mod spec;
+pub mod state;
 pub mod tables;
+mod tunnel;
 pub mod uplink;
 pub mod workload;
 
-pub use netlink::{DataplaneError, Netlink};
+pub use error::DataplaneError;
+pub use netlink::Netlink;
 pub use spec::{EndpointSpec, SandboxSpec};
+pub use state::{LinkState, SandboxState, Underlay, WorkloadLink};

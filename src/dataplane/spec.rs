@@ -53,7 +53,7 @@ impl SandboxSpec {
             vni: net.vni.get(),
             local,
             vtep_netns: (net.encryption == Encryption::Wireguard)
-                .then(|| crate::wireguard::tunnel_netns(run_dir)),
+                .then(|| crate::paths::tunnel_netns(run_dir)),
             port: match net.encryption {
                 Encryption::Ipsec => IPSEC_VXLAN_PORT,
                 _ => VXLAN_PORT,
@@ -102,22 +102,7 @@ pub fn uplink_ifname(id: &NetworkId) -> String {
     format!("{}{hex}", crate::nat::UPLINK_PREFIX)
 }
 
-/// The directory holding rnet's namespace bind mounts.
-pub fn netns_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("netns")
-}
-
-/// The bind mount of a network's sandbox: `sb-<name>-<id>`, so a network re-created under
-/// the same name never finds its predecessor's sandbox.
-pub fn sandbox_path(run_dir: &Path, network: &str, id: &NetworkId) -> PathBuf {
-    netns_dir(run_dir).join(format!("sb-{network}-{id}"))
-}
-
-/// The network name and id of a sandbox bind mount, if the file name is one of ours.
-pub fn sandbox_network(file_name: &str) -> Option<(&str, NetworkId)> {
-    let (name, id) = file_name.strip_prefix("sb-")?.rsplit_once('-')?;
-    Some((name, id.parse().ok()?))
-}
+pub use crate::paths::{netns_dir, sandbox_network, sandbox_path};
 
 /// What a sandbox is for, kept in the kernel as its bridge's alias (`IFLA_IFALIAS`), which
 /// lives exactly as long as the sandbox does.
@@ -171,6 +156,11 @@ impl SandboxMarker {
         }
         None
     }
+}
+
+/// The TCP MSS to advertise for an MTU: minus the IPv4 and TCP headers (20 + 20).
+pub fn advmss(mtu: u32) -> u32 {
+    mtu.saturating_sub(40)
 }
 
 /// What one endpoint's veth pair should look like.

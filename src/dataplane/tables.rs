@@ -1,22 +1,20 @@
 //! The VXLAN device's peer tables through netlink: FDB entries (`bridge fdb … self`) and
 //! permanent neighbour entries, read back by dump and written in batches over one raw
-//! socket per sandbox (many messages per datagram, acknowledged only on failure).
+//! socket per sandbox (many messages per datagram, acknowledged only on failure; the
+//! batching itself is `request`'s).
 //!
 //! Message builders are pure; `observe` and `apply` are the I/O.
 
 use futures::TryStreamExt;
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::protocols::NETLINK_ROUTE;
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 use rtnetlink::Handle;
 
+use super::request::{self, Ack};
 use crate::model::Mac;
 use crate::peers::{FdbEntry, NeighEntry, TableDiff, Tables};
 
@@ -115,39 +113,9 @@ pub async fn observe(h: &Handle, ifindex: u32) -> Result<Tables, rtnetlink::Erro
     Ok(t)
 }
 
-/// Bytes per sendmsg: the kernel walks every message of one datagram in order.
-const BATCH_BYTES: usize = 64 * 1024;
-
-/// A raw netlink socket of one namespace for batched writes.
-pub fn open_batch_socket() -> std::io::Result<Socket> {
-    let mut s = Socket::new(NETLINK_ROUTE)?;
-    s.bind_auto()?;
-    s.connect(&SocketAddr::new(0, 0))?;
-    // Failures come back as error messages; room for many, so none is dropped (ENOBUFS).
-    s.set_rx_buf_sz(4 * 1024 * 1024)?;
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid socket and a correctly sized timeval for SO_RCVTIMEO.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(s)
-}
-
 /// The requests of a diff, deletions first (a flood entry being moved must go before its
-/// replacement arrives): (message, extra flags, is a deletion).
-fn requests(ifindex: u32, d: &TableDiff) -> Vec<(RouteNetlinkMessage, u16, bool)> {
+/// replacement arrives): (message, flags beyond `NLM_F_REQUEST`).
+fn requests(ifindex: u32, d: &TableDiff) -> Vec<(RouteNetlinkMessage, u16)> {
     let dels = d
         .del_fdb
         .iter()
@@ -155,14 +123,12 @@ fn requests(ifindex: u32, d: &TableDiff) -> Vec<(RouteNetlinkMessage, u16, bool)
             (
                 RouteNetlinkMessage::DelNeighbour(fdb_message(ifindex, e)),
                 0,
-                true,
             )
         })
         .chain(d.del_neigh.iter().map(|e| {
             (
                 RouteNetlinkMessage::DelNeighbour(neigh_message(ifindex, e)),
                 0,
-                true,
             )
         }));
     let adds = d
@@ -178,135 +144,41 @@ fn requests(ifindex: u32, d: &TableDiff) -> Vec<(RouteNetlinkMessage, u16, bool)
             (
                 RouteNetlinkMessage::NewNeighbour(fdb_message(ifindex, e)),
                 how,
-                false,
             )
         })
         .chain(d.add_neigh.iter().map(|e| {
             (
                 RouteNetlinkMessage::NewNeighbour(neigh_message(ifindex, e)),
                 NLM_F_CREATE | NLM_F_REPLACE,
-                false,
             )
         }));
     dels.chain(adds).collect()
 }
 
-/// Apply a diff over `sock` (blocking): messages packed many to a datagram, acknowledged only
-/// on failure and once at the end, so ten thousand entries cost a few hundred syscalls, not
-/// forty thousand. Returns how many requests failed (each is logged); deleting an entry that
-/// is already gone is not a failure.
+/// Apply a diff over `sock` (blocking, a socket from [`request::open_socket`]) as one batch
+/// acknowledged only at its end. Returns how many requests failed (each is logged); deleting
+/// an entry that is already gone is not a failure.
 pub fn apply(sock: &Socket, ifindex: u32, d: &TableDiff) -> usize {
     let reqs = requests(ifindex, d);
-    if reqs.is_empty() {
-        return 0;
-    }
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    let base = SEQ.fetch_add(reqs.len() as u32 + 1, std::sync::atomic::Ordering::Relaxed);
-    let last = base + reqs.len() as u32 - 1;
-    let mut answers = Answers {
-        base,
-        last,
-        failed: 0,
-        acked: false,
-    };
-    let mut buf = Vec::with_capacity(BATCH_BYTES);
-    for (i, (msg, flags, _)) in reqs.iter().enumerate() {
-        let mut nl = NetlinkMessage::from(msg.clone());
-        let seq = base + i as u32;
-        nl.header.flags = NLM_F_REQUEST | flags | if seq == last { NLM_F_ACK } else { 0 };
-        nl.header.sequence_number = seq;
-        nl.finalize();
-        let len = nl.buffer_len();
-        if buf.len() + len > BATCH_BYTES {
-            flush(sock, &mut buf, &mut answers, &reqs);
-        }
-        let at = buf.len();
-        buf.resize(at + len, 0);
-        nl.serialize(&mut buf[at..]);
-    }
-    flush(sock, &mut buf, &mut answers, &reqs);
-    while !answers.acked {
-        // Blocking, bounded by the socket's receive timeout.
-        if !read_answers(sock, &mut answers, &reqs, 0) {
-            tracing::warn!(
-                "no acknowledgement for the peer-table batch; will read the kernel back"
-            );
-            return answers.failed + 1;
-        }
-    }
-    answers.failed
-}
-
-/// What the kernel has answered to one batch so far.
-struct Answers {
-    base: u32,
-    last: u32,
-    failed: usize,
-    /// The final message (the only one asking for an ack) was acknowledged.
-    acked: bool,
-}
-
-fn flush(
-    sock: &Socket,
-    buf: &mut Vec<u8>,
-    answers: &mut Answers,
-    reqs: &[(RouteNetlinkMessage, u16, bool)],
-) {
-    if let Err(e) = sock.send(buf, 0) {
+    let out = request::send_batch(sock, &reqs, Ack::Last);
+    let mut failed = 0;
+    for e in &out.unsent {
         tracing::warn!(error = %e, "sending peer entries failed");
-        answers.failed += 1;
+        failed += 1;
     }
-    buf.clear();
-    // Collect what was reported so far, so failures never pile up in the receive buffer.
-    while read_answers(sock, answers, reqs, libc::MSG_DONTWAIT) {}
-}
-
-/// Read one datagram of answers into `answers`; false when there was nothing to read (or
-/// the read failed or timed out).
-fn read_answers(
-    sock: &Socket,
-    answers: &mut Answers,
-    reqs: &[(RouteNetlinkMessage, u16, bool)],
-    flags: libc::c_int,
-) -> bool {
-    let mut buf = Vec::with_capacity(256 * 1024);
-    if let Err(e) = sock.recv(&mut buf, flags) {
-        if e.kind() != std::io::ErrorKind::WouldBlock {
-            tracing::warn!(error = %e, "reading netlink answers failed");
-        }
-        return false;
-    }
-    let mut at = 0;
-    while at + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        if len < 16 || at + len > buf.len() {
-            break;
-        }
-        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..at + len]) {
-            note_answer(answers, reqs, &m);
-        }
-        at += (len + 3) & !3;
-    }
-    true
-}
-
-fn note_answer(
-    answers: &mut Answers,
-    reqs: &[(RouteNetlinkMessage, u16, bool)],
-    m: &NetlinkMessage<RouteNetlinkMessage>,
-) {
-    let seq = m.header.sequence_number;
-    if let NetlinkPayload::Error(e) = &m.payload {
-        let req = seq
-            .checked_sub(answers.base)
-            .and_then(|i| reqs.get(i as usize));
-        let gone = req.is_some_and(|r| r.2) && e.raw_code() == -libc::ENOENT;
-        if e.code.is_some() && !gone {
-            answers.failed += 1;
-            tracing::warn!(error = %std::io::Error::from_raw_os_error(-e.raw_code()), request = ?req.map(|r| &r.0), "programming a peer entry failed");
+    for &(i, errno) in &out.refused {
+        let req = &reqs[i].0;
+        let gone = matches!(req, RouteNetlinkMessage::DelNeighbour(_)) && errno == libc::ENOENT;
+        if !gone {
+            failed += 1;
+            tracing::warn!(error = %std::io::Error::from_raw_os_error(errno), request = ?req, "programming a peer entry failed");
         }
     }
-    answers.acked |= seq == answers.last;
+    if out.unanswered.is_some() {
+        tracing::warn!("no acknowledgement for the peer-table batch; will read the kernel back");
+        failed += 1;
+    }
+    failed
 }
 
 #[cfg(test)]

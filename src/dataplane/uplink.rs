@@ -11,17 +11,20 @@
 //! one uplink to another. Both namespaces forward IPv4 (a per-namespace sysctl, written from
 //! a thread inside the namespace, never by a subprocess).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::RouteFlags;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::netlink::{
-    add_link, del_link, get_link, list_links, require_link, set_link, DataplaneError, LinkState,
-    Netlink,
+use super::error::DataplaneError;
+use super::netlink::Netlink;
+use super::request::{
+    self, add_link, del_link, get_link, list_links, replace_route, require_link, set_link,
 };
 use super::spec::{UplinkSpec, UPLINK_HOST_ADDR, UPLINK_SANDBOX_ADDR, UPLINK_SANDBOX_IFNAME};
+use super::state::LinkState;
 use crate::netns::NetNs;
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -133,12 +136,8 @@ fn uplink_message(
 
 /// `ip addr replace ADDR/32 dev LINK`.
 async fn add_address(h: &Handle, link: &LinkState, addr: Ipv4Addr) -> Result<()> {
-    h.address()
-        .add(link.index, IpAddr::V4(addr), 32)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| DataplaneError::netlink(format!("adding {addr} to {}", link.name), e))
+    let op = format!("adding {addr} to {}", link.name);
+    request::add_address(h, link.index, Ipv4Network::from(addr), true, &op).await
 }
 
 /// `ip route replace DST/PREFIX via GW dev LINK onlink`.
@@ -155,12 +154,8 @@ async fn add_route(
         .output_interface(link.index)
         .build();
     route.header.flags |= RouteFlags::Onlink;
-    h.route().add(route).replace().execute().await.map_err(|e| {
-        DataplaneError::netlink(
-            format!("routing {dst}/{prefix} via {gw} dev {}", link.name),
-            e,
-        )
-    })
+    let op = format!("routing {dst}/{prefix} via {gw} dev {}", link.name);
+    replace_route(h, route, &op).await
 }
 
 /// `sysctl net.ipv4.ip_forward=1` in `ns` (the file answers for the namespace of the thread

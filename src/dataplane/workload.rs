@@ -11,19 +11,15 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{RouteAttribute, RouteMetric};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::Socket;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::netlink::{advmss, DataplaneError};
-use super::spec::EndpointSpec;
-use super::tables::open_batch_socket;
+use super::error::DataplaneError;
+use super::request;
+use super::spec::{advmss, EndpointSpec};
 use crate::model::Mac;
 use crate::netns::{NetNs, NetnsError};
 
@@ -66,39 +62,10 @@ pub async fn in_netns<T: Send + 'static>(
 
 /// Configure the workload end of `ep` (already created in this thread's namespace).
 pub fn configure(ep: &EndpointSpec) -> Result<()> {
-    let sock = open_batch_socket().map_err(DataplaneError::Socket)?;
-    let index = link_index(&sock, &ep.ifname)?.ok_or_else(|| DataplaneError::Netlink {
-        op: format!("looking up {}", ep.ifname),
-        msg: "no such device".into(),
-        errno: Some(libc::ENODEV),
-    })?;
-    let requests = requests(ep, index);
-    let ops: Vec<String> = requests.iter().map(|(_, _, op)| op.clone()).collect();
-    let mut buf = Vec::new();
-    for (seq, (msg, flags, _)) in requests.into_iter().enumerate() {
-        let mut nl = NetlinkMessage::from(msg);
-        nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        nl.header.sequence_number = seq as u32 + 1;
-        nl.finalize();
-        let at = buf.len();
-        buf.resize(at + nl.buffer_len(), 0);
-        nl.serialize(&mut buf[at..]);
-    }
-    sock.send(&buf, 0).map_err(DataplaneError::Socket)?;
-    let mut acked = 0;
-    while acked < ops.len() {
-        for (seq, errno) in read_acks(&sock)? {
-            acked += 1;
-            if let Some(code) = errno {
-                let op = ops.get(seq.wrapping_sub(1) as usize).cloned();
-                return Err(DataplaneError::Netlink {
-                    op: op.unwrap_or_else(|| "configuring the workload".into()),
-                    msg: std::io::Error::from_raw_os_error(code).to_string(),
-                    errno: Some(code),
-                });
-            }
-        }
-    }
+    let sock = request::open_socket(Some(request::RECV_TIMEOUT)).map_err(DataplaneError::Socket)?;
+    let index = request::link_index(&sock, &ep.ifname)?
+        .ok_or_else(|| DataplaneError::no_device(format!("looking up {}", ep.ifname)))?;
+    request::transact(&sock, requests(ep, index))?;
     announce(index, ep.mac, ep.address.ip());
     Ok(())
 }
@@ -198,69 +165,6 @@ fn requests(ep: &EndpointSpec, index: u32) -> Vec<(RouteNetlinkMessage, u16, Str
             format!("adding default route via {}", ep.gateway),
         ),
     ]
-}
-
-/// `ip link show NAME`: its index, or None if there is no such link.
-fn link_index(sock: &Socket, name: &str) -> Result<Option<u32>> {
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let mut nl = NetlinkMessage::from(RouteNetlinkMessage::GetLink(msg));
-    nl.header.flags = NLM_F_REQUEST;
-    nl.header.sequence_number = 0;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    sock.send(&buf, 0).map_err(DataplaneError::Socket)?;
-    for m in read_messages(sock)? {
-        match m.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                return Ok(Some(l.header.index))
-            }
-            NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
-                Some(libc::ENODEV) => return Ok(None),
-                Some(code) => {
-                    return Err(DataplaneError::Netlink {
-                        op: format!("looking up {name}"),
-                        msg: std::io::Error::from_raw_os_error(code).to_string(),
-                        errno: Some(code),
-                    })
-                }
-                None => {}
-            },
-            _ => {}
-        }
-    }
-    Ok(None)
-}
-
-/// The acknowledgements in one datagram: (sequence number, errno if it failed).
-fn read_acks(sock: &Socket) -> Result<Vec<(u32, Option<i32>)>> {
-    Ok(read_messages(sock)?
-        .into_iter()
-        .filter_map(|m| match m.payload {
-            NetlinkPayload::Error(e) => Some((m.header.sequence_number, e.code.map(|c| -c.get()))),
-            _ => None,
-        })
-        .collect())
-}
-
-/// The messages of one datagram (blocking, bounded by the socket's receive timeout).
-fn read_messages(sock: &Socket) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    sock.recv(&mut buf, 0).map_err(DataplaneError::Socket)?;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        if len < 16 || at + len > buf.len() {
-            break;
-        }
-        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..at + len]) {
-            out.push(m);
-        }
-        at += (len + 3) & !3;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

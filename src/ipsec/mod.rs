@@ -80,6 +80,32 @@ pub struct IpsecStatus {
     pub failures: Vec<String>,
 }
 
+impl From<IpsecStatus> for crate::api::types::IpsecStatus {
+    fn from(s: IpsecStatus) -> Self {
+        crate::api::types::IpsecStatus {
+            available: s.available,
+            error: s.error,
+            aead: s.aead,
+            epoch: s.epoch,
+            next_rotation_secs: s.next_rotation_secs,
+            failures: s.failures,
+        }
+    }
+}
+
+impl From<PeerIpsec> for crate::api::types::PeerIpsec {
+    fn from(p: PeerIpsec) -> Self {
+        crate::api::types::PeerIpsec {
+            aead: p.aead,
+            peer_epoch: p.peer_epoch,
+            inbound_spis: p.inbound_spis,
+            outbound_spi: p.outbound_spi,
+            installed: p.installed,
+            note: p.note,
+        }
+    }
+}
+
 struct Inner {
     book: Book,
     rotation: Rotation,
@@ -382,6 +408,34 @@ fn policy_words(p: &xfrm::PolicySpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_and_peer_state_go_on_the_wire_as_before() {
+        let st = IpsecStatus {
+            available: true,
+            error: None,
+            aead: Some(Aead::AesGcm),
+            epoch: Some(9),
+            next_rotation_secs: Some(60),
+            failures: vec!["x".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(&st).unwrap(),
+            serde_json::to_value(crate::api::types::IpsecStatus::from(st.clone())).unwrap()
+        );
+        let p = PeerIpsec {
+            aead: Some(Aead::ChaCha20Poly1305),
+            peer_epoch: Some(2),
+            inbound_spis: vec![1, 2],
+            outbound_spi: Some(3),
+            installed: true,
+            note: Some("rotating".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::to_value(crate::api::types::PeerIpsec::from(p.clone())).unwrap()
+        );
+    }
 
     #[test]
     fn aes_flag_is_read_from_cpuinfo() {

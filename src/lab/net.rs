@@ -1,4 +1,5 @@
-//! The lab's kernel objects, all through rtnetlink, all inside lab namespaces: the switch's
+//! The lab's kernel objects, all through rtnetlink (the dataplane's `request` module), all
+//! inside lab namespaces: the switch's
 //! bridge, one veth per host (the host end `ul0`, its peer a port of the bridge), addresses,
 //! and link state for cutting a host off.
 //!
@@ -7,11 +8,9 @@
 //! may defer for up to a second. So plugging a host in (or restoring its link) waits until both
 //! ends say so: the host's `ul0` operationally up and the switch port forwarding.
 
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
@@ -21,7 +20,7 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::config::{BRIDGE, UNDERLAY_IF, UNDERLAY_MTU};
 use super::{LabError, POLL};
-use crate::dataplane::netlink::connect;
+use crate::dataplane::request::{self, connect};
 use crate::netns::NetNs;
 
 /// In the switch namespace: `lo` up, bridge `br0` up holding `address`.
@@ -29,7 +28,7 @@ pub(super) async fn build_switch(switch: &NetNs, address: Ipv4Network) -> Result
     let h = connect(Some(switch))?;
     set_up(&h, "lo", true).await?;
     let msg = LinkBridge::new(BRIDGE).mtu(UNDERLAY_MTU).up().build();
-    add_link(&h, msg, &format!("creating bridge {BRIDGE}")).await?;
+    request::add_link(&h, msg, &format!("creating bridge {BRIDGE}")).await?;
     let br = index_of(&h, BRIDGE).await?;
     add_address(&h, br, address, BRIDGE).await
 }
@@ -49,7 +48,7 @@ pub(super) async fn plug_host(
         "creating veth {port} <-> {UNDERLAY_IF} of {}",
         host.path().display()
     );
-    add_link(&sw, veth_message(port, bridge, host), &op).await?;
+    request::add_link(&sw, veth_message(port, bridge, host), &op).await?;
     let h = connect(Some(host))?;
     set_up(&h, "lo", true).await?;
     let ul = index_of(&h, UNDERLAY_IF).await?;
@@ -67,11 +66,7 @@ pub(super) async fn enslave(switch: &NetNs, port: &str) -> Result<(), LabError> 
         .controller(bridge)
         .up()
         .build();
-    sw.link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| netlink(format!("plugging {port} into {BRIDGE}"), e))
+    Ok(request::set_link(&sw, msg, &format!("plugging {port} into {BRIDGE}")).await?)
 }
 
 /// Wait until a plugged host's link passes packets (see the module doc).
@@ -163,28 +158,11 @@ fn veth_message(port: &str, bridge: u32, host: &NetNs) -> LinkMessage {
 }
 
 async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, LabError> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(m) => Ok(m),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(netlink(format!("looking up {name}"), e)),
-    }
+    Ok(request::link_message(h, name).await?)
 }
 
 async fn index_of(h: &Handle, name: &str) -> Result<u32, LabError> {
-    match get_link(h, name).await? {
-        Some(m) => Ok(m.header.index),
-        None => Err(LabError::Netlink {
-            op: format!("looking up {name}"),
-            msg: "no such device".into(),
-        }),
-    }
+    Ok(request::require_link(h, name).await?.index)
 }
 
 async fn set_up(h: &Handle, name: &str, up: bool) -> Result<(), LabError> {
@@ -192,19 +170,7 @@ async fn set_up(h: &Handle, name: &str, up: bool) -> Result<(), LabError> {
     let msg = LinkUnspec::new_with_index(index);
     let msg = if up { msg.up() } else { msg.down() }.build();
     let state = if up { "up" } else { "down" };
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| netlink(format!("setting {name} {state}"), e))
-}
-
-async fn add_link(h: &Handle, msg: LinkMessage, op: &str) -> Result<(), LabError> {
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(|e| netlink(op.to_string(), e))
+    Ok(request::set_link(h, msg, &format!("setting {name} {state}")).await?)
 }
 
 async fn add_address(
@@ -213,26 +179,8 @@ async fn add_address(
     address: Ipv4Network,
     ifname: &str,
 ) -> Result<(), LabError> {
-    h.address()
-        .add(index, IpAddr::V4(address.ip()), address.prefix())
-        .execute()
-        .await
-        .map_err(|e| netlink(format!("adding {address} to {ifname}"), e))
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-fn netlink(op: String, e: rtnetlink::Error) -> LabError {
-    let msg = match errno(&e) {
-        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
-        None => e.to_string(),
-    };
-    LabError::Netlink { op, msg }
+    let op = format!("adding {address} to {ifname}");
+    Ok(request::add_address(h, index, address, false, &op).await?)
 }
 
 #[cfg(test)]

@@ -20,8 +20,7 @@ pub mod pins;
 pub mod plan;
 mod private_file;
 pub mod tun;
-
-use std::path::{Path, PathBuf};
+mod wire;
 
 pub use backend::{Backend, BackendChoice, WireGuard};
 pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig};
@@ -35,10 +34,7 @@ pub const KEEPALIVE_SECS: u16 = 15;
 /// The private key's file in the state directory.
 pub const KEY_FILE: &str = "wireguard.key";
 
-/// Where the tunnel namespace is bind-mounted.
-pub fn tunnel_netns(run_dir: &Path) -> PathBuf {
-    crate::dataplane::spec::netns_dir(run_dir).join("wg")
-}
+pub use crate::paths::tunnel_netns;
 
 /// Why the tunnel cannot run.
 #[derive(Debug, thiserror::Error)]

@@ -93,7 +93,7 @@ impl<S: Store> Service<S> {
         self.sync_tunnels();
         Ok(TrustResponse {
             host: host.to_string(),
-            pin,
+            pin: pin.into(),
         })
     }
 
@@ -170,11 +170,11 @@ impl<S: Store> Service<S> {
                 crate::api::types::WireguardStatus {
                     available: true,
                     error: None,
-                    backend: Some(wg.backend()),
+                    backend: Some(wg.backend().into()),
                     public_key: Some(info.public_key),
                     port: Some(info.port),
                     identity: info.identity,
-                    drops: wg.drops().unwrap_or_default(),
+                    drops: wg.drops().unwrap_or_default().into(),
                 }
             }
             Err(why) => crate::api::types::WireguardStatus {

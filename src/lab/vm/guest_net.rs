@@ -2,14 +2,11 @@
 //! (`rnet.host=h1 rnet.addr=198.18.0.11/24`, written by the machine's side): `lo` up, and the
 //! guest's one Ethernet NIC up with its lab address. All through rtnetlink, like the netns lab.
 
-use std::net::IpAddr;
-
-use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::{LinkAttribute, LinkLayerType, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::dataplane::netlink::connect;
+use crate::dataplane::request::{self, connect};
 use crate::lab::LabError;
 
 /// What the kernel command line tells the agent.
@@ -43,13 +40,7 @@ pub fn configure(boot: &Boot) -> Result<(), LabError> {
     let rt = crate::lab::runtime()?;
     rt.block_on(async {
         let h = connect(None)?;
-        let links: Vec<LinkMessage> = h
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl("listing links", e))?;
+        let links = request::link_messages(&h).await?;
         let lo = links
             .iter()
             .find(|m| m.header.link_layer_type == LinkLayerType::Loopback);
@@ -60,26 +51,15 @@ pub fn configure(boot: &Boot) -> Result<(), LabError> {
             .iter()
             .find(|m| m.header.link_layer_type == LinkLayerType::Ether)
             .ok_or_else(|| LabError::Runtime("the guest has no Ethernet NIC".into()))?;
-        h.address()
-            .add(
-                nic.header.index,
-                IpAddr::V4(boot.address.ip()),
-                boot.address.prefix(),
-            )
-            .execute()
-            .await
-            .map_err(|e| nl(&format!("adding {} to {}", boot.address, name(nic)), e))?;
+        let op = format!("adding {} to {}", boot.address, name(nic));
+        request::add_address(&h, nic.header.index, boot.address, false, &op).await?;
         set_up(&h, nic.header.index).await
     })
 }
 
 async fn set_up(h: &Handle, index: u32) -> Result<(), LabError> {
     let msg = LinkUnspec::new_with_index(index).up().build();
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(|e| nl(&format!("setting link {index} up"), e))
+    Ok(request::set_link(h, msg, &format!("setting link {index} up")).await?)
 }
 
 fn name(m: &LinkMessage) -> String {
@@ -90,13 +70,6 @@ fn name(m: &LinkMessage) -> String {
             _ => None,
         })
         .unwrap_or_else(|| format!("link {}", m.header.index))
-}
-
-fn nl(op: &str, e: rtnetlink::Error) -> LabError {
-    LabError::Netlink {
-        op: op.to_string(),
-        msg: e.to_string(),
-    }
 }
 
 #[cfg(test)]
