@@ -24,23 +24,20 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
 use super::batch::{self, RecvBatch, SendBatch, BUF};
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
+use super::link::Keys;
 use super::pins::PinBook;
 use super::plan::PeerSpec;
 use super::tun::{Tun, TunWriter};
-use super::{WgError, KEEPALIVE_SECS, TUN_NAME};
+use super::{WgError, TUN_NAME};
 use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
 use crate::netns::{self, NetNs};
 
-/// Handshake messages per second the shared rate limiter lets through before it asks for
-/// cookies (boringtun's own device uses the same figure).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Refused sources remembered for `rnet peers` (unauthenticated, so bounded).
 const MAX_STRANGERS: usize = 256;
@@ -111,11 +108,6 @@ struct PeerMap {
     by_key: HashMap<[u8; 32], Arc<Peer>>,
 }
 
-struct Keys {
-    key: HostKey,
-    limiter: Arc<RateLimiter>,
-}
-
 #[derive(Default)]
 struct Counters {
     malformed: AtomicU64,
@@ -180,12 +172,11 @@ impl Userspace {
         )
         .await
         .map_err(|e| WgError::Setup(format!("configuring {TUN_NAME}: {e}")))?;
-        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
         let inner = Arc::new(Inner {
             cfg,
             tun,
             socket,
-            keys: RwLock::new(Keys { key, limiter }),
+            keys: RwLock::new(Keys::new(key)),
             identity,
             pins,
             peers: RwLock::new(Arc::new(PeerMap::default())),
@@ -357,19 +348,10 @@ impl Userspace {
         let _one_at_a_time = self.inner.rotation.lock();
         let key = HostKey::generate();
         key.save(&self.inner.cfg.key_file)?;
-        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
-        {
-            let mut keys = self.inner.keys.write();
-            *keys = Keys {
-                key: key.clone(),
-                limiter: limiter.clone(),
-            };
-        }
+        *self.inner.keys.write() = Keys::new(key.clone());
         let map = self.inner.peers.read().clone();
         for p in map.by_host.values() {
-            p.tunn
-                .lock()
-                .set_static_private(key.secret.clone(), key.public, Some(limiter.clone()));
+            self.inner.keys.read().rekey(&mut p.tunn.lock());
             self.inner.refresh_up(p);
         }
         tracing::info!(public_key = %key.public_b64(), "WireGuard key rotated");
@@ -421,15 +403,7 @@ impl Inner {
     }
 
     fn new_tunn(&self, spec: &PeerSpec, index: u32) -> Tunn {
-        let keys = self.keys.read();
-        Tunn::new(
-            keys.key.secret.clone(),
-            spec.public,
-            None,
-            Some(KEEPALIVE_SECS),
-            index,
-            Some(keys.limiter.clone()),
-        )
+        self.keys.read().tunn(spec.public, index)
     }
 
     fn fd(&self) -> i32 {
@@ -635,10 +609,7 @@ impl Inner {
     ) -> Option<Arc<Peer>> {
         let keys = self.keys.read();
         let mut cookie = [0u8; 64];
-        match keys
-            .limiter
-            .verify_packet(Some(IpAddr::V4(*from.ip())), datagram, &mut cookie)
-        {
+        match keys.admit(from, datagram, &mut cookie) {
             Ok(_) => {}
             Err(TunnResult::WriteToNetwork(reply)) => {
                 batch::send_one(self.fd(), reply, from);
