@@ -30,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use super::batch::{self, RecvBatch, SendBatch, BUF};
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
-use super::link::Keys;
+use super::link::{self, Keys, Link, To};
 use super::pins::PinBook;
 use super::plan::PeerSpec;
 use super::tun::{Tun, TunWriter};
@@ -94,8 +94,14 @@ pub struct DropCounters {
 
 struct Peer {
     spec: PeerSpec,
-    index: u32,
-    tunn: Mutex<Tunn>,
+    /// Kept across a change of the peer's key (a new `Peer` with the same state).
+    state: Arc<PeerState>,
+}
+
+struct PeerState {
+    /// The peer's index: its sessions' receiver indices carry it (`link::peer_index`).
+    base: u32,
+    link: Mutex<Link>,
     up: AtomicBool,
     problem: Mutex<Option<String>>,
 }
@@ -271,10 +277,25 @@ impl Userspace {
             return;
         }
         let mut map = PeerMap::default();
-        let mut fresh = Vec::new();
+        let (mut fresh, mut renewed) = (Vec::new(), Vec::new());
         for spec in specs {
             let peer = match old.by_host.get(&spec.host) {
                 Some(p) if p.spec.same_tunnel(&spec) => p.clone(),
+                Some(p)
+                    if p.spec.endpoint == spec.endpoint && p.spec.tunnel_ip == spec.tunnel_ip =>
+                {
+                    // A new key in the same place: its session is made beside the old one.
+                    p.state
+                        .link
+                        .lock()
+                        .renew(&self.inner.keys.read(), spec.public);
+                    let p = Arc::new(Peer {
+                        spec,
+                        state: p.state.clone(),
+                    });
+                    renewed.push(p.clone());
+                    p
+                }
                 _ => {
                     let p = Arc::new(self.inner.new_peer(spec));
                     fresh.push(p.clone());
@@ -282,7 +303,7 @@ impl Userspace {
                 }
             };
             map.by_ip.insert(peer.spec.tunnel_ip, peer.clone());
-            map.by_index.insert(peer.index, peer.clone());
+            map.by_index.insert(peer.state.base, peer.clone());
             map.by_key
                 .insert(*peer.spec.public.as_bytes(), peer.clone());
             map.by_host.insert(peer.spec.host.clone(), peer);
@@ -295,6 +316,10 @@ impl Userspace {
             tracing::info!(peer = %p.spec.host, endpoint = %p.spec.endpoint, public_key = %encode_public(&p.spec.public), "WireGuard peer added; starting handshake");
             self.inner.initiate(&p);
         }
+        for p in renewed {
+            tracing::info!(peer = %p.spec.host, public_key = %encode_public(&p.spec.public), "WireGuard peer has a new key; starting a handshake beside the current session");
+            self.inner.initiate(&p);
+        }
         (self.inner.on_change)();
     }
 
@@ -305,7 +330,7 @@ impl Userspace {
             .read()
             .by_host
             .values()
-            .filter(|p| p.up.load(Ordering::Relaxed))
+            .filter(|p| p.state.up.load(Ordering::Relaxed))
             .map(|p| p.spec.host.clone())
             .collect()
     }
@@ -313,10 +338,10 @@ impl Userspace {
     /// The state of the tunnel to `host`, if it is a peer.
     pub fn status(&self, host: &str) -> Option<TunnelStatus> {
         let peer = self.inner.peers.read().by_host.get(host)?.clone();
-        let (since, tx, rx, _, _) = peer.tunn.lock().stats();
-        let problem = peer.problem.lock().clone();
+        let (since, tx, rx) = peer.state.link.lock().stats();
+        let problem = peer.state.problem.lock().clone();
         Some(TunnelStatus {
-            up: peer.up.load(Ordering::Relaxed),
+            up: peer.state.up.load(Ordering::Relaxed),
             since_handshake: since.map(|d| d.as_secs()),
             tx_bytes: tx as u64,
             rx_bytes: rx as u64,
@@ -342,18 +367,22 @@ impl Userspace {
         }
     }
 
-    /// Replace the host's static key: saved first, then used by every tunnel (their sessions
-    /// end; peers handshake again as soon as they read the new public key from the store).
+    /// Replace the host's static key: saved first, then used by every new handshake. Each
+    /// tunnel's current session carries on until the peers, having read the new public key
+    /// from the store, have made one with it (make-before-break).
     pub fn rotate_key(&self) -> Result<WireguardInfo, WgError> {
         let _one_at_a_time = self.inner.rotation.lock();
         let key = HostKey::generate();
         key.save(&self.inner.cfg.key_file)?;
         *self.inner.keys.write() = Keys::new(key.clone());
         let map = self.inner.peers.read().clone();
+        let keys = self.inner.keys.read();
         for p in map.by_host.values() {
-            self.inner.keys.read().rekey(&mut p.tunn.lock());
-            self.inner.refresh_up(p);
+            // The peers know the old key until they read the new one from the store; then
+            // they handshake with it, and the old session carries traffic until then.
+            p.state.link.lock().renew(&keys, p.spec.public);
         }
+        drop(keys);
         tracing::info!(public_key = %key.public_b64(), "WireGuard key rotated");
         Ok(self.info())
     }
@@ -391,19 +420,19 @@ fn now_secs() -> u64 {
 
 impl Inner {
     fn new_peer(&self, spec: PeerSpec) -> Peer {
-        // 24-bit index space; wrapping after 16 million peer changes is harmless.
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        // 23-bit peer index space (two tunnel indices each); wrapping after 8 million peer
+        // changes is harmless.
+        let base = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x007f_ffff;
+        let link = Link::new(&self.keys.read(), spec.public, base);
         Peer {
-            tunn: Mutex::new(self.new_tunn(&spec, index)),
             spec,
-            index,
-            up: AtomicBool::new(false),
-            problem: Mutex::new(None),
+            state: Arc::new(PeerState {
+                base,
+                link: Mutex::new(link),
+                up: AtomicBool::new(false),
+                problem: Mutex::new(None),
+            }),
         }
-    }
-
-    fn new_tunn(&self, spec: &PeerSpec, index: u32) -> Tunn {
-        self.keys.read().tunn(spec.public, index)
     }
 
     fn fd(&self) -> i32 {
@@ -412,24 +441,17 @@ impl Inner {
 
     fn initiate(&self, peer: &Peer) {
         let mut buf = [0u8; 256];
-        let mut tunn = peer.tunn.lock();
-        if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(&mut buf, false) {
+        if let TunnResult::WriteToNetwork(msg) = peer.state.link.lock().initiate(&mut buf) {
             batch::send_one(self.fd(), msg, peer.spec.endpoint);
         }
     }
 
-    /// Re-read whether `peer` has a session; tell the daemon when that changed.
-    fn refresh_up(&self, peer: &Peer) {
-        let up = peer.tunn.lock().time_since_last_handshake().is_some();
-        self.set_up(peer, up);
-    }
-
     fn set_up(&self, peer: &Peer, up: bool) {
-        if peer.up.swap(up, Ordering::Relaxed) == up {
+        if peer.state.up.swap(up, Ordering::Relaxed) == up {
             return;
         }
         if up {
-            *peer.problem.lock() = None;
+            *peer.state.problem.lock() = None;
             tracing::info!(peer = %peer.spec.host, "WireGuard tunnel up");
         } else {
             tracing::warn!(peer = %peer.spec.host, "WireGuard tunnel down");
@@ -440,7 +462,7 @@ impl Inner {
     fn note_problem(&self, map: &PeerMap, from: Ipv4Addr, problem: String) {
         let slot = match map.by_ip.get(&from) {
             Some(p) => {
-                let mut cur = p.problem.lock();
+                let mut cur = p.state.problem.lock();
                 if cur.as_deref() == Some(problem.as_str()) {
                     return;
                 }
@@ -490,7 +512,13 @@ impl Inner {
                     continue;
                 };
                 let to = peer.spec.endpoint;
-                let len = match peer.tunn.lock().encapsulate(packet, out.slot()) {
+                let len = match peer
+                    .state
+                    .link
+                    .lock()
+                    .sender()
+                    .encapsulate(packet, out.slot())
+                {
                     TunnResult::WriteToNetwork(d) => d.len(),
                     _ => continue,
                 };
@@ -544,25 +572,37 @@ impl Inner {
             return;
         }
         // Which peer: by the static key inside a handshake initiation, by our index otherwise.
-        let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
+        let by_index = |idx: u32| map.by_index.get(&link::peer_index(idx)).cloned();
+        let (peer, to, handshake) = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Ok(Packet::HandshakeInit(init)) => (self.initiator(map, &init, datagram, from), true),
+            Ok(Packet::HandshakeInit(init)) => (
+                self.initiator(map, &init, datagram, from),
+                To::Initiation,
+                true,
+            ),
             Ok(Packet::HandshakeResponse(r)) => {
-                (map.by_index.get(&(r.receiver_idx >> 8)).cloned(), true)
+                (by_index(r.receiver_idx), To::Index(r.receiver_idx), true)
             }
             Ok(Packet::PacketCookieReply(c)) => {
-                (map.by_index.get(&(c.receiver_idx >> 8)).cloned(), true)
+                (by_index(c.receiver_idx), To::Index(c.receiver_idx), true)
             }
-            Ok(Packet::PacketData(d)) => (map.by_index.get(&(d.receiver_idx >> 8)).cloned(), false),
+            Ok(Packet::PacketData(d)) => {
+                (by_index(d.receiver_idx), To::Index(d.receiver_idx), false)
+            }
         };
         let Some(peer) = peer else {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let mut tunn = peer.tunn.lock();
+        let mut link = peer.state.link.lock();
+        let Some(tunn) = link.receiver(to) else {
+            // A session the link no longer has (replaced by a key change).
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, plain) {
             TunnResult::WriteToTunnelV4(packet, src) => {
                 // Cryptokey routing: a peer may only speak for its own tunnel address.
@@ -590,9 +630,12 @@ impl Inner {
             }
             TunnResult::Done => {}
         }
-        if !peer.up.load(Ordering::Relaxed) || handshake {
-            let up = tunn.time_since_last_handshake().is_some();
-            drop(tunn);
+        if link.renewing() && link.settle() {
+            tracing::info!(peer = %peer.spec.host, "WireGuard session under the new key took over");
+        }
+        if !peer.state.up.load(Ordering::Relaxed) || handshake {
+            let up = link.has_session();
+            drop(link);
             self.set_up(&peer, up);
         }
     }
@@ -685,23 +728,14 @@ impl Inner {
             let map = self.peers.read().clone();
             for peer in map.by_host.values() {
                 let up = {
-                    let mut tunn = peer.tunn.lock();
-                    match tunn.update_timers(&mut buf) {
-                        TunnResult::WriteToNetwork(msg) => {
-                            batch::send_one(self.fd(), msg, peer.spec.endpoint)
-                        }
-                        TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                            // boringtun gave up on this peer; start over and keep trying.
-                            *tunn = self.new_tunn(&peer.spec, peer.index);
-                            if let TunnResult::WriteToNetwork(msg) =
-                                tunn.format_handshake_initiation(&mut buf, false)
-                            {
-                                batch::send_one(self.fd(), msg, peer.spec.endpoint);
-                            }
-                        }
-                        _ => {}
-                    }
-                    tunn.time_since_last_handshake().is_some()
+                    let mut link = peer.state.link.lock();
+                    // A session boringtun gave up on starts over and keeps trying.
+                    link.update_timers(
+                        &mut buf,
+                        |index| self.keys.read().tunn(peer.spec.public, index),
+                        |msg| batch::send_one(self.fd(), msg, peer.spec.endpoint),
+                    );
+                    link.has_session()
                 };
                 self.set_up(peer, up);
             }
