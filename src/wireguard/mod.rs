@@ -16,6 +16,8 @@ mod genl;
 pub mod identity;
 pub mod kernel;
 pub mod keys;
+mod limiter;
+mod link;
 pub mod pins;
 pub mod plan;
 mod private_file;

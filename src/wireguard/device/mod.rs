@@ -24,23 +24,23 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
 use super::batch::{self, RecvBatch, SendBatch, BUF};
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
+use super::limiter::Keys;
+use super::link::{self, Link, To};
 use super::pins::PinBook;
 use super::plan::PeerSpec;
 use super::tun::{Tun, TunWriter};
-use super::{WgError, KEEPALIVE_SECS, TUN_NAME};
+use super::{WgError, TUN_NAME};
 use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
 use crate::netns::{self, NetNs};
 
-/// Handshake messages per second the shared rate limiter lets through before it asks for
-/// cookies (boringtun's own device uses the same figure).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+mod datapath;
+
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Refused sources remembered for `rnet peers` (unauthenticated, so bounded).
 const MAX_STRANGERS: usize = 256;
@@ -97,8 +97,14 @@ pub struct DropCounters {
 
 struct Peer {
     spec: PeerSpec,
-    index: u32,
-    tunn: Mutex<Tunn>,
+    /// Kept across a change of the peer's key (a new `Peer` with the same state).
+    state: Arc<PeerState>,
+}
+
+struct PeerState {
+    /// The peer's index: its sessions' receiver indices carry it (`link::peer_index`).
+    base: u32,
+    link: Mutex<Link>,
     up: AtomicBool,
     problem: Mutex<Option<String>>,
 }
@@ -109,11 +115,6 @@ struct PeerMap {
     by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], Arc<Peer>>,
-}
-
-struct Keys {
-    key: HostKey,
-    limiter: Arc<RateLimiter>,
 }
 
 #[derive(Default)]
@@ -180,12 +181,11 @@ impl Userspace {
         )
         .await
         .map_err(|e| WgError::Setup(format!("configuring {TUN_NAME}: {e}")))?;
-        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
         let inner = Arc::new(Inner {
             cfg,
             tun,
             socket,
-            keys: RwLock::new(Keys { key, limiter }),
+            keys: RwLock::new(Keys::new(key)),
             identity,
             pins,
             peers: RwLock::new(Arc::new(PeerMap::default())),
@@ -280,10 +280,25 @@ impl Userspace {
             return;
         }
         let mut map = PeerMap::default();
-        let mut fresh = Vec::new();
+        let (mut fresh, mut renewed) = (Vec::new(), Vec::new());
         for spec in specs {
             let peer = match old.by_host.get(&spec.host) {
                 Some(p) if p.spec.same_tunnel(&spec) => p.clone(),
+                Some(p)
+                    if p.spec.endpoint == spec.endpoint && p.spec.tunnel_ip == spec.tunnel_ip =>
+                {
+                    // A new key in the same place: its session is made beside the old one.
+                    p.state
+                        .link
+                        .lock()
+                        .renew(&self.inner.keys.read(), spec.public);
+                    let p = Arc::new(Peer {
+                        spec,
+                        state: p.state.clone(),
+                    });
+                    renewed.push(p.clone());
+                    p
+                }
                 _ => {
                     let p = Arc::new(self.inner.new_peer(spec));
                     fresh.push(p.clone());
@@ -291,7 +306,7 @@ impl Userspace {
                 }
             };
             map.by_ip.insert(peer.spec.tunnel_ip, peer.clone());
-            map.by_index.insert(peer.index, peer.clone());
+            map.by_index.insert(peer.state.base, peer.clone());
             map.by_key
                 .insert(*peer.spec.public.as_bytes(), peer.clone());
             map.by_host.insert(peer.spec.host.clone(), peer);
@@ -304,6 +319,10 @@ impl Userspace {
             tracing::info!(peer = %p.spec.host, endpoint = %p.spec.endpoint, public_key = %encode_public(&p.spec.public), "WireGuard peer added; starting handshake");
             self.inner.initiate(&p);
         }
+        for p in renewed {
+            tracing::info!(peer = %p.spec.host, public_key = %encode_public(&p.spec.public), "WireGuard peer has a new key; starting a handshake beside the current session");
+            self.inner.initiate(&p);
+        }
         (self.inner.on_change)();
     }
 
@@ -314,7 +333,7 @@ impl Userspace {
             .read()
             .by_host
             .values()
-            .filter(|p| p.up.load(Ordering::Relaxed))
+            .filter(|p| p.state.up.load(Ordering::Relaxed))
             .map(|p| p.spec.host.clone())
             .collect()
     }
@@ -322,10 +341,10 @@ impl Userspace {
     /// The state of the tunnel to `host`, if it is a peer.
     pub fn status(&self, host: &str) -> Option<TunnelStatus> {
         let peer = self.inner.peers.read().by_host.get(host)?.clone();
-        let (since, tx, rx, _, _) = peer.tunn.lock().stats();
-        let problem = peer.problem.lock().clone();
+        let (since, tx, rx) = peer.state.link.lock().stats();
+        let problem = peer.state.problem.lock().clone();
         Some(TunnelStatus {
-            up: peer.up.load(Ordering::Relaxed),
+            up: peer.state.up.load(Ordering::Relaxed),
             since_handshake: since.map(|d| d.as_secs()),
             tx_bytes: tx as u64,
             rx_bytes: rx as u64,
@@ -351,27 +370,22 @@ impl Userspace {
         }
     }
 
-    /// Replace the host's static key: saved first, then used by every tunnel (their sessions
-    /// end; peers handshake again as soon as they read the new public key from the store).
+    /// Replace the host's static key: saved first, then used by every new handshake. Each
+    /// tunnel's current session carries on until the peers, having read the new public key
+    /// from the store, have made one with it (make-before-break).
     pub fn rotate_key(&self) -> Result<WireguardInfo, WgError> {
         let _one_at_a_time = self.inner.rotation.lock();
         let key = HostKey::generate();
         key.save(&self.inner.cfg.key_file)?;
-        let limiter = Arc::new(RateLimiter::new(&key.public, HANDSHAKE_RATE_LIMIT));
-        {
-            let mut keys = self.inner.keys.write();
-            *keys = Keys {
-                key: key.clone(),
-                limiter: limiter.clone(),
-            };
-        }
+        *self.inner.keys.write() = Keys::new(key.clone());
         let map = self.inner.peers.read().clone();
+        let keys = self.inner.keys.read();
         for p in map.by_host.values() {
-            p.tunn
-                .lock()
-                .set_static_private(key.secret.clone(), key.public, Some(limiter.clone()));
-            self.inner.refresh_up(p);
+            // The peers know the old key until they read the new one from the store; then
+            // they handshake with it, and the old session carries traffic until then.
+            p.state.link.lock().renew(&keys, p.spec.public);
         }
+        drop(keys);
         tracing::info!(public_key = %key.public_b64(), "WireGuard key rotated");
         Ok(self.info())
     }
@@ -409,27 +423,19 @@ fn now_secs() -> u64 {
 
 impl Inner {
     fn new_peer(&self, spec: PeerSpec) -> Peer {
-        // 24-bit index space; wrapping after 16 million peer changes is harmless.
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        // 23-bit peer index space (two tunnel indices each); wrapping after 8 million peer
+        // changes is harmless.
+        let base = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x007f_ffff;
+        let link = Link::new(&self.keys.read(), spec.public, base);
         Peer {
-            tunn: Mutex::new(self.new_tunn(&spec, index)),
             spec,
-            index,
-            up: AtomicBool::new(false),
-            problem: Mutex::new(None),
+            state: Arc::new(PeerState {
+                base,
+                link: Mutex::new(link),
+                up: AtomicBool::new(false),
+                problem: Mutex::new(None),
+            }),
         }
-    }
-
-    fn new_tunn(&self, spec: &PeerSpec, index: u32) -> Tunn {
-        let keys = self.keys.read();
-        Tunn::new(
-            keys.key.secret.clone(),
-            spec.public,
-            None,
-            Some(KEEPALIVE_SECS),
-            index,
-            Some(keys.limiter.clone()),
-        )
     }
 
     fn fd(&self) -> i32 {
@@ -438,306 +444,8 @@ impl Inner {
 
     fn initiate(&self, peer: &Peer) {
         let mut buf = [0u8; 256];
-        let mut tunn = peer.tunn.lock();
-        if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(&mut buf, false) {
+        if let TunnResult::WriteToNetwork(msg) = peer.state.link.lock().initiate(&mut buf) {
             batch::send_one(self.fd(), msg, peer.spec.endpoint);
         }
     }
-
-    /// Re-read whether `peer` has a session; tell the daemon when that changed.
-    fn refresh_up(&self, peer: &Peer) {
-        let up = peer.tunn.lock().time_since_last_handshake().is_some();
-        self.set_up(peer, up);
-    }
-
-    fn set_up(&self, peer: &Peer, up: bool) {
-        if peer.up.swap(up, Ordering::Relaxed) == up {
-            return;
-        }
-        if up {
-            *peer.problem.lock() = None;
-            tracing::info!(peer = %peer.spec.host, "WireGuard tunnel up");
-        } else {
-            tracing::warn!(peer = %peer.spec.host, "WireGuard tunnel down");
-        }
-        (self.on_change)();
-    }
-
-    fn note_problem(&self, map: &PeerMap, from: Ipv4Addr, problem: String) {
-        let slot = match map.by_ip.get(&from) {
-            Some(p) => {
-                let mut cur = p.problem.lock();
-                if cur.as_deref() == Some(problem.as_str()) {
-                    return;
-                }
-                *cur = Some(problem.clone());
-                p.spec.host.clone()
-            }
-            None => {
-                // Sources are unauthenticated here: keep a bounded record, and log only news.
-                let mut s = self.strangers.lock();
-                if s.get(&from) == Some(&problem)
-                    || (s.len() >= MAX_STRANGERS && !s.contains_key(&from))
-                {
-                    return;
-                }
-                s.insert(from, problem.clone());
-                from.to_string()
-            }
-        };
-        tracing::warn!(peer = %slot, "WireGuard handshake refused: {problem}");
-    }
-
-    // ----- outbound: TUN → peers -----
-
-    fn tx_loop(&self) {
-        let mut packet = vec![0u8; BUF - 64];
-        let mut out = SendBatch::default();
-        loop {
-            let map = self.peers.read().clone();
-            while !out.is_full() {
-                let n = match self.tun.read(&mut packet) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading {TUN_NAME} failed");
-                        std::thread::sleep(Duration::from_millis(100));
-                        break;
-                    }
-                };
-                let packet = &packet[..n];
-                // Only IPv4 leaves through the tunnel: the VXLAN sockets of encrypted networks.
-                if n < 20 || packet[0] >> 4 != 4 {
-                    continue;
-                }
-                let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-                let Some(peer) = map.by_ip.get(&dst) else {
-                    self.counters.no_peer.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let to = peer.spec.endpoint;
-                let len = match peer.tunn.lock().encapsulate(packet, out.slot()) {
-                    TunnResult::WriteToNetwork(d) => d.len(),
-                    _ => continue,
-                };
-                out.commit(len, to);
-            }
-            if out.len > 0 {
-                out.flush(self.fd());
-            } else {
-                self.tun.wait_readable(1000);
-            }
-        }
-    }
-
-    // ----- inbound: peers → TUN -----
-
-    fn rx_loop(&self) {
-        let mut batch = RecvBatch::default();
-        let mut plain = vec![0u8; BUF];
-        let mut out = TunWriter::default();
-        loop {
-            if let Err(e) = batch.recv(self.fd()) {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!(error = %e, "receiving on the WireGuard socket failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                continue;
-            }
-            let map = self.peers.read().clone();
-            for i in 0..batch.len {
-                let (datagrams, from) = batch.get(i);
-                for datagram in datagrams {
-                    self.receive(&map, datagram, from, &mut plain, &mut out);
-                }
-            }
-            let _ = out.flush(&self.tun);
-        }
-    }
-
-    fn receive(
-        &self,
-        map: &PeerMap,
-        datagram: &[u8],
-        from: SocketAddrV4,
-        plain: &mut [u8],
-        out: &mut TunWriter,
-    ) {
-        // boringtun panics when a data message does not fit the output buffer: anything
-        // longer than the largest datagram a peer can send is garbage anyway.
-        if datagram.len() > plain.len() {
-            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Which peer: by the static key inside a handshake initiation, by our index otherwise.
-        let (peer, handshake) = match Tunn::parse_incoming_packet(datagram) {
-            Err(_) => {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Ok(Packet::HandshakeInit(init)) => (self.initiator(map, &init, datagram, from), true),
-            Ok(Packet::HandshakeResponse(r)) => {
-                (map.by_index.get(&(r.receiver_idx >> 8)).cloned(), true)
-            }
-            Ok(Packet::PacketCookieReply(c)) => {
-                (map.by_index.get(&(c.receiver_idx >> 8)).cloned(), true)
-            }
-            Ok(Packet::PacketData(d)) => (map.by_index.get(&(d.receiver_idx >> 8)).cloned(), false),
-        };
-        let Some(peer) = peer else {
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let mut tunn = peer.tunn.lock();
-        match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, plain) {
-            TunnResult::WriteToTunnelV4(packet, src) => {
-                // Cryptokey routing: a peer may only speak for its own tunnel address.
-                if src == peer.spec.tunnel_ip {
-                    let _ = out.push(&self.tun, packet);
-                } else {
-                    self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            TunnResult::WriteToTunnelV6(..) => {
-                self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-            }
-            TunnResult::WriteToNetwork(reply) => {
-                batch::send_one(self.fd(), reply, peer.spec.endpoint);
-                // A finished handshake releases the packets boringtun queued meanwhile.
-                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], plain) {
-                    batch::send_one(self.fd(), queued, peer.spec.endpoint);
-                }
-            }
-            TunnResult::Err(e) => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                if handshake {
-                    tracing::debug!(peer = %peer.spec.host, error = ?e, "handshake message refused");
-                }
-            }
-            TunnResult::Done => {}
-        }
-        if !peer.up.load(Ordering::Relaxed) || handshake {
-            let up = tunn.time_since_last_handshake().is_some();
-            drop(tunn);
-            self.set_up(&peer, up);
-        }
-    }
-
-    /// The peer a handshake initiation comes from: its MACs must check out against this
-    /// host's key (rate-limited, cookies under load), and the static key inside must be a
-    /// peer's. Refusals are remembered with their reason for `rnet peers`.
-    fn initiator(
-        &self,
-        map: &PeerMap,
-        init: &boringtun::noise::HandshakeInit,
-        datagram: &[u8],
-        from: SocketAddrV4,
-    ) -> Option<Arc<Peer>> {
-        let keys = self.keys.read();
-        let mut cookie = [0u8; 64];
-        match keys
-            .limiter
-            .verify_packet(Some(IpAddr::V4(*from.ip())), datagram, &mut cookie)
-        {
-            Ok(_) => {}
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                batch::send_one(self.fd(), reply, from);
-                return None;
-            }
-            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
-                self.note_problem(
-                    map,
-                    *from.ip(),
-                    "its handshakes are made for another public key than this host's: the store it reads holds a wrong key for this host".into(),
-                );
-                return None;
-            }
-            Err(_) => return None,
-        }
-        let half = match parse_handshake_anon(&keys.key.secret, &keys.key.public, init) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(from = %from, error = ?e, "handshake initiation does not open");
-                return None;
-            }
-        };
-        drop(keys);
-        match map.by_key.get(&half.peer_static_public) {
-            Some(p) if p.spec.tunnel_ip == *from.ip() => Some(p.clone()),
-            Some(p) => {
-                self.note_problem(
-                    map,
-                    *from.ip(),
-                    format!(
-                        "it presents host {}'s public key from {} instead of {}",
-                        p.spec.host,
-                        from.ip(),
-                        p.spec.tunnel_ip
-                    ),
-                );
-                None
-            }
-            None => {
-                let presented = base64_of(&half.peer_static_public);
-                let expected = map
-                    .by_ip
-                    .get(from.ip())
-                    .map(|p| {
-                        format!(
-                            ", but the store says host {}'s key is {}",
-                            p.spec.host,
-                            encode_public(&p.spec.public)
-                        )
-                    })
-                    .unwrap_or_else(|| ", which no live host publishes".into());
-                self.note_problem(
-                    map,
-                    *from.ip(),
-                    format!("its handshakes carry public key {presented}{expected}"),
-                );
-                None
-            }
-        }
-    }
-
-    // ----- timers -----
-
-    fn timer_loop(&self) {
-        let mut buf = vec![0u8; BUF];
-        let mut last_reset = Instant::now();
-        loop {
-            std::thread::sleep(TIMER_TICK);
-            if last_reset.elapsed() >= Duration::from_secs(1) {
-                self.keys.read().limiter.reset_count();
-                last_reset = Instant::now();
-            }
-            let map = self.peers.read().clone();
-            for peer in map.by_host.values() {
-                let up = {
-                    let mut tunn = peer.tunn.lock();
-                    match tunn.update_timers(&mut buf) {
-                        TunnResult::WriteToNetwork(msg) => {
-                            batch::send_one(self.fd(), msg, peer.spec.endpoint)
-                        }
-                        TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                            // boringtun gave up on this peer; start over and keep trying.
-                            *tunn = self.new_tunn(&peer.spec, peer.index);
-                            if let TunnResult::WriteToNetwork(msg) =
-                                tunn.format_handshake_initiation(&mut buf, false)
-                            {
-                                batch::send_one(self.fd(), msg, peer.spec.endpoint);
-                            }
-                        }
-                        _ => {}
-                    }
-                    tunn.time_since_last_handshake().is_some()
-                };
-                self.set_up(peer, up);
-            }
-        }
-    }
-}
-
-fn base64_of(bytes: &[u8; 32]) -> String {
-    encode_public(&boringtun::x25519::PublicKey::from(*bytes))
 }
