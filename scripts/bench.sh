@@ -11,7 +11,7 @@ trap 'rm -f "$tmp"' EXIT
 # On a terminal each benchmark draws its steps on stderr (a spinner, src/progress.rs) under a
 # numbered heading; elsewhere stderr is dropped, as the figures alone go to the file.
 if [[ -t 2 ]]; then err=/dev/stderr; else err=/dev/null; fi
-total=6 k=0
+total=7 k=0
 step() {
   k=$((k + 1))
   [[ $err == /dev/null ]] || echo "== [$k/$total] $*" >&2
@@ -31,6 +31,10 @@ step() {
   echo
   step "CNI ADD and DEL latency"
   cargo bench --features root-tests --bench cni 2>"$err"
+  echo
+  step "embedded store commits"
+  cargo test --release --lib store::embedded::bench -- --ignored --nocapture --test-threads 1 2>"$err" |
+    sed -n '/^### Embedded store commits/,/^Group commit/p'
   echo
   step "docker run latency"
   cargo bench --features root-tests --bench docker 2>"$err"

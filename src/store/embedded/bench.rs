@@ -189,6 +189,8 @@ async fn commit_throughput() {
     }
     let speedup = median(grouped.iter().map(|r| r.writes_per_sec).collect())
         / median(baseline.iter().map(|r| r.writes_per_sec).collect());
+    // A blank line first: libtest prints the test's name without a newline.
+    println!();
     println!("### Embedded store commits ({WRITES_PER_WRITER} allocations per writer, median of {ROUNDS} interleaved rounds)");
     println!();
     println!("| what | writes/s | spread | fsyncs/write | p50 ms | p99 ms |");
