@@ -5,7 +5,8 @@
 //! (only what an fsync covered). While eight writers allocate keys, the test cuts
 //! the power several times: it notes the writes acknowledged so far, then takes the
 //! durable image, opens a store on a copy of it, and checks that every noted write
-//! is there. A write acknowledged before its fsync is missing from such an image;
+//! is there, and so is every write a watcher was told of. A write acknowledged (or
+//! published) before its fsync is missing from such an image;
 //! a SIGKILL could not show that, as the page cache survives it.
 
 use std::collections::BTreeSet;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::tables::{encode_kv, KV};
 use super::tracked::{TrackedFile, Tracker};
 use super::EmbeddedStore;
-use crate::store::{Compare, KeyValue, Store, TxnOp};
+use crate::store::{Compare, KeyValue, Store, TxnOp, Watch, WatchMessage};
 
 const WRITERS: usize = 8;
 const WRITES_PER_WRITER: usize = 40;
@@ -76,6 +77,10 @@ async fn round(round: usize) -> usize {
     let tracker = Tracker::imaging();
     let store = EmbeddedStore::open_backend(&path, TrackedFile::new(file, Arc::clone(&tracker)));
     let acked: Acked = Arc::default();
+    // A watcher sees the same rule: no event before the fsync that covers it.
+    let watched: Acked = Arc::default();
+    let watch = store.watch("/alloc/", 0).await.expect("watch");
+    let watcher = tokio::spawn(record_events(watch, Arc::clone(&watched)));
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(store.clone(), w, Arc::clone(&acked))))
         .collect();
@@ -89,14 +94,16 @@ async fn round(round: usize) -> usize {
             assert!(Instant::now() < deadline, "round {round}: writers stalled");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // Acknowledged first, image second: the image can only have gained since.
-        let before_cut = acked_now(&acked);
+        // Acknowledged (or watched) first, image second: the image can only have
+        // gained since.
+        let mut before_cut = acked_now(&acked);
+        before_cut.extend(acked_now(&watched));
         let image = tracker.durable_image();
         let kept = keys_after_cut(dir.path(), cuts, &image).await;
         let lost: Vec<_> = before_cut.iter().filter(|k| !kept.contains(*k)).collect();
         assert!(
             lost.is_empty(),
-            "round {round}, cut {cuts}: {} of {} acknowledged writes lost, e.g. {:?}",
+            "round {round}, cut {cuts}: {} of {} acknowledged or watched writes lost, e.g. {:?}",
             lost.len(),
             before_cut.len(),
             &lost[..lost.len().min(5)]
@@ -107,7 +114,19 @@ async fn round(round: usize) -> usize {
     for task in tasks {
         task.await.expect("writer");
     }
+    watcher.abort();
     cuts
+}
+
+/// Note the key of every event the watch delivers.
+async fn record_events(mut watch: Watch, seen: Acked) {
+    while let Some(msg) = watch.rx.recv().await {
+        let WatchMessage::Events { events, .. } = msg else {
+            panic!("unexpected watch message {msg:?}");
+        };
+        let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.extend(events.into_iter().map(|e| e.kv.key));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
