@@ -11,7 +11,7 @@ trap 'rm -f "$tmp"' EXIT
 # On a terminal each benchmark draws its steps on stderr (a spinner, src/progress.rs) under a
 # numbered heading; elsewhere stderr is dropped, as the figures alone go to the file.
 if [[ -t 2 ]]; then err=/dev/stderr; else err=/dev/null; fi
-total=6 k=0
+total=8 k=0
 step() {
   k=$((k + 1))
   [[ $err == /dev/null ]] || echo "== [$k/$total] $*" >&2
@@ -32,6 +32,10 @@ step() {
   step "CNI ADD and DEL latency"
   cargo bench --features root-tests --bench cni 2>"$err"
   echo
+  step "embedded store commits"
+  cargo test --release --lib store::embedded::bench -- --ignored --nocapture --test-threads 1 2>"$err" |
+    sed -n '/^### Embedded store commits/,/^Group commit/p'
+  echo
   step "docker run latency"
   cargo bench --features root-tests --bench docker 2>"$err"
   echo
@@ -45,6 +49,22 @@ step() {
   echo
   step "convergence and programming rate"
   cargo bench --features root-tests --bench peers 2>"$err"
+  echo
+  echo "## Scale by simulation: namespace hosts on one etcd"
+  echo
+  step "scale simulation (10 and 30 hosts x 100 endpoints)"
+  for hosts in 10 30; do
+    RNET=target/release/rnet ./scripts/scale-sim.sh "$hosts" 100 20 2>"$err"
+  done
+  cat <<'EOF'
+What grows with the number of hosts N: etcd's watchers (one watch per rnetd); the renewal
+traffic at rest (every rnetd renews its presence record, one txn, and its lease, one keep-alive,
+every lease TTL / 3, 3.3 s by default: N / 3.3 txns/s and keep-alives/s at etcd, and each renewal
+is a watch event for the N − 1 other daemons, N(N − 1) / 3.3 events/s across the lab); and the
+kernel entries on each host, one neighbour and one FDB entry per remote endpoint. What does not:
+an attach is one etcd txn whatever N is, fanned out by etcd's watches, so a new endpoint reaches
+the other hosts' kernels in about the same time at 10 and at 30 hosts.
+EOF
 } > "$tmp"
 mkdir -p docs
 mv "$tmp" "$out"

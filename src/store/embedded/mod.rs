@@ -16,25 +16,37 @@
 //! 1 delete), `create_revision`, `mod_revision`, `lease`, `u32` key length, key,
 //! `u32` value length, value.
 //!
-//! # Concurrency
+//! # Concurrency and durability
 //!
 //! Every write runs in one redb write transaction while holding the in-memory
-//! `State` lock, and hands its events to the live watchers before releasing it.
-//! A watch registers itself under the same lock and notes the revision it saw, so it
-//! replays history up to that revision from disk and receives everything after it
-//! live: no gap, no duplicate. Reads use redb snapshots and take no lock.
+//! `State` lock. It commits without an fsync and then waits for one that covers it
+//! (group commit, see `group`): concurrent writes share an fsync, and none is
+//! acknowledged before its data is on disk. The fsync's leader then hands the
+//! events of the commits it covered to the live watchers, in order, under the lock.
+//! A watch registers itself under the same lock and notes the last published
+//! revision, so it replays history up to that revision from disk and receives
+//! everything after it live: no gap, no duplicate. Reads use redb snapshots and take
+//! no lock; like writes, they return only once what they saw is on disk.
 //!
 //! All redb I/O runs on tokio's blocking pool. A background task reaps expired leases
 //! every 200 ms (and lazily on keep-alive or put); lease deadlines are wall-clock so they survive restarts.
 
+#[cfg(test)]
+mod bench;
+mod group;
 mod lease;
+#[cfg(test)]
+mod power_cut_tests;
 mod read;
 mod tables;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tracked;
 mod watch;
 mod write;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -43,12 +55,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{Database, DatabaseError};
 use tokio::sync::{mpsc, oneshot};
 
+use self::group::GroupCommit;
 use self::lease::expiry_loop;
 use self::tables::init_tables;
 use self::watch::{forward, Registration, Watcher, WATCH_BUFFER};
 use super::{
-    Compare, KeyValue, LeaseId, Revision, Store, StoreError, StoreResult, TxnOp, TxnResult, Watch,
-    WatchMessage,
+    Compare, Event, KeyValue, LeaseId, Revision, Store, StoreError, StoreResult, TxnOp, TxnResult,
+    Watch, WatchMessage,
 };
 
 /// How many revisions of watch history are kept before older ones are discarded.
@@ -69,15 +82,28 @@ struct Inner {
     path: PathBuf,
     retained: i64,
     state: Mutex<State>,
+    group: GroupCommit,
     /// Never sent on: its drop tells the expiry task to stop.
     _shutdown: oneshot::Sender<()>,
 }
 
 /// In-memory mirror of the write-side bookkeeping, guarded by one lock.
 struct State {
+    /// The latest committed revision, durable or not: the next write builds on it.
     revision: Revision,
+    /// The latest revision handed to the watchers; every revision up to it is durable.
+    published: Revision,
     compacted: Revision,
+    /// Commits not yet on disk, oldest first, with their events.
+    unpublished: VecDeque<Unpublished>,
     watchers: Vec<Watcher>,
+}
+
+/// A commit whose events wait for the fsync that covers it.
+struct Unpublished {
+    seq: u64,
+    revision: Revision,
+    events: Vec<Event>,
 }
 
 /// Turns any error into `StoreError::Backend` with a note of what was being done.
@@ -116,13 +142,31 @@ impl EmbeddedStore {
 
     fn open_with(path: &Path, retained: i64) -> StoreResult<EmbeddedStore> {
         let what = format!("opening {}", path.display());
-        let runtime = tokio::runtime::Handle::try_current().ctx(&what)?;
+        tokio::runtime::Handle::try_current().ctx(&what)?;
         let db = open_database(path, &what)?;
+        Self::start(db, path, retained)
+    }
+
+    /// Open a fresh store on `backend`, a test's file layer; `path` only names it.
+    #[cfg(test)]
+    fn open_backend(path: &Path, backend: impl redb::StorageBackend) -> EmbeddedStore {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .expect("database on test backend");
+        Self::start(db, path, RETAINED_REVISIONS).expect("store on test backend")
+    }
+
+    /// Load the counters of an open database and start the lease-expiry task.
+    fn start(db: Database, path: &Path, retained: i64) -> StoreResult<EmbeddedStore> {
+        let what = format!("opening {}", path.display());
+        let runtime = tokio::runtime::Handle::try_current().ctx(&what)?;
         let (revision, compacted) = init_tables(&db).ctx(&what)?;
         let (shutdown, stopped) = oneshot::channel();
         let state = State {
             revision,
+            published: revision,
             compacted,
+            unpublished: VecDeque::new(),
             watchers: Vec::new(),
         };
         let inner = Arc::new(Inner {
@@ -130,6 +174,7 @@ impl EmbeddedStore {
             path: path.to_path_buf(),
             retained,
             state: Mutex::new(state),
+            group: GroupCommit::default(),
             _shutdown: shutdown,
         });
         runtime.spawn(expiry_loop(Arc::downgrade(&inner), stopped));

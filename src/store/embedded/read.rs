@@ -1,4 +1,5 @@
-//! Reads: one key or a prefix, each from one redb snapshot, without the state lock.
+//! Reads: one key or a prefix, each from one redb snapshot, without the state lock;
+//! each returns once the commits its snapshot saw are on disk.
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -17,12 +18,16 @@ pub(super) fn load_kv(
 impl Inner {
     pub(super) fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
         let txn = self.db.begin_read().ctx("beginning read")?;
+        let seen = self.group.latest();
         let kv = txn.open_table(KV).ctx("opening kv")?;
-        load_kv(&kv, key)
+        let found = load_kv(&kv, key)?;
+        self.await_durable(seen)?;
+        Ok(found)
     }
 
     pub(super) fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
         let txn = self.db.begin_read().ctx("beginning read")?;
+        let seen = self.group.latest();
         let meta = txn.open_table(META).ctx("opening meta")?;
         let revision = meta.get(META_REVISION).ctx("reading meta")?;
         let revision = revision.map_or(0, |g| g.value());
@@ -35,6 +40,7 @@ impl Inner {
             }
             out.push(decode_kv(key.value(), value.value())?);
         }
+        self.await_durable(seen)?;
         Ok((out, revision))
     }
 }

@@ -75,11 +75,11 @@ impl Inner {
     /// Register a watch under the state lock (see the module docs).
     pub(super) fn register(&self, prefix: String, from: Revision) -> Registration {
         let mut state = self.lock();
-        let next = if from <= 0 { state.revision + 1 } else { from };
+        let next = if from <= 0 { state.published + 1 } else { from };
         if next <= state.compacted {
             return Registration::Compacted(state.compacted + 1);
         }
-        let last = state.revision;
+        let last = state.published;
         let (tx, live) = mpsc::unbounded_channel();
         state.watchers.push(Watcher {
             prefix: prefix.clone(),

@@ -1,13 +1,13 @@
 //! Writes: one redb write transaction per call, its revision and event log, and
-//! the hand-off of a commit to the watchers.
+//! the hand-off of a durable commit to the watchers.
 
-use redb::{MultimapTable, ReadableTable, Table, WriteTransaction};
+use redb::{Durability, MultimapTable, ReadableTable, Table, WriteTransaction};
 
 use super::read::load_kv;
 use super::tables::{
     encode_events, encode_kv, EVENTS, KV, LEASES, LEASE_KEYS, META, META_COMPACTED, META_REVISION,
 };
-use super::{lease_of, Context, Inner, State};
+use super::{lease_of, Context, Inner, State, Unpublished};
 use crate::store::{
     Compare, Event, EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult, TxnOp,
     TxnResult,
@@ -31,43 +31,74 @@ pub(super) struct Writer<'t> {
 }
 
 impl Inner {
-    /// Run `f` in one write transaction and publish its events.
+    /// Run `f` in one write transaction, and return once it is on disk.
     ///
     /// An outer error aborts the transaction; an inner one is returned after the
     /// commit (used when `f` reaped an expired lease and then refuses the request).
+    /// The commit itself skips the fsync: [`Inner::await_durable`] shares one among
+    /// concurrent writers. A write that changed nothing still waits for the commits it
+    /// read, so no caller acts on data a crash could take back.
     pub(super) fn write<T>(
         &self,
         f: impl FnOnce(&mut Writer<'_>) -> StoreResult<StoreResult<T>>,
     ) -> StoreResult<T> {
-        let mut state = self.lock();
-        let txn = self.db.begin_write().ctx("beginning write")?;
-        let (outcome, events, compacted, changed) = {
-            let mut w = Writer::open(&txn, &state, self.retained)?;
-            let outcome = f(&mut w)?;
-            w.log_events()?;
-            let changed = w.dirty || !w.events.is_empty();
-            (outcome, w.events, w.compacted, changed)
+        let (outcome, seq) = {
+            let _in_flight = self.group.enter();
+            let mut state = self.lock();
+            let mut txn = self.db.begin_write().ctx("beginning write")?;
+            txn.set_durability(Durability::None)
+                .ctx("setting durability")?;
+            let (outcome, events, compacted, changed) = {
+                let mut w = Writer::open(&txn, &state, self.retained)?;
+                let outcome = f(&mut w)?;
+                w.log_events()?;
+                let changed = w.dirty || !w.events.is_empty();
+                (outcome, w.events, w.compacted, changed)
+            };
+            if changed {
+                let seq = self.group.number();
+                txn.commit().ctx("committing write")?;
+                state.record(seq, events, compacted);
+                (outcome, seq)
+            } else {
+                let seen = self.group.latest();
+                txn.abort().ctx("aborting write")?;
+                (outcome, seen)
+            }
         };
-        if !changed {
-            txn.abort().ctx("aborting write")?;
-            return outcome;
-        }
-        txn.commit().ctx("committing write")?;
-        state.publish(&events, compacted);
+        self.await_durable(seq)?;
         outcome
+    }
+
+    /// Hand the events of every commit numbered up to `covered` (now on disk) to the
+    /// watchers, in revision order.
+    pub(super) fn publish_through(&self, covered: u64) {
+        let mut state = self.lock();
+        while state.unpublished.front().is_some_and(|c| c.seq <= covered) {
+            let Some(commit) = state.unpublished.pop_front() else {
+                break;
+            };
+            state.published = commit.revision;
+            state
+                .watchers
+                .retain(|w| w.deliver(commit.revision, &commit.events));
+        }
     }
 }
 
 impl State {
-    /// Record a commit and hand its events to the watchers, dropping dead ones.
-    fn publish(&mut self, events: &[Event], compacted: Revision) {
+    /// Note a (not yet durable) commit; its events wait in `unpublished` for the fsync.
+    fn record(&mut self, seq: u64, events: Vec<Event>, compacted: Revision) {
         self.compacted = compacted;
         if events.is_empty() {
             return;
         }
         self.revision += 1;
-        let revision = self.revision;
-        self.watchers.retain(|w| w.deliver(revision, events));
+        self.unpublished.push_back(Unpublished {
+            seq,
+            revision: self.revision,
+            events,
+        });
     }
 }
 
