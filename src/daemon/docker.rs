@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::service::{Service, Versioned};
+use crate::dataplane::{Dataplane, Netlink};
 use crate::error::{Error, Result};
 use crate::libnetwork::protocol::{
     self, ActivateResponse, AddressSpacesResponse, CapabilitiesResponse, CreateEndpointRequest,
@@ -90,8 +91,8 @@ impl PluginConfig {
 type Undo<T> = Box<dyn FnOnce(T) -> BoxFuture<'static, ()> + Send>;
 
 /// The driver: the service, the local state, and the Docker endpoints this process has seen.
-pub struct Plugin<S: Store> {
-    service: Arc<Service<S>>,
+pub struct Plugin<S: Store, D: Dataplane = Netlink> {
+    service: Arc<Service<S, D>>,
     state: Mutex<DriverState>,
     state_path: PathBuf,
     /// By Docker endpoint id: the record as last written (saves a store read per call; after
@@ -102,10 +103,10 @@ pub struct Plugin<S: Store> {
     engine: Option<PathBuf>,
 }
 
-impl<S: Store> Plugin<S> {
+impl<S: Store, D: Dataplane> Plugin<S, D> {
     /// Load the local state from `state_dir` (an unreadable file is moved aside: the daemon
     /// must come up; the Docker networks it named need creating again).
-    pub fn open(service: Arc<Service<S>>, state_dir: &Path) -> Plugin<S> {
+    pub fn open(service: Arc<Service<S, D>>, state_dir: &Path) -> Plugin<S, D> {
         let state_path = state_dir.join(STATE_FILE);
         let state = match DriverState::load(&state_path) {
             Ok(s) => s,
@@ -616,9 +617,9 @@ where
 }
 
 /// The router serving the plugin protocols for `plugin`.
-pub fn router<S: Store>(plugin: Arc<Plugin<S>>) -> Router {
+pub fn router<S: Store, D: Dataplane>(plugin: Arc<Plugin<S, D>>) -> Router {
     Router::new()
-        .route("/{method}", post(dispatch::<S>))
+        .route("/{method}", post(dispatch::<S, D>))
         .fallback(unknown)
         .with_state(plugin)
 }
@@ -632,8 +633,8 @@ async fn unknown() -> Response {
         .into_response()
 }
 
-async fn dispatch<S: Store>(
-    State(p): State<Arc<Plugin<S>>>,
+async fn dispatch<S: Store, D: Dataplane>(
+    State(p): State<Arc<Plugin<S, D>>>,
     UrlPath(method): UrlPath<String>,
     body: Bytes,
 ) -> Response {
@@ -648,7 +649,7 @@ async fn dispatch<S: Store>(
     response
 }
 
-async fn answer<S: Store>(p: Arc<Plugin<S>>, m: &str, body: &[u8]) -> Response {
+async fn answer<S: Store, D: Dataplane>(p: Arc<Plugin<S, D>>, m: &str, body: &[u8]) -> Response {
     match m {
         "Plugin.Activate" => reply(&ActivateResponse {
             implements: IMPLEMENTS.iter().map(|s| s.to_string()).collect(),

@@ -22,9 +22,8 @@ use crate::api::types::{
     AttachRequest, DetachRequest, DetachResponse, DoctorReport, DriftLine, GcRequest, GcResponse,
     NetworkDetail, NetworkRequest, NetworkSummary, PeerInfo, RemoveResponse, Status,
 };
-use crate::dataplane::netlink::Underlay;
 use crate::dataplane::spec::{self, EndpointSpec, SandboxSpec};
-use crate::dataplane::Netlink;
+use crate::dataplane::{Dataplane, Netlink, Underlay};
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{
@@ -55,10 +54,11 @@ pub struct HostConfig {
     pub store_name: String,
 }
 
-/// The orchestrator of one host.
-pub struct Service<S: Store> {
+/// The orchestrator of one host, over a store and a dataplane (the kernel, or a fake in
+/// tests).
+pub struct Service<S: Store, D: Dataplane = Netlink> {
     store: S,
-    dp: Netlink,
+    dp: D,
     cfg: HostConfig,
     /// Attaches and detaches share it; a reconcile takes it alone.
     kernel: RwLock<()>,
@@ -126,10 +126,10 @@ fn generate_id() -> EndpointId {
         .expect("valid id")
 }
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     pub fn new(
         store: S,
-        dp: Netlink,
+        dp: D,
         cfg: HostConfig,
         shared: std::sync::Arc<Shared>,
         liveness: std::sync::Arc<Liveness>,
@@ -557,7 +557,7 @@ impl<S: Store> Service<S> {
         let spec = self.sandbox_spec(net);
         let ensured = || {
             self.ensured.lock().expect("poisoned").get(&id) == Some(&net.encryption)
-                && netns::is_mounted(&spec.netns)
+                && self.dp.netns_present(&spec.netns)
         };
         if ensured() {
             return Ok(());
@@ -1150,7 +1150,7 @@ impl<S: Store> Service<S> {
     ) -> Result<(Vec<DesiredNetwork>, Observed)> {
         let mut observed = Observed::default();
         let tunnel = crate::wireguard::tunnel_netns(&self.cfg.run_dir);
-        let tunnel = netns::is_mounted(&tunnel).then_some(tunnel.as_path());
+        let tunnel = self.dp.netns_present(&tunnel).then_some(tunnel.as_path());
         for (path, _, _) in self.sandbox_paths() {
             if let Some(state) = self.dp.observe_sandbox(&path, tunnel).await? {
                 observed.sandboxes.insert(path, state);
@@ -1179,16 +1179,13 @@ impl<S: Store> Service<S> {
 
     /// The sandbox bind mounts present in the run directory, with their network's name and id.
     fn sandbox_paths(&self) -> Vec<(PathBuf, String, NetworkId)> {
-        let dir = spec::netns_dir(&self.cfg.run_dir);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let file = e.file_name();
-                let (name, id) = spec::sandbox_network(file.to_str()?)?;
-                Some((e.path(), name.to_string(), id))
+        self.dp
+            .netns_entries(&spec::netns_dir(&self.cfg.run_dir))
+            .into_iter()
+            .filter_map(|path| {
+                let (name, id) = spec::sandbox_network(path.file_name()?.to_str()?)?;
+                let name = name.to_string();
+                Some((path, name, id))
             })
             .collect()
     }
@@ -1320,15 +1317,15 @@ fn known_hosts(cache: &Cache) -> std::collections::BTreeMap<String, crate::model
     hosts
 }
 
-#[cfg(all(test, feature = "root-tests"))]
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::fake::FakeDataplane;
     use crate::model::HostRecord;
     use crate::store::EmbeddedStore;
 
-    /// A service over an embedded store; nothing of the kernel is touched by what these
-    /// tests call (the netlink connection only needs root to open).
-    async fn service(dir: &Path) -> Service<EmbeddedStore> {
+    /// A service over an embedded store and the fake dataplane: no root needed.
+    async fn service(dir: &Path) -> Service<EmbeddedStore, FakeDataplane> {
         let store = EmbeddedStore::open(&dir.join("store.redb")).unwrap();
         let record = HostRecord {
             id: "h1".into(),
@@ -1341,7 +1338,7 @@ mod tests {
         };
         Service::new(
             store,
-            Netlink::new().unwrap(),
+            FakeDataplane::new(),
             HostConfig {
                 host_id: "h1".into(),
                 run_dir: dir.join("run"),

@@ -7,13 +7,18 @@
 //! created straight inside the workload's namespace under its final name.
 //!
 //! `spec` holds the pure descriptions of what should exist; `netlink` applies them and
-//! reads the kernel back.
+//! reads the kernel back. `ops` names the operations the service needs as the `Dataplane`
+//! trait, which `Netlink` implements and `fake` (tests only) records.
 
+#[cfg(test)]
+pub mod fake;
 pub mod netlink;
+pub mod ops;
 pub mod spec;
 pub mod tables;
 pub mod uplink;
 pub mod workload;
 
-pub use netlink::{DataplaneError, Netlink};
+pub use netlink::{DataplaneError, LinkState, Netlink, SandboxState, Underlay, WorkloadLink};
+pub use ops::Dataplane;
 pub use spec::{EndpointSpec, SandboxSpec};

@@ -25,6 +25,7 @@ use ipnetwork::Ipv4Network;
 
 use super::{now_secs, to_json, Service};
 use crate::dataplane::spec::EndpointSpec;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{Endpoint, EndpointId, Mac, Network};
@@ -49,7 +50,7 @@ fn unjoined(e: &Endpoint) -> Endpoint {
     }
 }
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// The networks as the store watch last saw them; None until its first list succeeded.
     pub fn cached_networks(&self) -> Option<Vec<Network>> {
         let cache = self.shared.cache.read().expect("cache poisoned");
