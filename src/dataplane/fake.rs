@@ -102,7 +102,7 @@ impl Model {
     }
 
     /// Remove a sandbox-side veth and its other end.
-    fn remove_veth(&mut self, sandbox: &Path, name: &str) {
+    pub fn remove_veth(&mut self, sandbox: &Path, name: &str) {
         let Some(sb) = self.sandboxes.get_mut(sandbox) else {
             return;
         };
@@ -221,17 +221,24 @@ impl FakeDataplane {
         Gate(sem)
     }
 
-    /// Record a call and apply the faults and holds set for it.
-    async fn enter(&self, op: &'static str, target: String) -> Result<()> {
-        let (fail, hold) = self.with(|m| {
+    /// Record a step of another fake (e.g. a store wrapper) in this one's sequence, so one
+    /// index counts every step of an operation; true when that step is to fail.
+    pub fn step(&self, op: &'static str, target: String) -> bool {
+        self.record(op, target).0
+    }
+
+    fn record(&self, op: &'static str, target: String) -> (bool, Option<Arc<Semaphore>>) {
+        self.with(|m| {
             let n = m.calls.len();
             let fail = m.fail_call.contains(&n) || m.fail_op.contains(op);
-            m.calls.push(Call {
-                op,
-                target: target.clone(),
-            });
+            m.calls.push(Call { op, target });
             (fail, m.holds.get(op).cloned())
-        });
+        })
+    }
+
+    /// Record a call and apply the faults and holds set for it.
+    async fn enter(&self, op: &'static str, target: String) -> Result<()> {
+        let (fail, hold) = self.record(op, target.clone());
         if let Some(sem) = hold {
             let _ = sem.acquire().await;
         }
