@@ -229,7 +229,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     pub async fn cni_check(
         &self,
         req: &CniCheckRequest,
-        caller: super::access::Caller,
+        caller: crate::daemon::access::Caller,
     ) -> Result<CniAttachment> {
         let net = self.network(&req.network).await?;
         let ep = match self.endpoint_by_id(net.name.as_str(), &req.id).await? {

@@ -14,9 +14,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::*;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+
+use super::allocate::MAX_ALLOCATION_ATTEMPTS;
+use super::{to_json, HostConfig, Service, Tunnel};
+use crate::api::types::{AttachRequest, NetworkRequest};
+use crate::daemon::liveness::Liveness;
 use crate::dataplane::fake::FakeDataplane;
+use crate::dataplane::{spec, Underlay};
+use crate::error::Error;
+use crate::ipam;
 use crate::model::HostRecord;
+use crate::model::{Endpoint, Mac, Network};
+use crate::netns::NetNs;
+use crate::reconcile::Repair;
+use crate::store::{keys, Compare, KeyValue, Revision, Store, TxnOp};
 use crate::store::{EmbeddedStore, LeaseId, StoreError, StoreResult, TxnResult, Watch};
 
 /// The workload namespace of every test endpoint: this process's (opening it needs no root).
