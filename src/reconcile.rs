@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::api::types::DriftLine;
-use crate::dataplane::netlink::{LinkState, SandboxState};
+use crate::dataplane::state::{LinkState, SandboxState};
 use crate::dataplane::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
 use crate::model::Endpoint;
 

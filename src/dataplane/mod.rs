@@ -10,10 +10,15 @@
 //! `netlink` (the [`Netlink`] dataplane, its methods spread over `sandbox`, `endpoint`,
 //! `tunnel` and `uplink`), `tables` (the peer tables), `workload` (the workload side of an
 //! attach, on a thread in its namespace); every netlink request goes through `request`.
+//! `ops` names the operations the service needs as the [`Dataplane`] trait, which `Netlink`
+//! implements and `fake` (tests only) records.
 
 mod endpoint;
 pub mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod netlink;
+pub mod ops;
 pub mod request;
 mod sandbox;
 pub mod spec;
@@ -25,5 +30,6 @@ pub mod workload;
 
 pub use error::DataplaneError;
 pub use netlink::Netlink;
+pub use ops::Dataplane;
 pub use spec::{EndpointSpec, SandboxSpec};
 pub use state::{LinkState, SandboxState, Underlay, WorkloadLink};

@@ -7,6 +7,7 @@ use rand_core::{OsRng, RngCore};
 
 use super::{Plugin, Undo};
 use crate::daemon::service::Versioned;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::libnetwork::protocol::{
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, DeleteNetworkRequest,
@@ -18,7 +19,7 @@ use crate::libnetwork::translate::{self, Choice};
 use crate::model::{Endpoint, EndpointId, Network};
 use crate::store::Store;
 
-impl<S: Store> Plugin<S> {
+impl<S: Store, D: Dataplane> Plugin<S, D> {
     pub(super) async fn create_network(
         &self,
         req: CreateNetworkRequest,

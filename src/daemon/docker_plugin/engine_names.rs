@@ -20,7 +20,7 @@ const ENGINE_WAIT: Duration = Duration::from_secs(10);
 /// One engine call's deadline.
 const ENGINE_CALL: Duration = Duration::from_secs(2);
 
-impl<S: Store> Plugin<S> {
+impl<S: Store, D: crate::dataplane::Dataplane> Plugin<S, D> {
     /// Look up the container of Docker endpoint `endpoint_id` in the background and name
     /// the endpoint after it (nothing when no engine socket is configured).
     pub(super) fn name_from_engine(self: Arc<Self>, network_id: String, endpoint_id: String) {

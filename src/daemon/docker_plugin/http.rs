@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Plugin;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::libnetwork::protocol::{
     self, ActivateResponse, AddressSpacesResponse, CapabilitiesResponse, DriverError,
@@ -63,9 +64,9 @@ where
 }
 
 /// The router serving the plugin protocols for `plugin`.
-pub fn router<S: Store>(plugin: Arc<Plugin<S>>) -> Router {
+pub fn router<S: Store, D: Dataplane>(plugin: Arc<Plugin<S, D>>) -> Router {
     Router::new()
-        .route("/{method}", post(dispatch::<S>))
+        .route("/{method}", post(dispatch::<S, D>))
         .fallback(unknown)
         .with_state(plugin)
 }
@@ -79,8 +80,8 @@ async fn unknown() -> Response {
         .into_response()
 }
 
-async fn dispatch<S: Store>(
-    State(p): State<Arc<Plugin<S>>>,
+async fn dispatch<S: Store, D: Dataplane>(
+    State(p): State<Arc<Plugin<S, D>>>,
     UrlPath(method): UrlPath<String>,
     body: Bytes,
 ) -> Response {
@@ -95,7 +96,7 @@ async fn dispatch<S: Store>(
     response
 }
 
-async fn answer<S: Store>(p: Arc<Plugin<S>>, m: &str, body: &[u8]) -> Response {
+async fn answer<S: Store, D: Dataplane>(p: Arc<Plugin<S, D>>, m: &str, body: &[u8]) -> Response {
     match m {
         "Plugin.Activate" => reply(&ActivateResponse {
             implements: IMPLEMENTS.iter().map(|s| s.to_string()).collect(),

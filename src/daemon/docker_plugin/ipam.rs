@@ -7,6 +7,7 @@ use rand_core::{OsRng, RngCore};
 
 use super::{Plugin, Undo};
 use crate::daemon::service::Versioned;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::libnetwork::protocol::{
     ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse,
@@ -15,7 +16,7 @@ use crate::libnetwork::protocol::{
 use crate::libnetwork::translate::{self, Choice, PoolRef};
 use crate::store::Store;
 
-impl<S: Store> Plugin<S> {
+impl<S: Store, D: Dataplane> Plugin<S, D> {
     pub(super) async fn request_pool(
         &self,
         req: RequestPoolRequest,

@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::service::{Service, Versioned};
+use crate::dataplane::{Dataplane, Netlink};
 use crate::error::{Error, Result};
 use crate::libnetwork::state::{Binding, State as DriverState};
 use crate::model::Network;
@@ -78,8 +79,8 @@ impl PluginConfig {
 type Undo<T> = Box<dyn FnOnce(T) -> BoxFuture<'static, ()> + Send>;
 
 /// The driver: the service, the local state, and the Docker endpoints this process has seen.
-pub struct Plugin<S: Store> {
-    service: Arc<Service<S>>,
+pub struct Plugin<S: Store, D: Dataplane = Netlink> {
+    service: Arc<Service<S, D>>,
     state: Mutex<DriverState>,
     state_path: PathBuf,
     /// By Docker endpoint id: the record as last written (saves a store read per call; after
@@ -90,10 +91,10 @@ pub struct Plugin<S: Store> {
     engine: Option<PathBuf>,
 }
 
-impl<S: Store> Plugin<S> {
+impl<S: Store, D: Dataplane> Plugin<S, D> {
     /// Load the local state from `state_dir` (an unreadable file is moved aside: the daemon
     /// must come up; the Docker networks it named need creating again).
-    pub fn open(service: Arc<Service<S>>, state_dir: &Path) -> Plugin<S> {
+    pub fn open(service: Arc<Service<S, D>>, state_dir: &Path) -> Plugin<S, D> {
         let state_path = state_dir.join(STATE_FILE);
         let state = match DriverState::load(&state_path) {
             Ok(s) => s,

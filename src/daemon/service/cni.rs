@@ -29,7 +29,7 @@ use crate::api::types::{
     CniGcResponse, CniStatus,
 };
 use crate::daemon::access::Caller;
-use crate::dataplane::netlink::delete_link_blocking;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{Endpoint, Mac, Network, Origin};
@@ -38,6 +38,7 @@ use crate::store::{keys, Compare, Revision, Store, TxnOp};
 use crate::validate;
 
 type Pending = Shared<BoxFuture<'static, ()>>;
+type DpResult<T> = std::result::Result<T, crate::dataplane::DataplaneError>;
 
 /// Veth deletions running in the background, by (workload namespace inode, interface name).
 #[derive(Default)]
@@ -46,11 +47,11 @@ pub(super) struct Teardowns {
 }
 
 impl Teardowns {
-    /// Delete link `index` of the namespace at `netns` on a blocking thread; `key` names the
+    /// Run `deletion` (of a veth, `Dataplane::delete_link_later`) on its own; `key` names the
     /// workload interface going away, for `wait`.
-    fn spawn(&self, key: (u64, String), netns: PathBuf, index: u32) {
-        let task = tokio::task::spawn_blocking(move || {
-            if let Err(e) = delete_link_blocking(&netns, index) {
+    fn spawn(&self, key: (u64, String), deletion: BoxFuture<'static, DpResult<()>>) {
+        let task = tokio::spawn(async move {
+            if let Err(e) = deletion.await {
                 tracing::warn!(error = %e, "background veth deletion failed; the reconcile will retry");
             }
         });
@@ -85,7 +86,7 @@ impl Teardowns {
     }
 }
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// A requested MAC must be a usable unicast address that no endpoint of the network has.
     /// (Checked against a listing: two concurrent attaches asking for the same MAC can both
     /// pass; runtimes hand out distinct MACs, this catches mistakes.)
@@ -142,7 +143,8 @@ impl<S: Store> Service<S> {
         let sandbox = self.sandbox_spec(net).netns;
         match self.dp.sandbox_link(&sandbox, &ep.host_ifname).await {
             Ok(Some(link)) => {
-                self.teardowns.spawn(key, sandbox, link.index);
+                let deletion = self.dp.delete_link_later(sandbox, link.index);
+                self.teardowns.spawn(key, deletion);
                 return "background";
             }
             Ok(None) => {}
@@ -159,7 +161,8 @@ impl<S: Store> Service<S> {
         }
         match self.dp.workload_link(&ns, ep.ifname.as_str()).await {
             Ok(Some(link)) => {
-                self.teardowns.spawn(key, PathBuf::from(path), link.index);
+                let deletion = self.dp.delete_link_later(PathBuf::from(path), link.index);
+                self.teardowns.spawn(key, deletion);
                 "background"
             }
             _ => "none",
@@ -226,7 +229,7 @@ impl<S: Store> Service<S> {
     pub async fn cni_check(
         &self,
         req: &CniCheckRequest,
-        caller: super::access::Caller,
+        caller: crate::daemon::access::Caller,
     ) -> Result<CniAttachment> {
         let net = self.network(&req.network).await?;
         let ep = match self.endpoint_by_id(net.name.as_str(), &req.id).await? {

@@ -8,10 +8,11 @@ use std::path::Path;
 
 use super::Service;
 use crate::dataplane::spec;
+use crate::dataplane::Dataplane;
 use crate::model::{Network, NetworkId};
 use crate::store::Store;
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// Start network `net`'s server in its sandbox (nothing when it already runs there).
     pub(super) async fn start_dns(&self, net: &Network) {
         let Some(dns) = &self.dns else { return };

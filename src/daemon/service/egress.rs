@@ -8,10 +8,10 @@
 use super::Service;
 use crate::api::types::DriftLine;
 use crate::dataplane::spec::UplinkSpec;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network, PortMapping};
 use crate::nat::{self, nft, Drift, Ruleset};
-use crate::netns;
 use crate::reconcile::{Finding, Repair};
 use crate::store::Store;
 use crate::validate;
@@ -38,7 +38,7 @@ fn nft_error(e: nft::NftError) -> Error {
 /// What egress needs, as computed from the watched cache: the table and the uplink names.
 pub(super) type Seen = (Ruleset, Vec<String>);
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// On a store change: run the egress pass if what egress needs changed (another host
     /// released this host's endpoint, a network was removed elsewhere). Cheap otherwise:
     /// pure code on the cache, no kernel and no store round trip.
@@ -152,7 +152,7 @@ impl<S: Store> Service<S> {
         let mut out = Vec::new();
         for (net, spec) in &wanted {
             // No sandbox yet: the sandbox pass builds it, and the next pass its uplink.
-            if !netns::is_mounted(&spec.sandbox) {
+            if !self.dp.netns_present(&spec.sandbox) {
                 continue;
             }
             let Some(problem) = self.dp.check_uplink(spec).await? else {
@@ -189,19 +189,11 @@ impl<S: Store> Service<S> {
 
     async fn table_pass(&self, rs: &Ruleset, apply: bool) -> Result<Vec<Finding>> {
         let want = nft::images(rs).map_err(nft_error)?;
-        // Netlink sockets of this thread's namespace: the host's (rnetd runs in it).
-        let have = tokio::task::spawn_blocking(nft::observe)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(nft_error)?;
+        let have = self.dp.observe_nat().await.map_err(nft_error)?;
         let drift = nat::audit(&want, have.as_deref());
         let out: Vec<Finding> = drift.iter().map(drift_finding).collect();
         if apply && !out.is_empty() {
-            let rs = rs.clone();
-            tokio::task::spawn_blocking(move || nft::program(&rs))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(nft_error)?;
+            self.dp.program_nat(rs).await.map_err(nft_error)?;
         }
         Ok(out)
     }

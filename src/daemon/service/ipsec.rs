@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use super::Service;
 use crate::api::types::DriftLine;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::ipsec::{Ipsec, IpsecStatus, PeerInput, PeerIpsec};
 use crate::model::HostRecord;
 use crate::store::Store;
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// IPsec, to `what`; a clear error naming the missing kernel feature where it cannot run.
     pub(super) fn require_ipsec(&self, what: &str) -> Result<&Arc<Ipsec>> {
         self.tunnel

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use super::Service;
 use crate::api::types::{DriftLine, TrustResponse};
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::model::{Encryption, HostRecord, Network, WireguardInfo};
 use crate::store::Store;
@@ -21,7 +22,7 @@ pub struct Tunnel {
     pub ipsec: std::result::Result<std::sync::Arc<crate::ipsec::Ipsec>, String>,
 }
 
-impl<S: Store> Service<S> {
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// The tunnel, to `what` (e.g. "create encrypted network x"); a clear error where there
     /// is none.
     fn require_tunnel(&self, what: &str) -> Result<&WireGuard> {
@@ -210,7 +211,7 @@ impl<S: Store> Service<S> {
         // socket in the tunnel namespace.
         let in_use = cache.networks.values().any(|n| {
             n.encryption == Encryption::Wireguard
-                && crate::netns::is_mounted(&self.sandbox_spec(n).netns)
+                && self.dp.netns_present(&self.sandbox_spec(n).netns)
         });
         if in_use || !cache.synced {
             return;

@@ -1,4 +1,4 @@
-//! Service operations for the Docker driver (`daemon::docker`).
+//! The endpoint steps of Docker's libnetwork driver (`daemon::docker_plugin`), each its own call.
 //!
 //! Docker splits an attach in steps, each its own call: the IPAM driver hands out an address
 //! before any container exists (`RequestAddress`), the network driver is then told about the
@@ -23,21 +23,14 @@ use std::path::Path;
 
 use ipnetwork::Ipv4Network;
 
-use super::{now_secs, to_json, Service};
+use super::{now_secs, to_json, Service, Versioned};
 use crate::dataplane::spec::EndpointSpec;
+use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{Endpoint, EndpointId, Mac, Network};
 use crate::netns::{NetNs, Opener};
-use crate::store::{keys, Compare, Revision, Store, TxnOp};
-
-/// An endpoint record with the store revision it was read or written at (0: unknown, then
-/// the value itself is compared).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Versioned {
-    pub ep: Endpoint,
-    pub rev: Revision,
-}
+use crate::store::{keys, Compare, Store, TxnOp};
 
 /// The record of an endpoint that is not (or no longer) in a container.
 fn unjoined(e: &Endpoint) -> Endpoint {
@@ -49,45 +42,7 @@ fn unjoined(e: &Endpoint) -> Endpoint {
     }
 }
 
-impl<S: Store> Service<S> {
-    /// The networks as the store watch last saw them; None until its first list succeeded.
-    pub fn cached_networks(&self) -> Option<Vec<Network>> {
-        let cache = self.shared.cache.read().expect("cache poisoned");
-        cache
-            .synced
-            .then(|| cache.networks.values().cloned().collect())
-    }
-
-    /// A network from the watched cache, or from the store when the cache lacks it.
-    pub async fn network_fast(&self, name: &str) -> Result<Network> {
-        let cached = self
-            .shared
-            .cache
-            .read()
-            .expect("cache poisoned")
-            .networks
-            .get(name)
-            .cloned();
-        match cached {
-            Some(n) => Ok(n),
-            None => self.network(name).await,
-        }
-    }
-
-    /// The endpoint record holding `ip` on `network`; an invalid one is an error naming it.
-    pub async fn endpoint_at(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Versioned>> {
-        let Some(kv) = self.store.get(&keys::endpoint(network, ip)).await? else {
-            return Ok(None);
-        };
-        let net = self.network_fast(network).await.ok();
-        let ep = super::validate::endpoint(&kv.key, &kv.value, net.as_ref())
-            .map_err(|r| self.reject(kv.mod_revision, r))?;
-        Ok(Some(Versioned {
-            ep,
-            rev: kv.mod_revision,
-        }))
-    }
-
+impl<S: Store, D: Dataplane> Service<S, D> {
     /// Take an address for Docker with no container yet: `requested`, or the lowest free one,
     /// by the same create-if-absent as every attach, so no two hosts hold one address.
     pub async fn hold_address(
@@ -179,7 +134,7 @@ impl<S: Store> Service<S> {
                     cur.ep.id
                 )));
             };
-            let now = super::validate::endpoint_alone(&kv.key, &kv.value)
+            let now = crate::validate::endpoint_alone(&kv.key, &kv.value)
                 .map_err(|r| self.reject(kv.mod_revision, r))?;
             if now.id != cur.ep.id || now.host != cur.ep.host {
                 return Err(Error::Conflict(format!(
