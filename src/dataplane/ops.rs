@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use futures::future::{BoxFuture, FutureExt};
 
-use super::netlink::WorkloadLink;
 use super::netlink::{delete_link_blocking, DataplaneError, LinkState, Netlink, SandboxState};
 use super::spec::{EndpointSpec, SandboxSpec, UplinkSpec};
+use super::state::WorkloadLink;
 use crate::nat::{nft::NftError, RuleImage, Ruleset};
 use crate::netns::{self, NetNs};
 use crate::peers::{TableDiff, Tables};
