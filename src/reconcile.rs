@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::api::types::DriftLine;
-use crate::dataplane::state::{LinkState, SandboxState};
 use crate::dataplane::spec::{EndpointSpec, SandboxMarker, SandboxSpec, BRIDGE};
+use crate::dataplane::state::{LinkState, SandboxState};
 use crate::model::Endpoint;
 
 /// One network as it should be on this host.
