@@ -264,7 +264,7 @@ fn fake_endpoint(i: usize, network_id: &NetworkId) -> Endpoint {
         ifname: "eth0".parse().unwrap(),
         netns: String::new(),
         netns_inode: 0,
-        host_ifname: String::new(),
+        host_ifname: rnet::dataplane::spec::host_ifname(ip),
         created: 0,
         origin: Default::default(),
         owner: None,

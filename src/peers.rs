@@ -136,12 +136,10 @@ pub fn diff(desired: &Tables, observed: &Tables) -> TableDiff {
     }
 }
 
-/// How a peer host looks from here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a peer host looks from here (on the wire as `api::types::PeerState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
     /// This host.
-    #[serde(rename = "self")]
     Local,
     /// Its daemon's presence record lives.
     Live,
@@ -149,17 +147,6 @@ pub enum PeerState {
     DaemonDown,
     /// Neither: its entries are removed.
     Gone,
-}
-
-impl std::fmt::Display for PeerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PeerState::Local => "self",
-            PeerState::Live => "live",
-            PeerState::DaemonDown => "daemon down",
-            PeerState::Gone => "gone",
-        })
-    }
 }
 
 impl From<PeerState> for crate::api::types::PeerState {
@@ -181,23 +168,12 @@ mod tests {
     #[test]
     fn peer_states_go_on_the_wire_as_before() {
         use crate::api::types::PeerState as Wire;
-        for s in [
-            PeerState::Local,
-            PeerState::Live,
-            PeerState::DaemonDown,
-            PeerState::Gone,
-        ] {
-            let w = Wire::from(s);
-            assert_eq!(
-                serde_json::to_value(s).unwrap(),
-                serde_json::to_value(w).unwrap()
-            );
-            assert_eq!(s.to_string(), w.to_string());
-        }
-        assert_eq!(
-            serde_json::to_value(Wire::DaemonDown).unwrap(),
-            "daemon-down"
-        );
+        let wire = |s| serde_json::to_value(Wire::from(s)).unwrap();
+        assert_eq!(wire(PeerState::Local), "self");
+        assert_eq!(wire(PeerState::Live), "live");
+        assert_eq!(wire(PeerState::DaemonDown), "daemon-down");
+        assert_eq!(wire(PeerState::Gone), "gone");
+        assert_eq!(Wire::from(PeerState::DaemonDown).to_string(), "daemon down");
     }
 
     fn ep(host: &str, ip: &str) -> Endpoint {
