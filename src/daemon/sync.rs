@@ -275,8 +275,10 @@ impl Shared {
         }
     }
 
-    pub fn snapshot(&self) -> Cache {
-        self.cache.read().expect("cache poisoned").clone()
+    /// The cache, read-locked: hold it only for pure work, never across an await (the
+    /// sync task waits for it to apply the next events).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().expect("cache poisoned")
     }
 }
 

@@ -43,17 +43,20 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     /// released this host's endpoint, a network was removed elsewhere). Cheap otherwise:
     /// pure code on the cache, no kernel and no store round trip.
     pub(super) async fn egress_on_change(&self) {
-        let cache = self.shared.snapshot();
-        if !cache.synced {
-            return;
-        }
-        let networks: Vec<Network> = cache.networks.values().cloned().collect();
-        let local: Vec<Endpoint> = cache
-            .endpoints
-            .values()
-            .filter(|e| e.host == self.cfg.host_id)
-            .cloned()
-            .collect();
+        let (networks, local) = {
+            let cache = self.shared.read();
+            if !cache.synced {
+                return;
+            }
+            let networks: Vec<Network> = cache.networks.values().cloned().collect();
+            let local: Vec<Endpoint> = cache
+                .endpoints
+                .values()
+                .filter(|e| e.host == self.cfg.host_id)
+                .cloned()
+                .collect();
+            (networks, local)
+        };
         let uplinks = networks
             .iter()
             .filter(|n| nat::wants_uplink(n, &local))

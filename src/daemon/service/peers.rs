@@ -32,38 +32,47 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         apply: bool,
         only: Option<&Network>,
     ) -> Result<Vec<Finding>> {
-        let cache = self.shared.snapshot();
-        if !cache.synced {
-            return Ok(Vec::new());
-        }
         let me = self.cfg.host_id.as_str();
-        let reachable = self.liveness.reachable(me, &cache);
         let up = self.tunnels_up();
-        let hosts = known_hosts(&cache);
-        let mut programmed = self.programmed.lock().await;
-        let local: BTreeSet<String> = match only {
-            Some(net) => [net.name.to_string()].into(),
-            None => cache
-                .endpoints
-                .values()
-                .filter(|e| e.host == me)
-                .map(|e| e.network.to_string())
-                .collect(),
+        // Each network's desired tables, computed under the read lock: the cache is never
+        // cloned (at 10,000 endpoints a copy costs more than the whole pass).
+        let plans: Vec<(Network, peers::Tables)> = {
+            let cache = self.shared.read();
+            if !cache.synced {
+                return Ok(Vec::new());
+            }
+            let reachable = self.liveness.reachable(me, &cache);
+            let hosts = known_hosts(&cache);
+            let local: BTreeSet<String> = match only {
+                Some(net) => [net.name.to_string()].into(),
+                None => cache
+                    .endpoints
+                    .values()
+                    .filter(|e| e.host == me)
+                    .map(|e| e.network.to_string())
+                    .collect(),
+            };
+            local
+                .iter()
+                .filter_map(|name| only.or_else(|| cache.networks.get(name)))
+                .map(|net| {
+                    let allowed = self.allowed_peers(net, &reachable, &up);
+                    // Records of an earlier network of the same name are never programmed.
+                    let eps = cache
+                        .endpoints_of(net.name.as_str())
+                        .filter(|e| e.network_id == net.id);
+                    (net.clone(), peers::desired(me, eps, &hosts, &allowed))
+                })
+                .collect()
         };
-        let nets: Vec<&Network> = local
-            .iter()
-            .filter_map(|name| only.or_else(|| cache.networks.get(name)))
-            .collect();
+        let mut programmed = self.programmed.lock().await;
         if only.is_none() {
-            programmed.retain(|id, _| nets.iter().any(|n| &n.id == id));
+            programmed.retain(|id, _| plans.iter().any(|(n, _)| &n.id == id));
         }
         let mut findings = Vec::new();
-        for net in nets {
+        for (net, desired) in plans {
+            let net = &net;
             let name = &net.name.to_string();
-            let allowed = self.allowed_peers(net, &reachable, &up);
-            // Records of an earlier network of the same name are never programmed.
-            let eps = cache.endpoints_of(name).filter(|e| e.network_id == net.id);
-            let desired = peers::desired(me, eps, &hosts, &allowed);
             let sandbox = self.sandbox_spec(net).netns;
             let (ifindex, observed) = match programmed.get(&net.id) {
                 Some(p) if !full => p.clone(),
@@ -96,12 +105,12 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     /// The hosts whose entries are programmed now.
     pub fn reachable(&self) -> BTreeSet<String> {
         self.liveness
-            .reachable(&self.cfg.host_id, &self.shared.snapshot())
+            .reachable(&self.cfg.host_id, &self.shared.read())
     }
 
     /// Every known peer with its state, as `rnet peers` shows them.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        let cache = self.shared.snapshot();
+        let cache = self.shared.read();
         let now = now_secs();
         known_hosts(&cache)
             .into_values()
@@ -134,7 +143,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         }
         let state = self
             .liveness
-            .state(&self.cfg.host_id, &req.host, &self.shared.snapshot());
+            .state(&self.cfg.host_id, &req.host, &self.shared.read());
         if state == PeerState::DaemonDown && !req.force {
             return Err(Error::Conflict(format!(
                 "host {} still answers on its underlay (its daemon is down but its workloads may run); use --force to release its addresses anyway",

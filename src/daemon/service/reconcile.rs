@@ -84,7 +84,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         drift.extend(self.ipsec_drift().await);
         drift.extend(self.bad_record_drift());
         Ok(DoctorReport {
-            networks_checked: self.shared.snapshot().networks.len(),
+            networks_checked: self.shared.read().networks.len(),
             drift,
         })
     }

@@ -206,14 +206,17 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         let Ok(wg) = &self.tunnel.wireguard else {
             return;
         };
-        let cache = self.shared.snapshot();
         // Sandboxes outlive their last endpoint: any encrypted one here keeps its VXLAN
         // socket in the tunnel namespace.
-        let in_use = cache.networks.values().any(|n| {
-            n.encryption == Encryption::Wireguard
-                && self.dp.netns_present(&self.sandbox_spec(n).netns)
-        });
-        if in_use || !cache.synced {
+        let keep = {
+            let cache = self.shared.read();
+            !cache.synced
+                || cache.networks.values().any(|n| {
+                    n.encryption == Encryption::Wireguard
+                        && self.dp.netns_present(&self.sandbox_spec(n).netns)
+                })
+        };
+        if keep {
             return;
         }
         if wg.backend() == crate::wireguard::Backend::Kernel {
@@ -234,7 +237,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     /// Doctor lines for encrypted networks: every peer that holds endpoints of one of this
     /// host's encrypted networks but has no WireGuard session.
     pub(super) fn tunnel_drift(&self) -> Vec<DriftLine> {
-        let cache = self.shared.snapshot();
+        let cache = self.shared.read();
         let me = self.cfg.host_id.as_str();
         let up = self.tunnels_up();
         // A refused identity is drift whether or not the host holds endpoints yet.

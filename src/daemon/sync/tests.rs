@@ -327,7 +327,7 @@ async fn a_store_that_is_down_is_retried_at_doubling_delays_up_to_a_second() {
         .map(|w| (w[1] - w[0]).as_millis() as u64)
         .collect();
     assert_eq!(gaps, [100, 200, 400, 800, 1000, 1000]);
-    assert!(!shared.snapshot().synced);
+    assert!(!shared.read().synced);
 
     store.set_down(false);
     let back = Instant::now();
@@ -335,7 +335,7 @@ async fn a_store_that_is_down_is_retried_at_doubling_delays_up_to_a_second() {
         .await
         .expect("the cache is loaded within a second of the store's return");
     assert!(back.elapsed() <= Duration::from_secs(1));
-    let cache = shared.snapshot();
+    let cache = shared.read();
     assert!(cache.synced);
     assert!(cache.host_info.contains_key("h2"));
     task.abort();
