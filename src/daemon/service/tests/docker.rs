@@ -94,9 +94,13 @@ async fn a_join_that_finishes_after_the_deadline_is_undone() {
     gate.open();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let gone =
-            h.dp.with(|m| m.veths().is_empty() && m.host_peers.is_empty());
-        if gone && record(&h).await.netns.is_empty() {
+        // The record first: the undo clears it before it removes the veth, so a clean model
+        // read after it is the end state (read before it, the veth may not exist yet).
+        let unjoined = record(&h).await.netns.is_empty();
+        if unjoined
+            && h.dp
+                .with(|m| m.veths().is_empty() && m.host_peers.is_empty())
+        {
             break;
         }
         assert!(
