@@ -93,6 +93,9 @@ pub struct Service<S: Store, D: Dataplane = Netlink> {
     ports_lock: tokio::sync::Mutex<()>,
     /// What the egress pass last made of the watched cache (see `egress_on_change`).
     egress_seen: Mutex<Option<egress::Seen>>,
+    /// The networks whose uplink and masquerade the last egress pass left in place: an
+    /// attach to one of them without published ports changes nothing egress needs.
+    egress_ready: Mutex<std::collections::BTreeSet<NetworkId>>,
 }
 
 /// At most this many keys are remembered in `Service::warned`.
@@ -154,6 +157,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             egress_lock: Default::default(),
             ports_lock: Default::default(),
             egress_seen: Mutex::new(None),
+            egress_ready: Mutex::default(),
         }
     }
 

@@ -89,7 +89,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         let ep = held.ep;
         drop(ports_held);
         self.journal_record(&ep);
-        self.sync_egress().await;
+        self.egress_after_attach(&net, &ep).await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok(ep)
     }

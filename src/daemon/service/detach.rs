@@ -47,7 +47,11 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         for v in &chosen {
             self.detach_one(&net, v).await?;
         }
-        self.sync_egress().await;
+        // Published ports close before detach answers; an uplink no longer needed goes with
+        // the store watch's pass (`egress_on_change`), off the caller's path.
+        if chosen.iter().any(|v| !v.ep.ports.is_empty()) {
+            self.sync_egress().await;
+        }
         Ok(DetachResponse {
             detached: chosen.into_iter().map(|v| v.ep).collect(),
         })

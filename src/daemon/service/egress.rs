@@ -1,16 +1,20 @@
 //! Egress and published ports on this host: the uplinks and the `ip rnet` NAT table, kept in
-//! line with the records after every attach, detach and network removal, and audited (and
-//! repaired) by every reconcile and `rnet doctor`.
+//! line with the records (by the attach that needs it, the detach that releases published
+//! ports, a network's removal, and any store change that alters what egress needs), and
+//! audited (and repaired) by every reconcile and `rnet doctor`. An uplink lives as long as
+//! its network's sandbox.
 //!
 //! What should exist is pure (`nat::desired`, `nat::wants_uplink`); this module reads the
 //! kernel back, compares, and applies. The table is always replaced whole, in one batch.
+
+use std::collections::BTreeSet;
 
 use super::Service;
 use crate::api::types::DriftLine;
 use crate::dataplane::spec::UplinkSpec;
 use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
-use crate::model::{Endpoint, Network, PortMapping};
+use crate::model::{Endpoint, Network, NetworkId, PortMapping};
 use crate::nat::{self, nft, Drift, Ruleset};
 use crate::reconcile::{Finding, Repair};
 use crate::store::Store;
@@ -39,9 +43,9 @@ fn nft_error(e: nft::NftError) -> Error {
 pub(super) type Seen = (Ruleset, Vec<String>);
 
 impl<S: Store, D: Dataplane> Service<S, D> {
-    /// On a store change: run the egress pass if what egress needs changed (another host
-    /// released this host's endpoint, a network was removed elsewhere). Cheap otherwise:
-    /// pure code on the cache, no kernel and no store round trip.
+    /// On a store change: run the egress pass if what egress needs changed (a published
+    /// port released, by this host or another, a network was removed elsewhere). Cheap
+    /// otherwise: pure code on the cache, no kernel and no store round trip.
     pub(super) async fn egress_on_change(&self) {
         let (networks, local) = {
             let cache = self.shared.read();
@@ -57,12 +61,13 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                 .collect();
             (networks, local)
         };
+        let sandboxes = self.sandboxes_here(&networks);
         let uplinks = networks
             .iter()
-            .filter(|n| nat::wants_uplink(n, &local))
+            .filter(|n| nat::wants_uplink(n, &sandboxes))
             .map(|n| crate::dataplane::spec::uplink_ifname(&n.id))
             .collect();
-        let seen = (nat::desired(&networks, &local), uplinks);
+        let seen = (nat::desired(&networks, &local, &sandboxes), uplinks);
         let changed = {
             let mut last = self.egress_seen.lock().expect("poisoned");
             let changed = last.as_ref() != Some(&seen);
@@ -128,36 +133,78 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         }
     }
 
+    /// After an attach: the egress pass, unless the new endpoint cannot change what egress
+    /// needs (it publishes no ports, and its network has no egress or its uplink and
+    /// masquerade are in place already). That saves two store lists and two kernel dumps on
+    /// most attaches; the periodic reconcile still audits the whole.
+    pub(super) async fn egress_after_attach(&self, net: &Network, ep: &Endpoint) {
+        let unchanged = ep.ports.is_empty()
+            && (!net.egress
+                || net.internal
+                || self
+                    .egress_ready
+                    .lock()
+                    .expect("poisoned")
+                    .contains(&net.id));
+        if !unchanged {
+            self.sync_egress().await;
+        }
+    }
+
     /// Compare the uplinks and the NAT table with the records; with `apply`, repair them.
     pub(super) async fn egress_pass(&self, apply: bool) -> Result<Vec<Finding>> {
         let _one_at_a_time = self.egress_lock.lock().await;
+        let result = self.egress_pass_locked(apply).await;
+        if apply {
+            let mut ready = self.egress_ready.lock().expect("poisoned");
+            match &result {
+                Ok((_, wanted)) => *ready = wanted.clone(),
+                Err(_) => ready.clear(),
+            }
+        }
+        result.map(|(findings, _)| findings)
+    }
+
+    /// The pass itself; also returns the networks that want an uplink.
+    async fn egress_pass_locked(&self, apply: bool) -> Result<(Vec<Finding>, BTreeSet<NetworkId>)> {
         let (networks, _) = self.network_records().await?;
         let local = self.local_endpoints().await?;
-        let mut findings = self.uplink_pass(&networks, &local, apply).await?;
+        let sandboxes = self.sandboxes_here(&networks);
+        let mut findings = self.uplink_pass(&networks, &sandboxes, apply).await?;
         findings.extend(
-            self.table_pass(&nat::desired(&networks, &local), apply)
+            self.table_pass(&nat::desired(&networks, &local, &sandboxes), apply)
                 .await?,
         );
-        Ok(findings)
+        let wanted = networks
+            .iter()
+            .filter(|n| nat::wants_uplink(n, &sandboxes))
+            .map(|n| n.id.clone())
+            .collect();
+        Ok((findings, wanted))
+    }
+
+    /// The networks whose sandbox exists on this host.
+    fn sandboxes_here(&self, networks: &[Network]) -> BTreeSet<NetworkId> {
+        networks
+            .iter()
+            .filter(|n| self.dp.netns_present(&self.sandbox_spec(n).netns))
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     async fn uplink_pass(
         &self,
         networks: &[Network],
-        local: &[Endpoint],
+        sandboxes: &BTreeSet<NetworkId>,
         apply: bool,
     ) -> Result<Vec<Finding>> {
         let wanted: Vec<(&Network, UplinkSpec)> = networks
             .iter()
-            .filter(|n| nat::wants_uplink(n, local))
+            .filter(|n| nat::wants_uplink(n, sandboxes))
             .map(|n| (n, UplinkSpec::for_network(n, &self.cfg.run_dir)))
             .collect();
         let mut out = Vec::new();
         for (net, spec) in &wanted {
-            // No sandbox yet: the sandbox pass builds it, and the next pass its uplink.
-            if !self.dp.netns_present(&spec.sandbox) {
-                continue;
-            }
             let Some(problem) = self.dp.check_uplink(spec).await? else {
                 continue;
             };
@@ -206,7 +253,12 @@ fn drift_finding(d: &Drift) -> Finding {
     let table = format!("nft table ip {}", nat::TABLE);
     match d {
         Drift::TableMissing => finding(HOST, "missing", table, "the NAT table is gone".into()),
-        Drift::TableStray => finding(HOST, "stray", table, "no local endpoint needs it".into()),
+        Drift::TableStray => finding(
+            HOST,
+            "stray",
+            table,
+            "no egress network has its sandbox here".into(),
+        ),
         Drift::Missing(r) => finding(HOST, "missing", rule_object(r), String::new()),
         Drift::Stray(r) => finding(HOST, "stray", rule_object(r), r.exprs.clone()),
         Drift::Changed { wanted, found } => finding(
