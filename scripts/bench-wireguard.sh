@@ -11,13 +11,16 @@
 # Everything lives in namespaces this script makes (an rnet lab + bw<pid>-* namespaces);
 # nothing is configured in the root namespace. Every process it starts is killed on exit.
 #
-# Knobs: RNET_BENCH_SECS (seconds per iperf3 run, default 5), RNET_BENCH_ROUNDS (default 3).
+# Knobs: RNET_BENCH_SECS (seconds per iperf3 run, default 5), RNET_BENCH_ROUNDS (default 3),
+# RNET_BENCH_PATHS (the paths to set up and measure, default "rnet c wggo bt"; e.g. "rnet" when
+# comparing two rnet builds: the others are then reported n/a and not built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RNET=${RNET:-target/release/rnet}
 SECS=${RNET_BENCH_SECS:-5}
 ROUNDS=${RNET_BENCH_ROUNDS:-3}
+read -ra WANT <<<"${RNET_BENCH_PATHS:-rnet c wggo bt}"
 TOOLS=$PWD/target/bench-tools
 BORINGTUN=${BORINGTUN:-$TOOLS/bin/boringtun-cli}
 ID=$$
@@ -73,23 +76,33 @@ oneline() { tr '\n' ' ' | sed -e 's/^ *//' -e 's/  */ /g' -e 's/ *$//' -e 's/|/\
 
 # --- tools ----------------------------------------------------------------------------------
 declare -A na=() # path -> why it is not measured
+for p in rnet c wggo bt; do
+    [[ " ${WANT[*]} " == *" $p "* ]] || na[$p]="not asked for (RNET_BENCH_PATHS)"
+done
 apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2 ||
         { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; }
 }
-command -v wg >/dev/null || apt_install wireguard-tools || true
-command -v wireguard-go >/dev/null || apt_install wireguard-go || true
-if [[ ! -x $BORINGTUN ]]; then
+[[ -v na[wggo] && -v na[bt] ]] || command -v wg >/dev/null || apt_install wireguard-tools || true
+[[ -v na[wggo] ]] || command -v wireguard-go >/dev/null || apt_install wireguard-go || true
+if [[ ! -v na[bt] && ! -x $BORINGTUN ]]; then
     # The boringtun release rnet's own WireGuard path is built on.
     cargo install boringtun-cli --version 0.7.1 --locked --root "$TOOLS" >&2 || true
 fi
-command -v wg >/dev/null || { na[wggo]="wg (wireguard-tools) missing"; na[bt]="wg (wireguard-tools) missing"; }
-command -v wireguard-go >/dev/null || na[wggo]="wireguard-go missing"
-[[ -x $BORINGTUN ]] || na[bt]="boringtun-cli missing (cargo install failed)"
+if [[ ! -v na[wggo] ]]; then
+    command -v wg >/dev/null || na[wggo]="wg (wireguard-tools) missing"
+    command -v wireguard-go >/dev/null || na[wggo]="wireguard-go missing"
+fi
+if [[ ! -v na[bt] ]]; then
+    command -v wg >/dev/null || na[bt]="wg (wireguard-tools) missing"
+    [[ -x $BORINGTUN ]] || na[bt]="boringtun-cli missing (cargo install failed)"
+fi
 
 # --- rnet: lab with an encrypted network ----------------------------------------------------
-"$RNET_ABS" lab up --hosts 2 --name "$LAB" >/dev/null
-if ! msg=$("$RNET_ABS" lab exec h1 --name "$LAB" -- \
+[[ -v na[rnet] ]] || "$RNET_ABS" lab up --hosts 2 --name "$LAB" >/dev/null
+if [[ -v na[rnet] ]]; then
+    :
+elif ! msg=$("$RNET_ABS" lab exec h1 --name "$LAB" -- \
     rnet create tputwg --subnet 10.62.0.0/24 --encrypt wireguard 2>&1 >/dev/null); then
     na[rnet]="rnet create --encrypt wireguard failed: $(printf '%s\n' "$msg" | grep -m1 . | oneline)"
 else
@@ -206,8 +219,10 @@ encrypted() {
     poll 20 "the $impl tunnel" inns "$P-$x-h1" ping -c1 -W1 "10.99.$n.12"
 }
 
-hosts c 1
-vxlan c 10.61.0 1450 198.18.2.11 198.18.2.12
+if [[ ! -v na[c] ]]; then
+    hosts c 1
+    vxlan c 10.61.0 1450 198.18.2.11 198.18.2.12
+fi
 [[ -v na[wggo] ]] || encrypted a 2 wireguard-go 10.63.0 || na[wggo]="wireguard-go tunnel did not come up"
 [[ -v na[bt] ]] || encrypted b 3 boringtun 10.64.0 || na[bt]="boringtun-cli tunnel did not come up"
 

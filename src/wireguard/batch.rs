@@ -1,57 +1,96 @@
-//! Many UDP datagrams per system call (recvmmsg/sendmmsg) over buffers allocated once: the
-//! per-packet cost of a userspace tunnel is mostly system calls.
+//! Many UDP datagrams per system call over buffers allocated once, on quinn-udp: a receive
+//! takes up to `RECV_MSGS` messages (recvmmsg), each possibly many datagrams coalesced by UDP
+//! GRO; a send hands the kernel a whole run of equal-sized datagrams to one peer (UDP GSO).
+//! The per-packet cost of a userspace tunnel is mostly system calls.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::RawFd;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
 
-/// Datagrams moved per call.
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+
+/// Datagrams gathered per send batch.
 pub const BATCH: usize = 64;
 /// Room for one datagram: an underlay MTU of up to 9000 plus slack.
 pub const BUF: usize = 9216;
-
-fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
-        u16::from_be(s.sin_port),
-    )
-}
-
 /// Room for one received message when UDP GRO may coalesce datagrams into it (the kernel
 /// caps a coalesced message at 64 KiB).
 pub const GRO_BUF: usize = 65536;
+/// Messages per receive: quinn-udp's recvmmsg takes at most `quinn_udp::BATCH_SIZE`.
+const RECV_MSGS: usize = if quinn_udp::BATCH_SIZE < BATCH {
+    quinn_udp::BATCH_SIZE
+} else {
+    BATCH
+};
 /// Largest UDP payload of one GSO send (IPv4 total length is 16 bits; stay clear of it).
 const GSO_MAX_BYTES: usize = 65000;
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
 const GSO_MAX_SEGMENTS: usize = 64;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
-/// Control-message room per message: one cmsghdr plus an int, 8-byte aligned.
-type Control = [u64; 4];
+/// How long (ms) a send waits for room in a full socket buffer before its datagrams are dropped.
+const SEND_WAIT_MS: u16 = 1000;
 
-/// Ask the kernel to coalesce consecutive datagrams of one flow into one receive (UDP GRO);
-/// `RecvBatch` splits them again. False where the kernel does not offer it.
-pub fn enable_gro(fd: RawFd) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid int option value for the call's duration.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
+/// The tunnel's UDP socket with what quinn-udp learnt of the kernel's offloads. Non-blocking
+/// (quinn-udp's receive would otherwise wait for a whole batch): waits are `poll`s here.
+pub struct Udp {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Udp {
+    /// Take over `socket`: quinn-udp makes it non-blocking and turns on UDP GRO where the
+    /// kernel has it.
+    pub fn new(socket: UdpSocket) -> io::Result<Self> {
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(Udp { socket, state })
+    }
+
+    /// Whether receives get coalesced datagrams (UDP GRO).
+    pub fn gro(&self) -> bool {
+        self.state.gro_segments() > 1
+    }
+
+    /// Whether sends may carry several datagrams (UDP GSO); false for good once the kernel
+    /// refused it.
+    pub fn gso(&self) -> bool {
+        self.state.max_gso_segments() > 1
+    }
+
+    /// Block until the socket is ready for `events` or `timeout` ends; false on a timeout
+    /// (an interrupted wait counts as ready: the caller just tries again).
+    fn wait(&self, events: PollFlags, timeout: PollTimeout) -> bool {
+        let mut fds = [PollFd::new(self.socket.as_fd(), events)];
+        !matches!(poll(&mut fds, timeout), Ok(0))
+    }
+
+    /// Send one datagram or GSO run, waiting for room while the send buffer is full.
+    fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        loop {
+            match self.state.try_send((&self.socket).into(), t) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.wait(PollFlags::POLLOUT, SEND_WAIT_MS.into()) {
+                        return Err(e);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Send one datagram (handshakes, timers): not worth a batch. Lost like any datagram when
+    /// the kernel refuses it.
+    pub fn send_one(&self, data: &[u8], to: SocketAddrV4) {
+        let _ = self.send(&transmit(data, to, None));
+    }
+}
+
+fn transmit(contents: &[u8], to: SocketAddrV4, segment_size: Option<usize>) -> Transmit<'_> {
+    Transmit {
+        destination: SocketAddr::V4(to),
+        ecn: None,
+        contents,
+        segment_size,
+        src_ip: None,
     }
 }
 
@@ -87,25 +126,19 @@ impl<'a> Iterator for Segments<'a> {
     }
 }
 
-/// Buffers for one recvmmsg: `len` messages after a call, each with its sender and, where
+/// Buffers for one receive: `len` messages after a call, each with its sender and, where
 /// the kernel coalesced several datagrams (UDP GRO), their size.
 pub struct RecvBatch {
     bufs: Box<[u8]>,
-    lens: [usize; BATCH],
-    gso: [usize; BATCH],
-    addrs: [libc::sockaddr_in; BATCH],
-    ctrl: [Control; BATCH],
+    meta: [RecvMeta; RECV_MSGS],
     pub len: usize,
 }
 
 impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch {
-            bufs: vec![0u8; BATCH * GRO_BUF].into_boxed_slice(),
-            lens: [0; BATCH],
-            gso: [0; BATCH],
-            addrs: [to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
-            ctrl: [[0; 4]; BATCH],
+            bufs: vec![0u8; RECV_MSGS * GRO_BUF].into_boxed_slice(),
+            meta: [RecvMeta::default(); RECV_MSGS],
             len: 0,
         }
     }
@@ -113,87 +146,56 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     /// Block for at least one message, then take whatever else is waiting.
-    pub fn recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
-        // SAFETY: all-zero is a valid iovec and mmsghdr; every pointer set below points into
-        // buffers owned by self that outlive the call.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, all-zero is a valid mmsghdr (null pointers, zero lengths).
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                // SAFETY: i * GRO_BUF is inside bufs (BATCH * GRO_BUF bytes).
-                iov_base: unsafe { base.add(i * GRO_BUF) }.cast(),
-                iov_len: GRO_BUF,
-            };
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
-            h.msg_controllen = std::mem::size_of::<Control>() as _;
-        }
-        // SAFETY: hdrs describes BATCH valid buffers.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            self.len = 0;
-            return Err(std::io::Error::last_os_error());
-        }
-        self.len = n as usize;
-        for (i, hdr) in hdrs.iter().enumerate().take(self.len) {
-            self.lens[i] = hdr.msg_len as usize;
-            self.gso[i] = gro_size(&hdr.msg_hdr);
-        }
-        Ok(self.len)
-    }
-
-    /// The datagrams of message `i` of the last call and who sent them.
-    pub fn get(&self, i: usize) -> (Segments<'_>, SocketAddrV4) {
-        let start = i * GRO_BUF;
-        (
-            segments(&self.bufs[start..start + self.lens[i]], self.gso[i]),
-            from_sockaddr(&self.addrs[i]),
-        )
-    }
-}
-
-/// The UDP_GRO segment size in a received message's control data; 0 when there is none.
-fn gro_size(hdr: &libc::msghdr) -> usize {
-    // SAFETY: hdr is a msghdr the kernel just filled: msg_control/msg_controllen describe
-    // its (possibly empty) control data, which the CMSG_* walkers stay inside of.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
-                return size.max(0) as usize;
+    pub fn recv(&mut self, udp: &Udp) -> io::Result<usize> {
+        self.len = 0;
+        loop {
+            let mut chunks = self.bufs.chunks_mut(GRO_BUF);
+            let mut slices: [IoSliceMut<'_>; RECV_MSGS] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().expect("RECV_MSGS chunks of GRO_BUF"))
+            });
+            match udp
+                .state
+                .recv((&udp.socket).into(), &mut slices, &mut self.meta)
+            {
+                Ok(n) => {
+                    self.len = n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    udp.wait(PollFlags::POLLIN, PollTimeout::NONE);
+                }
+                Err(e) => return Err(e),
             }
-            c = libc::CMSG_NXTHDR(hdr, c);
         }
     }
-    0
+
+    /// The datagrams of message `i` of the last call and who sent them (None for a sender
+    /// that is not IPv4, which this IPv4 socket never reports).
+    pub fn get(&self, i: usize) -> Option<(Segments<'_>, SocketAddrV4)> {
+        let m = &self.meta[i];
+        let SocketAddr::V4(from) = m.addr else {
+            return None;
+        };
+        let start = i * GRO_BUF;
+        // Without GRO quinn-udp reports the stride as the whole message.
+        let stride = if m.stride >= m.len { 0 } else { m.stride };
+        Some((segments(&self.bufs[start..start + m.len], stride), from))
+    }
 }
 
 /// How many datagrams from the front of `lens` can go as one UDP GSO send: same destination,
-/// all of the first one's length except a possibly shorter last, within the size limits.
-pub fn gso_run<K: PartialEq>(lens: &[usize], dests: &[K]) -> usize {
+/// all of the first one's length except a possibly shorter last, at most `max_segments`,
+/// within the size limit.
+pub fn gso_run<K: PartialEq>(lens: &[usize], dests: &[K], max_segments: usize) -> usize {
     let seg = lens[0];
     if seg == 0 {
         return 1;
     }
+    let max_segments = max_segments.min(GSO_MAX_SEGMENTS);
     let mut total = seg;
     let mut k = 1;
     while k < lens.len()
-        && k < GSO_MAX_SEGMENTS
+        && k < max_segments
         && dests[k] == dests[0]
         && lens[k] <= seg
         && total + lens[k] <= GSO_MAX_BYTES
@@ -207,16 +209,41 @@ pub fn gso_run<K: PartialEq>(lens: &[usize], dests: &[K]) -> usize {
     k
 }
 
-/// Datagrams being gathered for one sendmmsg.
+/// The order that puts each destination's datagrams together (by first appearance, each
+/// destination's in their own order): WireGuard needs order only per peer, and together they
+/// form longer GSO runs. None when they already are together.
+pub fn grouped<K: PartialEq>(dests: &[K]) -> Option<Vec<usize>> {
+    let together =
+        (1..dests.len()).all(|i| dests[i] == dests[i - 1] || !dests[..i - 1].contains(&dests[i]));
+    if together {
+        return None;
+    }
+    let mut order = Vec::with_capacity(dests.len());
+    let mut placed = vec![false; dests.len()];
+    for i in 0..dests.len() {
+        if placed[i] {
+            continue;
+        }
+        for j in i..dests.len() {
+            if !placed[j] && dests[j] == dests[i] {
+                placed[j] = true;
+                order.push(j);
+            }
+        }
+    }
+    Some(order)
+}
+
+/// Datagrams being gathered for sending, packed back to back so that a run of them is one
+/// contiguous GSO buffer.
 pub struct SendBatch {
     bufs: Box<[u8]>,
+    /// Where the datagrams go when several peers' interleave and are regrouped.
+    spare: Box<[u8]>,
     lens: [usize; BATCH],
-    addrs: [libc::sockaddr_in; BATCH],
-    /// Destination of each datagram as one comparable number (address and port).
-    dests: [u64; BATCH],
-    /// Whether to coalesce runs of datagrams with UDP_SEGMENT; off for good once the kernel
-    /// refuses it.
-    gso: bool,
+    dests: [SocketAddrV4; BATCH],
+    /// Bytes used in `bufs`.
+    end: usize,
     pub len: usize,
 }
 
@@ -224,20 +251,13 @@ impl Default for SendBatch {
     fn default() -> Self {
         SendBatch {
             bufs: vec![0u8; BATCH * BUF].into_boxed_slice(),
+            spare: vec![0u8; BATCH * BUF].into_boxed_slice(),
             lens: [0; BATCH],
-            addrs: [to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
-            dests: [0; BATCH],
-            gso: true,
+            dests: [SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0); BATCH],
+            end: 0,
             len: 0,
         }
     }
-}
-
-/// One UDP_SEGMENT control message.
-#[repr(C)]
-struct SegmentCmsg {
-    hdr: libc::cmsghdr,
-    size: u16,
 }
 
 impl SendBatch {
@@ -247,167 +267,174 @@ impl SendBatch {
 
     /// The buffer of the next datagram, to be filled and then `commit`ted.
     pub fn slot(&mut self) -> &mut [u8] {
-        let start = self.len * BUF;
-        &mut self.bufs[start..start + BUF]
+        // Each datagram takes at most BUF, so BATCH of them fit.
+        &mut self.bufs[self.end..self.end + BUF]
     }
 
     /// Keep the first `len` bytes of the slot as a datagram for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddrV4) {
+        assert!(len <= BUF, "a datagram longer than its slot");
         self.lens[self.len] = len;
-        self.addrs[self.len] = to_sockaddr(to);
-        self.dests[self.len] = (u64::from(u32::from(*to.ip())) << 16) | u64::from(to.port());
+        self.dests[self.len] = to;
+        self.end += len;
         self.len += 1;
     }
 
-    /// Send everything gathered: runs of equal-sized datagrams to one peer as one UDP GSO
-    /// message each, many messages per call. Datagrams the kernel refuses are dropped (UDP
-    /// semantics).
-    pub fn flush(&mut self, fd: RawFd) {
-        // SAFETY: all-zero is a valid iovec, mmsghdr and cmsghdr; every pointer set below
-        // points into buffers owned by self or this frame, valid during the calls.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, all-zero is a valid mmsghdr (null pointers, zero lengths).
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: SegmentCmsg is plain integers (a cmsghdr and a u16); all-zero is valid.
-        let mut ctrl: [SegmentCmsg; BATCH] = unsafe { std::mem::zeroed() };
-        let mut counts = [0usize; BATCH];
-        let base = self.bufs.as_mut_ptr();
-        for (i, (iov, &len)) in iovs.iter_mut().zip(&self.lens).enumerate().take(self.len) {
-            *iov = libc::iovec {
-                // SAFETY: i * BUF is inside bufs.
-                iov_base: unsafe { base.add(i * BUF) }.cast(),
-                iov_len: len,
-            };
-        }
-        let mut sent = 0;
-        while sent < self.len {
-            // Group what is left into messages.
-            let mut msgs = 0;
-            let mut i = sent;
-            while i < self.len {
-                let k = if self.gso {
-                    gso_run(&self.lens[i..self.len], &self.dests[i..self.len])
-                } else {
-                    1
-                };
-                let h = &mut hdrs[msgs].msg_hdr;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = k as _;
-                h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                if k > 1 {
-                    let c = &mut ctrl[msgs];
-                    // SAFETY: CMSG_LEN/CMSG_SPACE only compute sizes.
-                    let (len, space) = unsafe {
-                        (
-                            libc::CMSG_LEN(std::mem::size_of::<u16>() as u32),
-                            libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32),
-                        )
-                    };
-                    c.hdr.cmsg_len = len as _;
-                    c.hdr.cmsg_level = libc::SOL_UDP;
-                    c.hdr.cmsg_type = UDP_SEGMENT;
-                    c.size = self.lens[i] as u16;
-                    h.msg_control = (c as *mut SegmentCmsg).cast();
-                    h.msg_controllen = space as _;
-                } else {
-                    h.msg_control = std::ptr::null_mut();
-                    h.msg_controllen = 0;
-                }
-                counts[msgs] = k;
-                msgs += 1;
-                i += k;
-            }
-            // SAFETY: hdrs describes `msgs` valid messages.
-            let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), msgs as u32, 0) };
-            if n > 0 {
-                sent += counts[..n as usize].iter().sum::<usize>();
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EIO) | Some(libc::EINVAL) if counts[0] > 1 => {
-                    tracing::info!(error = %e, "the kernel refuses UDP segmentation offload; sending datagrams one by one");
-                    self.gso = false;
-                }
-                // Skip the message the kernel refused (e.g. no route) and go on.
-                _ => sent += counts[0],
-            }
-        }
+    /// Send everything gathered: each peer's datagrams together, runs of equal-sized ones as
+    /// one UDP GSO send each. Datagrams the kernel refuses are dropped (UDP semantics).
+    pub fn flush(&mut self, udp: &Udp) {
+        let (n, end) = (self.len, self.end);
         self.len = 0;
+        self.end = 0;
+        let Some(order) = grouped(&self.dests[..n]) else {
+            send_runs(udp, &self.bufs[..end], &self.lens[..n], &self.dests[..n]);
+            return;
+        };
+        let mut starts = [0usize; BATCH];
+        for i in 1..n {
+            starts[i] = starts[i - 1] + self.lens[i - 1];
+        }
+        let (mut lens, mut dests) = (self.lens, self.dests);
+        let mut at = 0;
+        for (k, &i) in order.iter().enumerate() {
+            let len = self.lens[i];
+            self.spare[at..at + len].copy_from_slice(&self.bufs[starts[i]..starts[i] + len]);
+            lens[k] = len;
+            dests[k] = self.dests[i];
+            at += len;
+        }
+        send_runs(udp, &self.spare[..end], &lens[..n], &dests[..n]);
     }
 }
 
-/// Send one datagram (handshakes, timers): not worth a batch.
-pub fn send_one(fd: RawFd, data: &[u8], to: SocketAddrV4) {
-    let addr = to_sockaddr(to);
-    // SAFETY: data and addr are valid for the call.
-    unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
+/// Send datagrams packed back to back in `buf`, runs of them as one GSO send each.
+fn send_runs(udp: &Udp, buf: &[u8], lens: &[usize], dests: &[SocketAddrV4]) {
+    let (mut i, mut at) = (0, 0);
+    while i < lens.len() {
+        let gso = udp.gso();
+        let k = gso_run(&lens[i..], &dests[i..], udp.state.max_gso_segments());
+        let bytes: usize = lens[i..i + k].iter().sum();
+        let run = &buf[at..at + bytes];
+        let segment = (k > 1).then_some(lens[i]);
+        if udp.send(&transmit(run, dests[i], segment)).is_err() && k > 1 && !udp.gso() {
+            // quinn-udp turns GSO off when the kernel refuses it: this run goes one by one.
+            if gso {
+                tracing::info!(
+                    "the kernel refuses UDP segmentation offload; sending datagrams one by one"
+                );
+            }
+            let mut off = 0;
+            for &len in &lens[i..i + k] {
+                udp.send_one(&run[off..off + len], dests[i]);
+                off += len;
+            }
+        }
+        i += k;
+        at += bytes;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+
+    fn pair() -> (Udp, Udp, SocketAddrV4) {
+        let a = Udp::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let b = Udp::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let SocketAddr::V4(to) = b.socket.local_addr().unwrap() else {
+            unreachable!()
+        };
+        (a, b, to)
+    }
+
+    /// Every datagram of the next receives until `count` have come, with their senders.
+    fn receive(b: &Udp, count: usize) -> (Vec<Vec<u8>>, Vec<SocketAddrV4>, usize) {
+        let mut got = RecvBatch::default();
+        let (mut seen, mut from, mut messages) = (Vec::new(), Vec::new(), 0);
+        while seen.len() < count {
+            got.recv(b).unwrap();
+            messages += got.len;
+            for i in 0..got.len {
+                let (segs, f) = got.get(i).unwrap();
+                for d in segs {
+                    seen.push(d.to_vec());
+                    from.push(f);
+                }
+            }
+        }
+        (seen, from, messages)
+    }
 
     #[test]
     fn a_batch_sent_arrives_as_a_batch_with_its_sender() {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let std::net::SocketAddr::V4(to) = b.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let (a, b, to) = pair();
         let mut out = SendBatch::default();
         for i in 0..5u8 {
             out.slot()[..3].copy_from_slice(&[i, i, i]);
             out.commit(3, to);
         }
-        out.flush(a.as_raw_fd());
+        out.flush(&a);
         assert_eq!(out.len, 0);
-        let mut got = RecvBatch::default();
-        let mut seen = Vec::new();
-        while seen.len() < 5 {
-            got.recv(b.as_raw_fd()).unwrap();
-            for i in 0..got.len {
-                let (segs, from) = got.get(i);
-                assert_eq!(std::net::SocketAddr::V4(from), a.local_addr().unwrap());
-                seen.extend(segs.map(|d| d.to_vec()));
-            }
-        }
+        let (seen, from, _) = receive(&b, 5);
+        assert!(from
+            .iter()
+            .all(|&f| SocketAddr::V4(f) == a.socket.local_addr().unwrap()));
         assert_eq!(seen[4], vec![4, 4, 4]);
     }
 
     #[test]
+    fn interleaved_peers_each_get_their_datagrams_in_order() {
+        let (a, b, to_b) = pair();
+        let c = Udp::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let SocketAddr::V4(to_c) = c.socket.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut out = SendBatch::default();
+        for i in 0..20u8 {
+            let n = 100 + usize::from(i % 3 == 0);
+            out.slot()[..n].fill(i);
+            out.commit(n, if i % 2 == 0 { to_b } else { to_c });
+        }
+        out.flush(&a);
+        let (seen_b, _, _) = receive(&b, 10);
+        let (seen_c, _, _) = receive(&c, 10);
+        let firsts = |s: &[Vec<u8>]| s.iter().map(|d| d[0]).collect::<Vec<_>>();
+        assert_eq!(firsts(&seen_b), (0..20).step_by(2).collect::<Vec<u8>>());
+        assert_eq!(firsts(&seen_c), (1..20).step_by(2).collect::<Vec<u8>>());
+        assert!(seen_b.iter().all(|d| d.iter().all(|&x| x == d[0])));
+    }
+
+    #[test]
+    fn datagrams_are_regrouped_by_destination_only_when_interleaved() {
+        assert_eq!(grouped(&[1, 1, 2, 2, 3]), None);
+        assert_eq!(grouped::<u8>(&[]), None);
+        assert_eq!(grouped(&[1, 2, 1, 3, 2, 1]), Some(vec![0, 2, 5, 1, 4, 3]));
+    }
+
+    #[test]
     fn equal_datagrams_to_one_peer_form_one_run_ended_by_a_shorter_one() {
-        assert_eq!(gso_run(&[100, 100, 100, 60, 100], &[1, 1, 1, 1, 1]), 4);
-        assert_eq!(gso_run(&[100, 100, 100], &[1, 1, 1]), 3);
+        assert_eq!(gso_run(&[100, 100, 100, 60, 100], &[1, 1, 1, 1, 1], 64), 4);
+        assert_eq!(gso_run(&[100, 100, 100], &[1, 1, 1], 64), 3);
         // A longer datagram or another destination starts a new run.
-        assert_eq!(gso_run(&[100, 100, 120, 100], &[1, 1, 1, 1]), 2);
-        assert_eq!(gso_run(&[100, 100, 100], &[1, 1, 2]), 2);
-        assert_eq!(gso_run(&[100], &[1]), 1);
-        assert_eq!(gso_run(&[0, 0], &[1, 1]), 1);
+        assert_eq!(gso_run(&[100, 100, 120, 100], &[1, 1, 1, 1], 64), 2);
+        assert_eq!(gso_run(&[100, 100, 100], &[1, 1, 2], 64), 2);
+        assert_eq!(gso_run(&[100], &[1], 64), 1);
+        assert_eq!(gso_run(&[0, 0], &[1, 1], 64), 1);
+        // Without GSO every datagram goes alone.
+        assert_eq!(gso_run(&[100, 100, 100], &[1, 1, 1], 1), 1);
     }
 
     #[test]
     fn a_run_stays_within_the_gso_limits() {
         let full = [1472usize; BATCH];
         let dests = [7u8; BATCH];
-        let k = gso_run(&full, &dests);
+        let k = gso_run(&full, &dests, 64);
         assert_eq!(k, GSO_MAX_BYTES / 1472);
         assert!(k * 1472 <= GSO_MAX_BYTES);
         let small = [10usize; BATCH + 10];
         let dests = [7u8; BATCH + 10];
-        assert_eq!(gso_run(&small, &dests), GSO_MAX_SEGMENTS);
+        assert_eq!(gso_run(&small, &dests, 1000), GSO_MAX_SEGMENTS);
+        assert_eq!(gso_run(&small, &dests, 5), 5);
     }
 
     #[test]
@@ -426,36 +453,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_datagram_arrives_as_one_empty_datagram() {
+        let (a, b, to) = pair();
+        a.send_one(&[], to);
+        a.send_one(&[9; 5], to);
+        let (seen, _, _) = receive(&b, 2);
+        assert_eq!(seen, vec![vec![], vec![9; 5]]);
+    }
+
+    #[test]
     fn gso_and_gro_round_trip_on_loopback() {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let gro = enable_gro(b.as_raw_fd());
-        let std::net::SocketAddr::V4(to) = b.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let (a, b, to) = pair();
         let mut out = SendBatch::default();
         let sizes = [1000usize, 1000, 1000, 700, 1000, 1000, 300];
         for (i, &n) in sizes.iter().enumerate() {
             out.slot()[..n].fill(i as u8);
             out.commit(n, to);
         }
-        out.flush(a.as_raw_fd());
-        let mut got = RecvBatch::default();
-        let mut seen = Vec::new();
-        let mut messages = 0;
-        while seen.len() < sizes.len() {
-            got.recv(b.as_raw_fd()).unwrap();
-            messages += got.len;
-            for i in 0..got.len {
-                let (segs, _) = got.get(i);
-                seen.extend(segs.map(|d| d.to_vec()));
-            }
-        }
+        out.flush(&a);
+        let (seen, _, messages) = receive(&b, sizes.len());
         for (i, d) in seen.iter().enumerate() {
             assert_eq!(d.len(), sizes[i]);
             assert!(d.iter().all(|&x| x == i as u8));
         }
-        if gro && out.gso {
+        if b.gro() && a.gso() {
             // Loopback carries the GSO sends whole to a GRO socket.
             assert!(messages < sizes.len(), "{messages} messages");
         }

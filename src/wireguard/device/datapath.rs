@@ -1,5 +1,6 @@
-//! The datapath threads of the userspace tunnel: tx (TUN → encrypt → `sendmmsg`), rx
-//! (`recvmmsg` → decrypt → TUN, with handshakes routed to their peer's link) and timers.
+//! The datapath threads of the userspace tunnel: tx (TUN → encrypt → UDP GSO sends), rx
+//! (`recvmmsg` with UDP GRO → decrypt → TUN, with handshakes routed to their peer's link) and
+//! timers. The socket I/O is `batch`'s, on quinn-udp.
 
 use super::*;
 
@@ -83,7 +84,7 @@ impl Inner {
                 out.commit(len, to);
             }
             if out.len > 0 {
-                out.flush(self.fd());
+                out.flush(&self.udp);
             } else {
                 self.tun.wait_readable(1000);
             }
@@ -97,7 +98,7 @@ impl Inner {
         let mut plain = vec![0u8; BUF];
         let mut out = TunWriter::default();
         loop {
-            if let Err(e) = batch.recv(self.fd()) {
+            if let Err(e) = batch.recv(&self.udp) {
                 if e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!(error = %e, "receiving on the WireGuard socket failed");
                     std::thread::sleep(Duration::from_millis(100));
@@ -106,7 +107,9 @@ impl Inner {
             }
             let map = self.peers.read().clone();
             for i in 0..batch.len {
-                let (datagrams, from) = batch.get(i);
+                let Some((datagrams, from)) = batch.get(i) else {
+                    continue;
+                };
                 for datagram in datagrams {
                     self.receive(&map, datagram, from, &mut plain, &mut out);
                 }
@@ -174,10 +177,10 @@ impl Inner {
                 self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
             }
             TunnResult::WriteToNetwork(reply) => {
-                batch::send_one(self.fd(), reply, peer.spec.endpoint);
+                self.udp.send_one(reply, peer.spec.endpoint);
                 // A finished handshake releases the packets boringtun queued meanwhile.
                 while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], plain) {
-                    batch::send_one(self.fd(), queued, peer.spec.endpoint);
+                    self.udp.send_one(queued, peer.spec.endpoint);
                 }
             }
             TunnResult::Err(e) => {
@@ -213,7 +216,7 @@ impl Inner {
         match keys.admit(from, datagram, &mut cookie) {
             Ok(_) => {}
             Err(TunnResult::WriteToNetwork(reply)) => {
-                batch::send_one(self.fd(), reply, from);
+                self.udp.send_one(reply, from);
                 return None;
             }
             Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
@@ -291,7 +294,7 @@ impl Inner {
                     link.update_timers(
                         &mut buf,
                         |index| self.keys.read().tunn(peer.spec.public, index),
-                        |msg| batch::send_one(self.fd(), msg, peer.spec.endpoint),
+                        |msg| self.udp.send_one(msg, peer.spec.endpoint),
                     );
                     link.has_session()
                 };

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
-use super::batch::{self, RecvBatch, SendBatch, BUF};
+use super::batch::{RecvBatch, SendBatch, Udp, BUF};
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
 use super::limiter::Keys;
@@ -128,7 +127,7 @@ struct Counters {
 struct Inner {
     cfg: WgConfig,
     tun: Tun,
-    socket: UdpSocket,
+    udp: Udp,
     keys: RwLock<Keys>,
     identity: Identity,
     pins: PinBook,
@@ -165,7 +164,7 @@ impl Userspace {
         let key = HostKey::load_or_generate(&cfg.key_file)?;
         let identity = Identity::load_or_generate(&cfg.identity_file)?;
         let pins = PinBook::open(&cfg.pins_file)?;
-        let socket = bind(cfg.underlay, cfg.port)?;
+        let udp = bind(cfg.underlay, cfg.port)?;
         if !netns::is_mounted(&cfg.netns) {
             netns::remove(&cfg.netns).map_err(|e| WgError::Setup(e.to_string()))?;
             NetNs::create(&cfg.netns)
@@ -184,7 +183,7 @@ impl Userspace {
         let inner = Arc::new(Inner {
             cfg,
             tun,
-            socket,
+            udp,
             keys: RwLock::new(Keys::new(key)),
             identity,
             pins,
@@ -396,7 +395,7 @@ pub fn tunnel_mtu(underlay_mtu: u32) -> u32 {
     underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD)
 }
 
-fn bind(underlay: Ipv4Addr, port: u16) -> Result<UdpSocket, WgError> {
+fn bind(underlay: Ipv4Addr, port: u16) -> Result<Udp, WgError> {
     let addr = SocketAddrV4::new(underlay, port);
     let socket = UdpSocket::bind(addr).map_err(|e| {
         WgError::Socket(format!(
@@ -407,11 +406,13 @@ fn bind(underlay: Ipv4Addr, port: u16) -> Result<UdpSocket, WgError> {
     // Root may go past the sysctl limits; where that fails the defaults still work.
     let _ = setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
     let _ = setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER);
+    let udp = Udp::new(socket)
+        .map_err(|e| WgError::Socket(format!("setting up WireGuard's UDP socket {addr}: {e}")))?;
     // Coalesced receives (split again in RecvBatch); without it, one datagram per message.
-    if !batch::enable_gro(socket.as_raw_fd()) {
+    if !udp.gro() {
         tracing::info!("the kernel offers no UDP GRO; receiving datagrams one by one");
     }
-    Ok(socket)
+    Ok(udp)
 }
 
 fn now_secs() -> u64 {
@@ -438,14 +439,10 @@ impl Inner {
         }
     }
 
-    fn fd(&self) -> i32 {
-        self.socket.as_raw_fd()
-    }
-
     fn initiate(&self, peer: &Peer) {
         let mut buf = [0u8; 256];
         if let TunnResult::WriteToNetwork(msg) = peer.state.link.lock().initiate(&mut buf) {
-            batch::send_one(self.fd(), msg, peer.spec.endpoint);
+            self.udp.send_one(msg, peer.spec.endpoint);
         }
     }
 }
