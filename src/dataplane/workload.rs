@@ -66,8 +66,25 @@ pub fn configure(ep: &EndpointSpec) -> Result<()> {
     let index = request::link_index(&sock, &ep.ifname)?
         .ok_or_else(|| DataplaneError::no_device(format!("looking up {}", ep.ifname)))?;
     request::transact(&sock, requests(ep, index))?;
+    quick_neighbour_retries(ep.ifname.as_str());
     announce(index, ep.mac, ep.address.ip());
     Ok(())
+}
+
+/// Address resolution on the overlay asks every 100 ms, ten times, instead of the kernel's
+/// every second, three times. Every ARP request is answered (or dropped) by the sandbox's
+/// own VXLAN device from the programmed table, never sent across hosts, so asking often
+/// costs nothing; a workload that asks for an address whose entry its host programs a few
+/// milliseconds later (the record was just written elsewhere) then waits 100 ms, not a
+/// second. Best effort, in the workload's namespace (this thread's): the kernel's defaults
+/// only cost that second.
+fn quick_neighbour_retries(ifname: &str) {
+    let dir = format!("/proc/sys/net/ipv4/neigh/{ifname}");
+    for (knob, value) in [("retrans_time_ms", "100"), ("mcast_solicit", "10")] {
+        if let Err(e) = std::fs::write(format!("{dir}/{knob}"), value) {
+            tracing::debug!(error = %e, knob, ifname, "setting the workload's ARP retries failed");
+        }
+    }
 }
 
 /// Send one gratuitous ARP from the new interface. A peer that asked for this address
