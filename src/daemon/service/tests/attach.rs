@@ -91,3 +91,38 @@ async fn a_sandbox_that_fails_to_build_is_retried_by_the_next_attach() {
     h.svc.attach(&req(), Caller::ROOT).await.unwrap();
     assert_eq!(h.dp.with(|m| m.sandboxes.len()), 1);
 }
+
+/// The egress operations among the kernel mutations from index `from` on.
+fn egress_ops(h: &Harness, from: usize) -> Vec<&'static str> {
+    h.dp.mutations()[from..]
+        .iter()
+        .map(|c| c.op)
+        .filter(|op| ["ensure_uplink", "remove_uplink", "program_nat"].contains(op))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_uplink_is_built_once_per_sandbox_not_once_per_attach() {
+    let (h, _) = fresh().await;
+    h.svc.attach(&req(), Caller::ROOT).await.unwrap();
+    assert_eq!(egress_ops(&h, 0), ["ensure_uplink", "program_nat"]);
+    let detach = crate::api::types::DetachRequest {
+        network: "roll".into(),
+        id: Some("ep-roll".into()),
+        ..Default::default()
+    };
+    // The last endpoint leaves and the next arrives: the uplink and the masquerade stay,
+    // and neither the detach nor the attach touches them.
+    let before = h.dp.mutations().len();
+    h.svc.detach(&detach, Caller::ROOT).await.unwrap();
+    h.svc.attach(&req(), Caller::ROOT).await.unwrap();
+    assert_eq!(egress_ops(&h, before), Vec::<&str>::new());
+    assert_eq!(h.dp.with(|m| m.uplinks.len()), 1);
+    // An endpoint that publishes a port changes the NAT table before its attach answers.
+    let before = h.dp.mutations().len();
+    let mut web = attach_req("roll", "eth1");
+    web.id = Some("ep-web".into());
+    web.ports = vec!["8080:80".parse().unwrap()];
+    h.svc.attach(&web, Caller::ROOT).await.unwrap();
+    assert_eq!(egress_ops(&h, before), ["program_nat"]);
+}
