@@ -440,12 +440,24 @@ fn cni_port_mappings_from_runtime_config_are_published_and_released() {
     cni.del(&ok, "c1", Some(&w.path()), "eth0").ok();
     assert_eq!(tcp_ask(&h.netns_path(), &target), None);
     let netns = format!("--net={}", h.netns_path().display());
-    wait_until("no rnet table", Duration::from_secs(5), || {
-        !Command::new("nsenter")
+    let table = || {
+        let out = Command::new("nsenter")
             .args([netns.as_str(), "--", "nft", "list", "table", "ip", "rnet"])
             .output()
-            .unwrap()
-            .status
+            .unwrap();
+        out.status
             .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // The published port is gone with its container; the network's masquerade stays with
+    // its sandbox until the network is removed.
+    let left = table().expect("the table stays while the sandbox does");
+    assert!(
+        !left.contains("8081") && left.contains("10.96.0.0/24"),
+        "{left}"
+    );
+    h.rnet_ok(&["rm", "cnip", "--force"]);
+    wait_until("no rnet table", Duration::from_secs(5), || {
+        table().is_none()
     });
 }
