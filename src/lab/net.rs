@@ -23,11 +23,21 @@ use super::{LabError, POLL};
 use crate::dataplane::request::{self, connect};
 use crate::netns::NetNs;
 
+/// The switch bridge's MAC address, set once (locally administered). Left to the kernel, a
+/// bridge takes the lowest MAC among its ports and changes it when a port joins: the hosts'
+/// ARP entries for etcd's address would then point at a MAC no longer there, and their store
+/// requests would hang until the entries are probed again (seconds).
+const SWITCH_MAC: [u8; 6] = [0x02, 0x72, 0x6e, 0x73, 0x77, 0x01];
+
 /// In the switch namespace: `lo` up, bridge `br0` up holding `address`.
 pub(super) async fn build_switch(switch: &NetNs, address: Ipv4Network) -> Result<(), LabError> {
     let h = connect(Some(switch))?;
     set_up(&h, "lo", true).await?;
-    let msg = LinkBridge::new(BRIDGE).mtu(UNDERLAY_MTU).up().build();
+    let msg = LinkBridge::new(BRIDGE)
+        .mtu(UNDERLAY_MTU)
+        .address(SWITCH_MAC.to_vec())
+        .up()
+        .build();
     request::add_link(&h, msg, &format!("creating bridge {BRIDGE}")).await?;
     let br = index_of(&h, BRIDGE).await?;
     add_address(&h, br, address, BRIDGE).await
