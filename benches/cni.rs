@@ -31,30 +31,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// One plugin under test: how to call it, with which configuration, and its timings.
-struct Contender {
-    label: &'static str,
-    plugin: Plugin,
-    conf: Value,
+/// ADD and DEL latencies of one plugin.
+#[derive(Default)]
+struct Timings {
     add: Vec<Duration>,
     del: Vec<Duration>,
 }
 
-impl Contender {
-    fn add(&mut self, cid: &str, netns: &Path) {
-        let t0 = Instant::now();
-        let out = self.plugin.add(&self.conf, cid, netns, "eth0", "");
-        self.add.push(t0.elapsed());
-        assert_eq!(out.status, 0, "{} ADD: {out:?}", self.label);
-    }
-
-    fn del(&mut self, cid: &str, netns: &Path) {
-        let t0 = Instant::now();
-        let out = self.plugin.del(&self.conf, cid, Some(netns), "eth0");
-        self.del.push(t0.elapsed());
-        assert_eq!(out.status, 0, "{} DEL: {out:?}", self.label);
-    }
-
+impl Timings {
     fn row(&mut self) -> [f64; 4] {
         [
             ms(percentile(&mut self.add, 0.5)),
@@ -63,6 +47,62 @@ impl Contender {
             ms(percentile(&mut self.del, 0.95)),
         ]
     }
+}
+
+/// One plugin under test: how to call it, with which configuration, and its timings.
+struct Contender {
+    label: &'static str,
+    plugin: Plugin,
+    conf: Value,
+    t: Timings,
+}
+
+impl Contender {
+    fn add(&mut self, cid: &str, netns: &Path) {
+        let t0 = Instant::now();
+        let out = self.plugin.add(&self.conf, cid, netns, "eth0", "");
+        self.t.add.push(t0.elapsed());
+        assert_eq!(out.status, 0, "{} ADD: {out:?}", self.label);
+    }
+
+    fn del(&mut self, cid: &str, netns: &Path) {
+        let t0 = Instant::now();
+        let out = self.plugin.del(&self.conf, cid, Some(netns), "eth0");
+        self.t.del.push(t0.elapsed());
+        assert_eq!(out.status, 0, "{} DEL: {out:?}", self.label);
+    }
+}
+
+/// Containers added (then deleted) at once in the parallel phase, as a runtime starting
+/// several pods together runs their plugins.
+const WIDTH: usize = 8;
+
+/// Run `call` for every container, `WIDTH` at a time, each on a thread of its own (threads
+/// spawned here share the caller's network namespace); the latency of each call.
+fn in_parallel(
+    label: &str,
+    containers: &[(String, &Path)],
+    call: impl Fn(&str, &Path) -> common::cni::CniCall + Sync,
+) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for batch in containers.chunks(WIDTH) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(cid, netns)| {
+                    let call = &call;
+                    s.spawn(move || {
+                        let t0 = Instant::now();
+                        let out = call(cid, netns);
+                        assert_eq!(out.status, 0, "{label} {cid}: {out:?}");
+                        t0.elapsed()
+                    })
+                })
+                .collect();
+            took.extend(handles.into_iter().map(|h| h.join().expect("plugin call")));
+        });
+    }
+    took
 }
 
 fn main() {
@@ -84,8 +124,7 @@ fn main() {
         label: "rnet-cni",
         plugin: Plugin::rnet(&host.socket()),
         conf: json!({"cniVersion": "1.0.0", "name": "cbench", "type": "rnet-cni"}),
-        add: vec![],
-        del: vec![],
+        t: Timings::default(),
     };
     let mut bridge = Contender {
         label: "bridge + host-local",
@@ -100,10 +139,11 @@ fn main() {
             "ipam": {"type": "host-local", "subnet": "10.81.0.0/16",
                      "dataDir": ipam_dir.path()},
         }),
-        add: vec![],
-        del: vec![],
+        t: Timings::default(),
     };
     let hostns = host.netns_path();
+    // The parallel phase's timings: [rnet-cni, bridge].
+    let mut par = [Timings::default(), Timings::default()];
     progress.step(&format!(
         "cni: ADD and DEL of {n} containers, rnet-cni and bridge"
     ));
@@ -120,10 +160,8 @@ fn main() {
             rnet.del("warm", &wr.path());
             bridge.del("warm", &wb.path());
             drop((wr, wb));
-            rnet.add.clear();
-            rnet.del.clear();
-            bridge.add.clear();
-            bridge.del.clear();
+            rnet.t = Timings::default();
+            bridge.t = Timings::default();
             let ws: Vec<(Workload, Workload)> = (0..n)
                 .map(|_| (Workload::new("r"), Workload::new("b")))
                 .collect();
@@ -137,14 +175,66 @@ fn main() {
                 bridge.del(&format!("b{i}"), &wb.path());
                 drop(wb);
             }
+            // WIDTH containers at once, the plugins taking turns batch by batch.
+            let ws: Vec<(Workload, Workload)> = (0..n)
+                .map(|_| (Workload::new("pr"), Workload::new("pb")))
+                .collect();
+            let (pr, pb): (Vec<_>, Vec<_>) = ws
+                .iter()
+                .enumerate()
+                .map(|(i, (wr, wb))| ((format!("pr{i}"), wr.path()), (format!("pb{i}"), wb.path())))
+                .unzip();
+            let pr: Vec<(String, &Path)> =
+                pr.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
+            let pb: Vec<(String, &Path)> =
+                pb.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
+            let (r, b) = (&rnet, &bridge);
+            for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
+                par[0].add.extend(in_parallel(r.label, rc, |c, ns| {
+                    r.plugin.add(&r.conf, c, ns, "eth0", "")
+                }));
+                par[1].add.extend(in_parallel(b.label, bc, |c, ns| {
+                    b.plugin.add(&b.conf, c, ns, "eth0", "")
+                }));
+            }
+            for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
+                par[0].del.extend(in_parallel(r.label, rc, |c, ns| {
+                    r.plugin.del(&r.conf, c, Some(ns), "eth0")
+                }));
+                par[1].del.extend(in_parallel(b.label, bc, |c, ns| {
+                    b.plugin.del(&b.conf, c, Some(ns), "eth0")
+                }));
+            }
+            drop(ws);
         });
     });
     progress.finish();
-    let r = rnet.row();
-    let b = bridge.row();
+    let r = rnet.t.row();
+    let b = bridge.t.row();
     println!("### CNI ADD and DEL latency (one host, {n} containers, each a fresh namespace)\n");
     println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
     println!("|---|---|---|---|---|");
+    for (label, v) in [(rnet.label, r), (bridge.label, b)] {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            v[0], v[1], v[2], v[3]
+        );
+    }
+    println!(
+        "| rnet-cni / reference | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+        r[0] / b[0],
+        r[1] / b[1],
+        r[2] / b[2],
+        r[3] / b[3]
+    );
+    println!(
+        "\n{WIDTH} containers at once ({n} each, the plugins taking turns batch by batch), the \
+         latency of each call:\n"
+    );
+    println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
+    println!("|---|---|---|---|---|");
+    let [pr, pb] = &mut par;
+    let (r, b) = (pr.row(), pb.row());
     for (label, v) in [(rnet.label, r), (bridge.label, b)] {
         println!(
             "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
