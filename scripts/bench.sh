@@ -33,7 +33,7 @@ step() {
   cargo bench --features root-tests --bench cni 2>"$err"
   echo
   step "embedded store commits"
-  cargo test --release --lib store::embedded::bench -- --ignored --nocapture --test-threads 1 2>"$err" |
+  RNET_BENCH_STORE=full cargo test --release --lib store::embedded::bench -- --nocapture --test-threads 1 2>"$err" |
     sed -n '/^### Embedded store commits/,/^Group commit/p'
   echo
   step "docker run latency"

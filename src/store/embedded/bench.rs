@@ -1,8 +1,10 @@
-//! A benchmark of the commit path (ignored by default; it prints, never asserts).
-//! `make bench` runs it (scripts/bench.sh); by hand:
+//! A benchmark of the commit path. `make test` runs it small (20 allocations per writer, one
+//! round) and checks what does not depend on the machine's speed: the old path costs an fsync
+//! per write, group commit never more. `make bench` runs it full size (scripts/bench.sh); by
+//! hand:
 //!
 //! ```text
-//! cargo test --release --lib store::embedded::bench -- --ignored --nocapture --test-threads 1
+//! RNET_BENCH_STORE=full cargo test --release --lib store::embedded::bench -- --nocapture --test-threads 1
 //! ```
 //!
 //! Each write is what a CNI ADD's address allocation does: a txn that creates a key
@@ -23,8 +25,29 @@ use super::tracked::{TrackedFile, Tracker};
 use super::EmbeddedStore;
 use crate::store::{Compare, Store, TxnOp};
 
-const WRITES_PER_WRITER: usize = 200;
-const ROUNDS: usize = 5;
+/// Full size (`RNET_BENCH_STORE=full`) or the small run of `make test`.
+fn full() -> bool {
+    std::env::var("RNET_BENCH_STORE").is_ok_and(|v| v == "full")
+}
+
+fn writes_per_writer() -> usize {
+    if full() {
+        200
+    } else {
+        20
+    }
+}
+
+fn rounds() -> usize {
+    if full() {
+        5
+    } else {
+        1
+    }
+}
+
+/// fsyncs a run may spend beyond one per write on the old path (the database's own).
+const SPARE_SYNCS: f64 = 4.0;
 
 /// One run's figures.
 struct Run {
@@ -70,7 +93,7 @@ async fn store_run(writers: usize) -> Run {
     }
     let syncs = tracker.syncs() - syncs_before;
     finish(
-        writers * WRITES_PER_WRITER,
+        writers * writes_per_writer(),
         started.elapsed(),
         syncs,
         latencies,
@@ -79,8 +102,8 @@ async fn store_run(writers: usize) -> Run {
 
 /// One writer's allocations, each timed from call to acknowledgement.
 async fn store_writer(store: EmbeddedStore, w: usize) -> Vec<Duration> {
-    let mut latencies = Vec::with_capacity(WRITES_PER_WRITER);
-    for i in 0..WRITES_PER_WRITER {
+    let mut latencies = Vec::with_capacity(writes_per_writer());
+    for i in 0..writes_per_writer() {
         let key = format!("/bench/alloc/{w}/{i}");
         let started = Instant::now();
         let put = TxnOp::Put {
@@ -113,7 +136,7 @@ fn per_write_fsync_run(writers: usize) -> Run {
             .map(|w| {
                 let db = &db;
                 scope.spawn(move || {
-                    (0..WRITES_PER_WRITER)
+                    (0..writes_per_writer())
                         .map(|i| durable_insert(db, &format!("/bench/alloc/{w}/{i}")))
                         .collect::<Vec<_>>()
                 })
@@ -126,7 +149,7 @@ fn per_write_fsync_run(writers: usize) -> Run {
     });
     let syncs = tracker.syncs() - syncs_before;
     finish(
-        writers * WRITES_PER_WRITER,
+        writers * writes_per_writer(),
         started.elapsed(),
         syncs,
         latencies,
@@ -179,10 +202,9 @@ fn row(what: &str, runs: &[Run]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run by hand or by make bench, see the module docs"]
 async fn commit_throughput() {
     let (mut baseline, mut grouped, mut single) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         baseline.push(tokio::task::block_in_place(|| per_write_fsync_run(8)));
         grouped.push(store_run(8).await);
         single.push(store_run(1).await);
@@ -191,7 +213,11 @@ async fn commit_throughput() {
         / median(baseline.iter().map(|r| r.writes_per_sec).collect());
     // A blank line first: libtest prints the test's name without a newline.
     println!();
-    println!("### Embedded store commits ({WRITES_PER_WRITER} allocations per writer, median of {ROUNDS} interleaved rounds)");
+    println!(
+        "### Embedded store commits ({} allocations per writer, median of {} interleaved rounds)",
+        writes_per_writer(),
+        rounds()
+    );
     println!();
     println!("| what | writes/s | spread | fsyncs/write | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
@@ -207,4 +233,20 @@ async fn commit_throughput() {
          A write is acknowledged only after the fsync that covers it (the power-cut test, \
          src/store/embedded/power_cut_tests.rs, checks this)."
     );
+    let writes = |writers: usize| (writers * writes_per_writer()) as f64;
+    for r in &baseline {
+        assert!(
+            r.syncs_per_write >= 1.0,
+            "a durable commit per write costs its fsync"
+        );
+    }
+    for (runs, writers) in [(&grouped, 8), (&single, 1)] {
+        for r in runs {
+            assert!(
+                r.syncs_per_write * writes(writers) <= writes(writers) + SPARE_SYNCS,
+                "group commit spent {} fsyncs per write with {writers} writer(s)",
+                r.syncs_per_write
+            );
+        }
+    }
 }
