@@ -105,6 +105,21 @@ fn in_parallel(
     took
 }
 
+/// rnet-cni's and the reference's percentiles, and their ratios.
+fn print_table(rnet: &mut Timings, reference: &mut Timings) {
+    let (r, b) = (rnet.row(), reference.row());
+    println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
+    println!("|---|---|---|---|---|");
+    for (label, v) in [("rnet-cni", r), ("bridge + host-local", b)] {
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            v[0], v[1], v[2], v[3]
+        );
+    }
+    let ratios: Vec<String> = (0..4).map(|i| format!("{:.2}x", r[i] / b[i])).collect();
+    println!("| rnet-cni / reference | {} |", ratios.join(" | "));
+}
+
 fn main() {
     let n: usize = std::env::var("RNET_BENCH_N")
         .ok()
@@ -209,45 +224,14 @@ fn main() {
         });
     });
     progress.finish();
-    let r = rnet.t.row();
-    let b = bridge.t.row();
     println!("### CNI ADD and DEL latency (one host, {n} containers, each a fresh namespace)\n");
-    println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
-    println!("|---|---|---|---|---|");
-    for (label, v) in [(rnet.label, r), (bridge.label, b)] {
-        println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            v[0], v[1], v[2], v[3]
-        );
-    }
-    println!(
-        "| rnet-cni / reference | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-        r[0] / b[0],
-        r[1] / b[1],
-        r[2] / b[2],
-        r[3] / b[3]
-    );
+    print_table(&mut rnet.t, &mut bridge.t);
     println!(
         "\n{WIDTH} containers at once ({n} each, the plugins taking turns batch by batch), the \
          latency of each call:\n"
     );
-    println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
-    println!("|---|---|---|---|---|");
     let [pr, pb] = &mut par;
-    let (r, b) = (pr.row(), pb.row());
-    for (label, v) in [(rnet.label, r), (bridge.label, b)] {
-        println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            v[0], v[1], v[2], v[3]
-        );
-    }
-    println!(
-        "| rnet-cni / reference | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-        r[0] / b[0],
-        r[1] / b[1],
-        r[2] / b[2],
-        r[3] / b[3]
-    );
+    print_table(pr, pb);
     println!(
         "\nTarget: rnet-cni ADD and DEL p50 at most 0.5x the reference's. rnet-cni also records \
          the endpoint in rnetd's store; its DEL frees the address before answering and deletes \
