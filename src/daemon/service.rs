@@ -25,9 +25,9 @@ use crate::dataplane::spec::{self, SandboxSpec};
 use crate::dataplane::{Dataplane, Netlink, Underlay};
 use crate::error::Error;
 use crate::model::{Encryption, EndpointId, Network, NetworkId};
-use crate::peers::Tables;
 use crate::store::{Revision, Store};
 use crate::validate::Rejected;
+use peers::Programmed;
 
 mod allocate;
 mod attach;
@@ -74,7 +74,7 @@ pub struct Service<S: Store, D: Dataplane = Netlink> {
     liveness: std::sync::Arc<Liveness>,
     /// Per network id: the VXLAN device index and the tables last programmed into it, so a
     /// change costs only its difference (the kernel is read back on full passes).
-    programmed: tokio::sync::Mutex<HashMap<NetworkId, (u32, Tables)>>,
+    programmed: tokio::sync::Mutex<HashMap<NetworkId, Programmed>>,
     /// Veth pairs of released CNI attachments still being deleted in the background.
     teardowns: cni::Teardowns,
     /// What this daemon attached itself: the only endpoints a reconcile rebuilds.

@@ -5,7 +5,7 @@
 //! when the store says that history is compacted, list again. While the store is
 //! unreachable the cache keeps its last state: losing the store never flushes the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +43,11 @@ pub struct Cache {
     pub host_info: BTreeMap<String, HostRecord>,
     /// The invalid records now in the store, by key.
     pub bad: BTreeMap<String, BadRecord>,
+    /// Bumped by every fresh list: changes journalled before it are lost with the old cache.
+    pub generation: u64,
+    /// Keys of endpoints whose used record changed (came, went or changed) since the peer
+    /// programmer last took them, so it can plan in proportion to the change.
+    touched: BTreeSet<String>,
     /// Endpoints sound on their own that do not fit their network (or whose network has no
     /// valid record): checked again whenever that network's record changes.
     held: BTreeMap<String, Endpoint>,
@@ -72,6 +77,7 @@ impl Cache {
         *self = Cache {
             revision,
             synced: true,
+            generation: self.generation + 1,
             own: std::mem::take(&mut self.own),
             logged,
             ..Default::default()
@@ -84,6 +90,27 @@ impl Cache {
             self.put(kv);
         }
         self.logged.clear();
+        // Everything is new: readers of the journal start over from the generation instead.
+        self.touched.clear();
+    }
+
+    /// Take the keys of the endpoints whose used record changed since they were last taken:
+    /// all of them, or those of one network.
+    pub fn take_touched(&mut self, network: Option<&str>) -> BTreeSet<String> {
+        match network {
+            None => std::mem::take(&mut self.touched),
+            Some(name) => {
+                let prefix = keys::endpoints_of(name);
+                let taken: BTreeSet<String> = self
+                    .touched
+                    .range(prefix.clone()..)
+                    .take_while(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                self.touched.retain(|k| !taken.contains(k));
+                taken
+            }
+        }
     }
 
     /// Apply one revision's events; returns whether anything that shapes the peer tables
@@ -122,7 +149,7 @@ impl Cache {
                 Err(r) => {
                     self.held.remove(key);
                     self.mark_bad(rev, r);
-                    self.endpoints.remove(key).is_some()
+                    self.unuse_endpoint(key)
                 }
             },
             Key::Host(id) => match validate::host(key, &kv.value, &self.own) {
@@ -179,7 +206,7 @@ impl Cache {
             }
             Key::Endpoint(..) => {
                 self.held.remove(key);
-                self.endpoints.remove(key).is_some()
+                self.unuse_endpoint(key)
             }
             Key::Host(id) => {
                 let had = self.presence.remove(id).is_some();
@@ -201,7 +228,11 @@ impl Cache {
             Ok(()) => {
                 self.bad.remove(key);
                 self.held.remove(key);
-                self.endpoints.insert(key.to_string(), ep.clone()) != Some(ep)
+                let changed = self.endpoints.insert(key.to_string(), ep.clone()) != Some(ep);
+                if changed {
+                    self.touched.insert(key.to_string());
+                }
+                changed
             }
             Err(r) => {
                 let rev = match (rev, self.bad.get(key)) {
@@ -212,9 +243,18 @@ impl Cache {
                 };
                 self.mark_bad(rev, r);
                 self.held.insert(key.to_string(), ep);
-                self.endpoints.remove(key).is_some()
+                self.unuse_endpoint(key)
             }
         }
+    }
+
+    /// Stop using the endpoint at `key`; returns whether it was used.
+    fn unuse_endpoint(&mut self, key: &str) -> bool {
+        let used = self.endpoints.remove(key).is_some();
+        if used {
+            self.touched.insert(key.to_string());
+        }
+        used
     }
 
     /// Check a network's endpoints again after its record changed or went.
@@ -231,7 +271,11 @@ impl Cache {
                 continue;
             };
             self.place_endpoint(&key, ep, None);
-            changed |= was_used != self.endpoints.contains_key(&key);
+            let now_used = self.endpoints.contains_key(&key);
+            if was_used != now_used {
+                self.touched.insert(key);
+                changed = true;
+            }
         }
         changed
     }

@@ -2,7 +2,8 @@
 //! (only what changed, or the full difference with the kernel), show peers' states, and
 //! release the endpoints of a host that is gone (`rnet gc`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use super::{now_secs, Service};
 use crate::api::types::{GcRequest, GcResponse, PeerInfo};
@@ -26,6 +27,10 @@ impl<S: Store, D: Dataplane> Service<S, D> {
 
     /// Compare (and with `apply`, program) the peer tables of every local network.
     /// `only`: just that network, whether or not the cache shows a local endpoint on it yet.
+    ///
+    /// A network programmed before, from the same hosts and the same list of the store, costs
+    /// only the endpoints that changed since (the cache journals them); anything else (a
+    /// full pass, a host that came or went, a fresh list) plans the network anew.
     pub(super) async fn peer_pass(
         &self,
         full: bool,
@@ -34,9 +39,19 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     ) -> Result<Vec<Finding>> {
         let me = self.cfg.host_id.as_str();
         let up = self.tunnels_up();
-        // Each network's desired tables, computed under the read lock: the cache is never
+        // Held to the end: passes run one at a time, each from where the last one left off.
+        let mut programmed = self.programmed.lock().await;
+        // Only a pass that keeps what it programs takes the journal. Changes journalled after
+        // this are seen twice (read now, and taken by the next pass): harmless.
+        let touched = if apply {
+            let mut cache = self.shared.cache.write().expect("cache poisoned");
+            cache.take_touched(only.map(|n| n.name.as_str()))
+        } else {
+            BTreeSet::new()
+        };
+        // Plans are made under the read lock, never across an await, and the cache is never
         // cloned (at 10,000 endpoints a copy costs more than the whole pass).
-        let plans: Vec<(Network, peers::Tables)> = {
+        let work: Vec<Work> = {
             let cache = self.shared.read();
             if !cache.synced {
                 return Ok(Vec::new());
@@ -52,52 +67,101 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                     .map(|e| e.network.to_string())
                     .collect(),
             };
-            local
+            let nets: Vec<&Network> = local
                 .iter()
                 .filter_map(|name| only.or_else(|| cache.networks.get(name)))
+                .collect();
+            if only.is_none() {
+                programmed.retain(|id, _| nets.iter().any(|n| &n.id == id));
+            }
+            nets.into_iter()
                 .map(|net| {
-                    let allowed = self.allowed_peers(net, &reachable, &up);
+                    let vteps = peers::vteps(&hosts, &self.allowed_peers(net, &reachable, &up));
+                    let last = if apply {
+                        programmed.remove(&net.id)
+                    } else {
+                        programmed.get(&net.id).cloned()
+                    };
+                    let (ifindex, against) = match last {
+                        Some(mut p)
+                            if apply
+                                && !full
+                                && p.generation == cache.generation
+                                && p.vteps == vteps =>
+                        {
+                            let changes = touched_in(&touched, &net.name).map(|(key, ip)| {
+                                let remote = cache
+                                    .endpoints
+                                    .get(key)
+                                    .filter(|e| e.network_id == net.id)
+                                    .and_then(|e| peers::Remote::of(me, e, &vteps));
+                                (ip, remote)
+                            });
+                            let diff = p.plan.update(changes);
+                            return Work {
+                                net: net.clone(),
+                                programmed: Programmed { vteps, ..p },
+                                against: Against::Changes(diff),
+                            };
+                        }
+                        Some(p) if !full => (p.ifindex, Against::Tables(p.plan.tables())),
+                        // The device's index comes with what the kernel holds.
+                        _ => (0, Against::Kernel),
+                    };
                     // Records of an earlier network of the same name are never programmed.
                     let eps = cache
                         .endpoints_of(net.name.as_str())
                         .filter(|e| e.network_id == net.id);
-                    (net.clone(), peers::desired(me, eps, &hosts, &allowed))
+                    Work {
+                        net: net.clone(),
+                        programmed: Programmed {
+                            ifindex,
+                            plan: peers::Plan::new(me, eps, &vteps),
+                            vteps,
+                            generation: cache.generation,
+                        },
+                        against,
+                    }
                 })
                 .collect()
         };
-        let mut programmed = self.programmed.lock().await;
-        if only.is_none() {
-            programmed.retain(|id, _| plans.iter().any(|(n, _)| &n.id == id));
-        }
         let mut findings = Vec::new();
-        for (net, desired) in plans {
-            let net = &net;
+        for work in work {
+            let Work {
+                net,
+                programmed: mut now,
+                against,
+            } = work;
             let name = &net.name.to_string();
-            let sandbox = self.sandbox_spec(net).netns;
-            let (ifindex, observed) = match programmed.get(&net.id) {
-                Some(p) if !full => p.clone(),
-                _ => match self
+            let sandbox = self.sandbox_spec(&net).netns;
+            let diff = match against {
+                Against::Changes(diff) => diff,
+                Against::Tables(last) => peers::diff(&now.plan.tables(), &last),
+                Against::Kernel => match self
                     .dp
                     .observe_tables(&sandbox, &net.name.vxlan_ifname())
                     .await?
                 {
-                    Some(o) => o,
+                    Some((ifindex, observed)) => {
+                        now.ifindex = ifindex;
+                        peers::diff(&now.plan.tables(), &observed)
+                    }
                     None => continue,
                 },
             };
-            let diff = peers::diff(&desired, &observed);
             if !diff.is_empty() {
                 findings.extend(reconcile::peer_findings(name, &diff));
                 if !apply {
                     continue;
                 }
-                if self.dp.apply_tables(&sandbox, ifindex, &diff).await? > 0 {
-                    programmed.remove(&net.id); // read the kernel back next time
-                    continue;
+                if self.dp.apply_tables(&sandbox, now.ifindex, &diff).await? > 0 {
+                    continue; // not kept: the kernel is read back next time
                 }
                 tracing::debug!(network = %name, changes = diff.len(), "peer tables programmed");
             }
-            programmed.insert(net.id.clone(), (ifindex, desired));
+            if apply {
+                programmed.insert(net.id.clone(), now);
+            }
         }
         Ok(findings)
     }
@@ -163,6 +227,52 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             released,
         })
     }
+}
+
+/// What the peer programmer last wrote into one network's VXLAN device, and what that was
+/// planned from: while the hosts and the store's list are the same, a pass applies only the
+/// endpoints that changed.
+#[derive(Clone, Debug)]
+pub(super) struct Programmed {
+    ifindex: u32,
+    plan: peers::Plan,
+    /// The VTEP of every host whose entries are programmed.
+    vteps: BTreeMap<String, Ipv4Addr>,
+    /// The cache's list the plan was made from (`Cache::generation`).
+    generation: u64,
+}
+
+/// One network's share of a peer pass.
+struct Work {
+    net: Network,
+    /// What will be programmed once the change is applied.
+    programmed: Programmed,
+    against: Against,
+}
+
+/// What the new plan is compared with.
+enum Against {
+    /// Nothing: the change is already known (planned from the journal).
+    Changes(peers::TableDiff),
+    /// What was last programmed.
+    Tables(peers::Tables),
+    /// What the kernel holds, read back.
+    Kernel,
+}
+
+/// The endpoints of `network` among journalled keys, with their addresses.
+fn touched_in<'a>(
+    touched: &'a BTreeSet<String>,
+    network: &crate::model::NetworkName,
+) -> impl Iterator<Item = (&'a String, Ipv4Addr)> + 'a {
+    let prefix = keys::endpoints_of(network.as_str());
+    touched
+        .range(prefix.clone()..)
+        .take_while(move |k| k.starts_with(&prefix))
+        .filter_map(|k| match keys::classify(k) {
+            keys::Key::Endpoint(_, ip) => Some((k, ip)),
+            _ => None,
+        })
 }
 
 /// Every host ever registered (durable records), updated by live presence records.

@@ -340,3 +340,76 @@ async fn a_store_that_is_down_is_retried_at_doubling_delays_up_to_a_second() {
     assert!(cache.host_info.contains_key("h2"));
     task.abort();
 }
+
+#[test]
+fn every_change_to_the_used_endpoints_is_journalled_once_for_the_peer_programmer() {
+    let mut c = Cache::new(own_h1());
+    let (a, b) = (
+        endpoint("blue", "10.9.0.5", "h2"),
+        endpoint("blue", "10.9.0.6", "h2"),
+    );
+    let key = |e: &Endpoint| keys::endpoint(e.network.as_str(), e.ip.ip());
+    c.load(
+        &[
+            kv(keys::network("blue"), network("blue", "10.9.0.0/24")),
+            kv(keys::network("red"), network("red", "10.8.0.0/24")),
+            ep_kv(&a, 2),
+        ],
+        2,
+    );
+    let generation = c.generation;
+    assert!(
+        c.take_touched(None).is_empty(),
+        "a list starts a new generation instead"
+    );
+    c.apply(
+        3,
+        &[
+            put(ep_kv(&b, 3)),
+            put(ep_kv(&endpoint("red", "10.8.0.5", "h2"), 3)),
+        ],
+    );
+    // The same record again changes nothing; a record that does not fit is not used.
+    let stray = endpoint("blue", "10.7.0.9", "h2");
+    c.apply(4, &[put(ep_kv(&b, 4)), put(ep_kv(&stray, 4))]);
+    assert_eq!(
+        c.take_touched(Some("blue")),
+        [key(&b)].into(),
+        "one network's changes, and only the used ones"
+    );
+    assert_eq!(c.take_touched(None).len(), 1, "red's change is still there");
+    assert!(c.take_touched(None).is_empty(), "taken once");
+    // A network change that takes endpoints out or lets them in touches each.
+    c.apply(
+        5,
+        &[put(kv(
+            keys::network("blue"),
+            network("blue", "10.7.0.0/24"),
+        ))],
+    );
+    assert_eq!(c.take_touched(None), [key(&a), key(&b), key(&stray)].into());
+    c.apply(
+        6,
+        &[Event {
+            kind: EventKind::Delete,
+            kv: kv(key(&a), vec![]),
+        }],
+    );
+    assert!(
+        c.take_touched(None).is_empty(),
+        "a held endpoint going was not used"
+    );
+    c.apply(
+        7,
+        &[put(kv(
+            keys::network("blue"),
+            network("blue", "10.9.0.0/24"),
+        ))],
+    );
+    assert_eq!(c.take_touched(None), [key(&b), key(&stray)].into());
+    c.apply(8, &[put(kv(key(&b), b"garbage".to_vec()))]);
+    assert_eq!(c.take_touched(None), [key(&b)].into(), "gone bad: out");
+    assert_eq!(c.generation, generation);
+    c.load(&[], 9);
+    assert_eq!(c.generation, generation + 1);
+}

@@ -7,6 +7,7 @@ mod alloc;
 mod attach;
 mod cni;
 mod docker;
+mod peers;
 mod reconcile;
 
 use std::net::Ipv4Addr;
