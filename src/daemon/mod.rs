@@ -8,6 +8,7 @@ pub mod docker_plugin;
 pub mod http;
 pub mod journal;
 pub mod liveness;
+mod memory;
 pub mod metrics;
 mod presence;
 pub mod serve;
@@ -247,7 +248,8 @@ async fn run_with_store<S: Store>(
     match service.reconcile(true).await {
         Ok(f) => {
             metrics::get().reconciled(f.len(), true);
-            tracing::info!(findings = f.len(), "start-up reconcile done")
+            tracing::info!(findings = f.len(), "start-up reconcile done");
+            memory::give_back();
         }
         Err(e) => tracing::warn!(error = %e, "start-up reconcile failed; will retry"),
     }
@@ -392,7 +394,10 @@ async fn program_peers<S: Store>(
         }
         log_reachability_changes(last_reachable.as_ref().map(|r| &r.0), &reachable.0);
         match service.sync_peers(full).await {
-            Ok(_) => {
+            Ok(changes) => {
+                if changes >= memory::BURST {
+                    memory::give_back();
+                }
                 dirty = false;
                 last_reachable = Some(reachable);
                 if full {

@@ -355,6 +355,8 @@ pub async fn run<S: Store>(store: S, shared: Arc<Shared>) {
                     super::metrics::get().store_listed();
                     shared.changed.notify_one();
                     tracing::info!(revision = rev, keys = kvs.len(), "store listed");
+                    drop(kvs);
+                    super::memory::give_back();
                     rev + 1
                 }
                 Err(e) => {
