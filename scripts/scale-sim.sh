@@ -114,12 +114,14 @@ done
 : >"$work/samples"
 for ((k = 0; k < samples; k++)); do
   h=$((k % hosts + 1))
-  ip=10.90.250.$((k + 1))
   ip netns add "$name-s$k"
   t=$(now)
+  # The address is the allocator's: any fixed one may already be taken by the population.
   "$rnet" attach scale --socket "$(sock "$h")" --netns "/run/netns/$name-s$k" \
-    --ip "$ip" --id "s$k" >/dev/null
-  echo "$k $h $ip $t $(now)" >>"$work/samples"
+    --id "s$k" -o json >"$work/attach-s$k"
+  acked=$(now)
+  ip=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["ip"].split("/")[0])' <"$work/attach-s$k")
+  echo "$k $h $ip $t $acked" >>"$work/samples"
   deadline=$(($(date +%s) + 30))
   for ((o = 1; o <= hosts; o++)); do
     ((o == h)) && continue
@@ -167,11 +169,12 @@ streams = total(m3, "etcd_debugging_mvcc_watch_stream_total")
 
 # Convergence: the first monitor line naming each sample's address, per other host.
 ts = re.compile(r"^\[(\S+)\] (\S+) ")
+sampled = {line.split()[2] for line in open(f"{work}/samples")}
 seen = {}
 for h in range(1, hosts + 1):
     for line in open(f"{work}/mon-h{h}"):
         m = ts.match(line)
-        if m and m.group(2).startswith("10.90.250.") and (h, m.group(2)) not in seen:
+        if m and m.group(2) in sampled and (h, m.group(2)) not in seen:
             when = datetime.datetime.fromisoformat(m.group(1)).astimezone().timestamp()
             seen[(h, m.group(2))] = when
 delays, per_sample, calls = [], [], []
