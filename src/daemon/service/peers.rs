@@ -79,8 +79,10 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                     let vteps = peers::vteps(&hosts, &self.allowed_peers(net, &reachable, &up));
                     let last = if apply {
                         programmed.remove(&net.id)
-                    } else {
+                    } else if !full {
                         programmed.get(&net.id).cloned()
+                    } else {
+                        None // compared with the kernel
                     };
                     let (ifindex, against) = match last {
                         Some(mut p)
