@@ -12,7 +12,6 @@ use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::peers::{self, PeerState};
-use crate::reconcile::{self, Finding};
 use crate::store::{keys, Store};
 
 impl<S: Store, D: Dataplane> Service<S, D> {
@@ -22,11 +21,13 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     pub async fn sync_peers(&self, full: bool) -> Result<usize> {
         let _guard = self.kernel.read().await;
         self.egress_on_change().await;
-        Ok(self.peer_pass(full, true, None).await?.len())
+        let changed = self.peer_pass(full, true, None).await?;
+        Ok(changed.iter().map(|(_, d)| d.len()).sum())
     }
 
-    /// Compare (and with `apply`, program) the peer tables of every local network.
-    /// `only`: just that network, whether or not the cache shows a local endpoint on it yet.
+    /// Compare (and with `apply`, program) the peer tables of every local network; returns
+    /// each network's differences (found, or programmed). `only`: just that network, whether
+    /// or not the cache shows a local endpoint on it yet.
     ///
     /// A network programmed before, from the same hosts and the same list of the store, costs
     /// only the endpoints that changed since (the cache journals them); anything else (a
@@ -36,7 +37,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         full: bool,
         apply: bool,
         only: Option<&Network>,
-    ) -> Result<Vec<Finding>> {
+    ) -> Result<Vec<(String, peers::TableDiff)>> {
         let me = self.cfg.host_id.as_str();
         let up = self.tunnels_up();
         // Held to the end: passes run one at a time, each from where the last one left off.
@@ -127,7 +128,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                 })
                 .collect()
         };
-        let mut findings = Vec::new();
+        let mut found = Vec::new();
         for work in work {
             let Work {
                 net,
@@ -151,21 +152,21 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                     None => continue,
                 },
             };
-            if !diff.is_empty() {
-                findings.extend(reconcile::peer_findings(name, &diff));
-                if !apply {
-                    continue;
+            if diff.is_empty() {
+                if apply {
+                    programmed.insert(net.id.clone(), now);
                 }
-                if self.dp.apply_tables(&sandbox, now.ifindex, &diff).await? > 0 {
-                    continue; // not kept: the kernel is read back next time
-                }
-                tracing::debug!(network = %name, changes = diff.len(), "peer tables programmed");
+                continue;
             }
-            if apply {
+            // A plan whose changes the kernel refused in part is not kept: the next pass reads
+            // the kernel back.
+            if apply && self.dp.apply_tables(&sandbox, now.ifindex, &diff).await? == 0 {
+                tracing::debug!(network = %name, changes = diff.len(), "peer tables programmed");
                 programmed.insert(net.id.clone(), now);
             }
+            found.push((name.clone(), diff));
         }
-        Ok(findings)
+        Ok(found)
     }
 
     /// The hosts whose entries are programmed now.

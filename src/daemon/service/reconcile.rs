@@ -35,7 +35,12 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             Ok(f) => findings.extend(f),
             Err(e) => tracing::warn!(error = %e, "checking egress failed"),
         }
-        let peer_findings = self.peer_pass(true, apply, None).await?;
+        let peer_findings: Vec<Finding> = self
+            .peer_pass(true, apply, None)
+            .await?
+            .iter()
+            .flat_map(|(network, diff)| crate::reconcile::peer_findings(network, diff))
+            .collect();
         if apply {
             let repaired = findings.len() + peer_findings.len();
             if repaired > 0 {
