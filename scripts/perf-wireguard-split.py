@@ -118,6 +118,53 @@ def classify(comm, frames):
     return ROWS[10]
 
 
+# The parts of two rows, by the sample's leaf (TUN read) or by the first layer on its stack
+# (the stack behind a TUN write).
+KERNEL_COPY = {"_copy_to_iter", "_copy_from_iter", "__check_object_size", "copy_user_generic",
+               "rep_movs_alternative", "__pi_memcpy", "check_heap_object", "__virt_addr_valid",
+               "simple_copy_to_iter", "skb_copy_datagram_iter", "__skb_datagram_iter"}
+SYSCALL_PATH = re.compile(r"syscall|entry_|fdget|do_readv|vfs_readv|readv|import_iovec|rw_verify"
+                          r"|fsnotify|security_|iov_iter|do_iter")
+SKB_FREE = re.compile(r"kmem_cache|slab|kfree|skb_release|consume_skb|__alloc_skb|kmalloc")
+GSO_SPLIT = {"skb_segment", "__udp_gso_segment", "udp_rcv_segment", "__skb_gso_segment",
+             "skb_udp_tunnel_segment"}
+
+
+def tun_read_part(frames):
+    leaf = frames[0][0]
+    if leaf in KERNEL_COPY:
+        return "copy out"
+    if SKB_FREE.search(leaf):
+        return "skb free"
+    if SYSCALL_PATH.search(leaf):
+        return "system call entry/exit and readv plumbing"
+    return "tun code and the rest"
+
+
+def inline_layer(frames):
+    if frames[0][0] in KERNEL_COPY:
+        return "copies"
+    for name, _ in frames:
+        if name.startswith("tcp_") or name.startswith("tcp4"):
+            return "TCP"
+        if name in GSO_SPLIT:
+            return "splitting the GSO write into datagrams"
+        if name.startswith("vxlan"):
+            return "VXLAN"
+        if name.startswith("br_"):
+            return "bridge"
+        if name.startswith("veth"):
+            return "veth"
+        if "gro" in name:
+            return "GRO (merging again)"
+        if name.startswith("ip_") or name.startswith("udp"):
+            return "IP/UDP"
+    return "other"
+
+
+DETAIL = {ROWS[1]: tun_read_part, ROWS[3]: inline_layer}
+
+
 class Symbols:
     """File offset -> function of an ELF file, from its program headers and nm (perf 6.1 here
     fails to read rnetd's symbols and prints [unknown] with the offset in the file)."""
@@ -225,7 +272,7 @@ def analyse(d):
     res = {
         "secs": secs, "packets": packets, "pps": packets / secs,
         "gbps_tun": tun["h2"][2] * 8 / secs / 1e9, "avg_len": tun["h2"][2] / max(packets, 1),
-        "acks": tun["h2"][1], "rx_writes": tun["h1"][1], "tun": tun, "udp": udp,
+        "acks": tun["h1"][3], "rx_writes": tun["h1"][1], "tun": tun, "udp": udp,
         "load": a["loadavg"], "machine_busy": 1 - mi / mt if mt else 0, "sides": {},
     }
     for side, h in (("sender", "h2"), ("receiver", "h1")):
@@ -233,11 +280,14 @@ def analyse(d):
         us_per_packet = cpu_s * 1e6 / packets
         by_row, by_sym, total = defaultdict(int), defaultdict(int), 0
         by_thread_samples = defaultdict(int)
+        by_detail = defaultdict(int)
         for comm, period, frames in samples(f"{d}/{side}.data"):
             row = classify(comm, frames)
             by_row[row] += period
             by_sym[(frames[0][0], frames[0][1], row)] += period
             by_thread_samples[thread_group(comm)] += period
+            if row in DETAIL:
+                by_detail[(row, DETAIL[row](frames))] += period
             total += period
         threads = defaultdict(float)
         for tid, (comm, ticks) in b["task"][h].items():
@@ -246,7 +296,7 @@ def analyse(d):
         res["sides"][side] = {
             "cpu_s": cpu_s, "us": us_per_packet, "rows": by_row, "total": total,
             "syms": by_sym, "threads": threads, "sampled_s": total / 1e9,
-            "thread_samples": by_thread_samples,
+            "thread_samples": by_thread_samples, "detail": by_detail,
         }
     return res
 
@@ -288,7 +338,7 @@ def main():
         for _, b in builds:
             for side in ("sender", "receiver"):
                 s = b["sides"][side]
-                cells.append(f"{s['rows'][row]:.3f} ({s['rows'][row] / s['us'] * 100:.0f}%)")
+                cells.append(f"{s['rows'][row]:.2f} ({s['rows'][row] / s['us'] * 100:.0f}%)")
         name = ("&nbsp;&nbsp;↳ " + row.strip()) if row.startswith("  ") else row
         print(f"| {name} | " + " | ".join(cells) + " |")
     cells = []
@@ -301,36 +351,52 @@ def main():
     print("Sub-rows (↳) are part of the row above them. Runs: " +
           ", ".join(f"{l} {n[l]}" for l in labels) + ".")
     print()
-    print("| each run (in order) | " + " | ".join(labels) + " |")
+    print("| over the runs: median (min–max) | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(builds))
     facts = [
-        ("window (s)", lambda r: f"{r['secs']:.1f}"),
-        ("data packets/s (sender TUN reads)", lambda r: f"{r['pps'] / 1000:.0f}k"),
-        ("Gbit/s of tunnel packets", lambda r: f"{r['gbps_tun']:.2f}"),
-        ("mean tunnel packet (bytes)", lambda r: f"{r['avg_len']:.0f}"),
-        ("ACKs written to the sender's TUN per 100 data packets",
-         lambda r: f"{r['acks'] * 100 / r['packets']:.2f}"),
-        ("data packets per TUN write on the receiver", lambda r: f"{r['packets'] / max(r['rx_writes'], 1):.1f}"),
-        ("UDP receive-buffer drops (both hosts)", lambda r: f"{r['udp']['h1'][2] + r['udp']['h2'][2]:,}"),
-        ("sender rnetd CPU (cores)", lambda r: f"{r['sides']['sender']['cpu_s'] / r['secs']:.2f}"),
-        ("receiver rnetd CPU (cores)", lambda r: f"{r['sides']['receiver']['cpu_s'] / r['secs']:.2f}"),
-        ("sender / receiver µs per data packet",
-         lambda r: f"{r['sides']['sender']['us']:.2f} / {r['sides']['receiver']['us']:.2f}"),
-        ("machine busy over the window (2 cores)", lambda r: f"{r['machine_busy'] * 100:.0f}%"),
-        ("load average (1 min) at the start", lambda r: r["load"].split()[0]),
+        ("window (s)", "{:.1f}", lambda r: r["secs"]),
+        ("data packets per second (sender TUN reads), thousands", "{:.0f}", lambda r: r["pps"] / 1000),
+        ("Gbit/s of tunnel packets (1440 bytes each)", "{:.2f}", lambda r: r["gbps_tun"]),
+        ("ACKs (packets the receiver's TUN handed its rnetd) per 100 data packets", "{:.2f}",
+         lambda r: r["acks"] * 100 / r["packets"]),
+        ("data packets per TUN write on the receiver (GSO)", "{:.1f}",
+         lambda r: r["packets"] / max(r["rx_writes"], 1)),
+        ("UDP receive-buffer drops (both hosts)", "{:.0f}", lambda r: r["udp"]["h1"][2] + r["udp"]["h2"][2]),
+        ("sender rnetd CPU (cores)", "{:.2f}", lambda r: r["sides"]["sender"]["cpu_s"] / r["secs"]),
+        ("receiver rnetd CPU (cores)", "{:.2f}", lambda r: r["sides"]["receiver"]["cpu_s"] / r["secs"]),
+        ("machine busy over the window (% of 2 cores)", "{:.0f}", lambda r: r["machine_busy"] * 100),
+        ("load average (1 min) at the window's start", "{:.2f}", lambda r: float(r["load"].split()[0])),
     ]
-    for name, f in facts:
-        print(f"| {name} | " + " | ".join(" · ".join(f(r) for r in b["runs"]) for _, b in builds) + " |")
+    for name, fmt, f in facts:
+        cells = []
+        for _, b in builds:
+            v = sorted(f(r) for r in b["runs"])
+            med = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            cells.append(f"{fmt.format(med)} ({fmt.format(v[0])}–{fmt.format(v[-1])})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print()
     groups = ["wg-tx", "wg-rx", "wg-timers", "tokio workers", "other threads"]
     print("| CPU µs per data packet by thread (/proc, mean) | " + " | ".join(
         f"{l} sender | {l} receiver" for l in labels) + " |")
     print("|---|" + "---|" * (2 * len(builds)))
     for g in groups:
-        cells = [f"{b['sides'][side]['threads'].get(g, 0):.3f}"
+        cells = [f"{b['sides'][side]['threads'].get(g, 0):.2f}"
                  for _, b in builds for side in ("sender", "receiver")]
         print(f"| {g} | " + " | ".join(cells) + " |")
     print()
+    for row, side in ((ROWS[1], "sender"), (ROWS[3], "receiver")):
+        print(f"Parts of \"{row.strip()}\", {side} (% of that row's samples, all runs):")
+        print()
+        for label, b in builds:
+            parts = defaultdict(int)
+            for r in b["runs"]:
+                for (rw, part), p in r["sides"][side]["detail"].items():
+                    if rw == row:
+                        parts[part] += p
+            total = sum(parts.values()) or 1
+            print(f"- {label}: " + ", ".join(f"{part} {p / total * 100:.0f}%" for part, p in
+                                            sorted(parts.items(), key=lambda kv: -kv[1])))
+        print()
     for label, b in builds:
         for side in ("sender", "receiver"):
             syms, total = defaultdict(int), 0
