@@ -9,55 +9,29 @@
 //! move to a blocking socket (containers/netavark PR #429).
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::OnceLock;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{RouteAttribute, RouteMetric};
 use netlink_packet_route::RouteNetlinkMessage;
-use nix::sched::{setns, CloneFlags};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::error::DataplaneError;
 use super::request;
 use super::spec::{advmss, EndpointSpec};
 use crate::model::Mac;
-use crate::netns::{NetNs, NetnsError};
+use crate::netns::NetNs;
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
-/// Run `f` on a fresh thread inside `ns` and await its result without blocking the runtime.
+/// Run `f` on a thread inside `ns` and await its result without blocking the runtime.
 pub async fn in_netns<T: Send + 'static>(
     ns: &NetNs,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    let path = ns.path().to_path_buf();
-    let fd = ns
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| NetnsError::Io {
-            op: "duplicating handle of",
-            path: path.clone(),
-            source: e,
-        })?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let entering = path.clone();
-    std::thread::Builder::new()
-        .name("rnet-netns".into())
-        .spawn(move || {
-            let r = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map(|()| f());
-            let _ = tx.send(r);
-        })
-        .map_err(|e| NetnsError::Thread(e.to_string()))?;
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(NetnsError::Sys {
-            op: "entering",
-            path: entering,
-            source: e,
-        }
-        .into()),
-        Err(_) => Err(NetnsError::Thread("panicked".into()).into()),
-    }
+    Ok(ns.run_async(f).await?)
 }
 
 /// Configure the workload end of `ep` (already created in this thread's namespace).
@@ -125,9 +99,27 @@ fn announce(index: u32, mac: Mac, ip: Ipv4Addr) {
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )
     };
-    // Closing a packet socket waits for an RCU grace period (milliseconds): not on the
-    // attach's path.
-    std::thread::spawn(move || drop(fd));
+    close_later(fd);
+}
+
+/// Close `fd` on a thread kept for that: closing a packet socket waits for an RCU grace
+/// period (milliseconds), which is not the attach's to pay, and neither is a thread's
+/// creation per attach. If that thread cannot be had, the caller closes it.
+fn close_later(fd: OwnedFd) {
+    static CLOSER: OnceLock<Option<Sender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<OwnedFd>();
+        std::thread::Builder::new()
+            .name("rnet-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = closer {
+        if let Err(returned) = tx.send(fd) {
+            drop(returned.0);
+        }
+    }
 }
 
 /// A gratuitous ARP request: `ip` is at `mac`, to everyone.
