@@ -70,20 +70,24 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             aliases,
             ports: req.ports.clone(),
         };
-        let held = self
-            .allocate(&net, template, requested_ip, Some(net_rev))
+        let (held, durable) = self
+            .allocate_staged(&net, template, requested_ip, Some(net_rev))
             .await?;
+        // The kernel side is built while the store syncs the allocation to disk; the attach
+        // answers only once both are done.
         let sandbox = self.sandbox_spec(&net);
-        if let Err(e) = self
-            .dp
-            .attach(
-                &sandbox,
-                &EndpointSpec::for_endpoint(&net, &held.ep),
-                &workload,
-            )
-            .await
-        {
+        let spec = EndpointSpec::for_endpoint(&net, &held.ep);
+        let (built, durable) = tokio::join!(self.dp.attach(&sandbox, &spec, &workload), durable);
+        if let Err(e) = built {
             self.release(&held).await;
+            return Err(e.into());
+        }
+        if let Err(e) = durable {
+            // Not on disk: nothing may use the address. The store refuses writes after a
+            // failed sync, so only the kernel side is undone.
+            if let Err(undo) = self.dp.detach(&sandbox.netns, &spec.host_ifname).await {
+                tracing::warn!(error = %undo, id = %held.ep.id, "removing the veth of an allocation that failed to sync");
+            }
             return Err(e.into());
         }
         let ep = held.ep;
