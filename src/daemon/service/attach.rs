@@ -19,6 +19,15 @@ use crate::store::Store;
 impl<S: Store, D: Dataplane> Service<S, D> {
     /// Attach a workload to a network.
     pub async fn attach(&self, req: &AttachRequest, caller: Caller) -> Result<Endpoint> {
+        Ok(self.attach_to(req, caller).await?.0)
+    }
+
+    /// Attach, and return the network's record as well.
+    pub(super) async fn attach_to(
+        &self,
+        req: &AttachRequest,
+        caller: Caller,
+    ) -> Result<(Endpoint, Network)> {
         let ifname: IfName = req.ifname.as_deref().unwrap_or("eth0").parse()?;
         let id: EndpointId = match &req.id {
             Some(id) => id.parse()?,
@@ -95,7 +104,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         self.journal_record(&ep);
         self.egress_after_attach(&net, &ep).await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
-        Ok(ep)
+        Ok((ep, net))
     }
 
     /// Make the sandbox exist (once per process per network; the reconcile checks it later),
