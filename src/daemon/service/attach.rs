@@ -86,7 +86,14 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         // answers only once both are done.
         let sandbox = self.sandbox_spec(&net);
         let spec = EndpointSpec::for_endpoint(&net, &held.ep);
-        let (built, durable) = tokio::join!(self.dp.attach(&sandbox, &spec, &workload), durable);
+        // The journal entry is written meanwhile too (and taken back if the attach fails).
+        let (built, durable, ()) =
+            tokio::join!(self.dp.attach(&sandbox, &spec, &workload), durable, async {
+                self.journal_record(&held.ep)
+            });
+        if built.is_err() || durable.is_err() {
+            self.journal.forget(&held.ep);
+        }
         if let Err(e) = built {
             self.release(&held).await;
             return Err(e.into());
@@ -101,7 +108,6 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         }
         let ep = held.ep;
         drop(ports_held);
-        self.journal_record(&ep);
         self.egress_after_attach(&net, &ep).await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
         Ok((ep, net))
