@@ -333,8 +333,8 @@ impl NetNs {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NetnsError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(f, move |r| {
-            let _ = tx.send(r);
+        self.submit(move |entered| {
+            let _ = tx.send(entered.map(|()| f()));
         })?;
         rx.recv()
             .map_err(|_| NetnsError::Thread("panicked".into()))?
@@ -345,25 +345,41 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NetnsError> {
+        self.run_async_then(move || (f(), ()), |()| {}).await
+    }
+
+    /// As [`NetNs::run_async`] for an `f` that returns a result and what is left to do:
+    /// the result is handed over first, then `after` does the rest, still in the namespace.
+    pub async fn run_async_then<T: Send + 'static, L: 'static>(
+        &self,
+        f: impl FnOnce() -> (T, L) + Send + 'static,
+        after: impl FnOnce(L) + Send + 'static,
+    ) -> Result<T, NetnsError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(f, move |r| {
-            let _ = tx.send(r);
+        self.submit(move |entered| match entered {
+            Ok(()) => {
+                let (value, left) = f();
+                let _ = tx.send(Ok(value));
+                after(left);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
         })?;
         rx.await
             .map_err(|_| NetnsError::Thread("panicked".into()))?
     }
 
-    fn submit<T: Send + 'static>(
+    fn submit(
         &self,
-        f: impl FnOnce() -> T + Send + 'static,
-        reply: impl FnOnce(Result<T, NetnsError>) + Send + 'static,
+        job: impl FnOnce(Result<(), NetnsError>) + Send + 'static,
     ) -> Result<(), NetnsError> {
         let fd = self.fd.try_clone().map_err(|e| NetnsError::Io {
             op: "duplicating handle of",
             path: self.path.clone(),
             source: e,
         })?;
-        threads::submit(fd, self.path.clone(), f, reply)
+        threads::submit(fd, self.path.clone(), job)
     }
 }
 

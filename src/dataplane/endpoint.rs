@@ -54,10 +54,7 @@ impl Netlink {
             });
         }
         created?;
-        let spec = ep.clone();
-        let configured = workload::in_netns(workload, move || workload::configure(&spec))
-            .await
-            .and_then(|r| r);
+        let configured = workload::configure_in(workload, ep.clone()).await;
         if let Err(e) = configured {
             let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
             return Err(e);

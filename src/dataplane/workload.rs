@@ -1,7 +1,7 @@
 //! The workload side of an attach, in one blocking pass on a thread inside the workload's
 //! namespace: look the interface up, then one datagram carrying `ip link set lo up`,
-//! `ip addr add`, `ip link set IFNAME up` and `ip route add default via GW mtu M advmss A`,
-//! each acknowledged.
+//! `ip addr add`, `ip link set IFNAME up`, `ip route add default via GW mtu M advmss A` and
+//! the interface's ARP retries, each acknowledged; then, after the answer, a gratuitous ARP.
 //!
 //! Two round trips on one thread, instead of six through an async connection whose every
 //! answer is a wake-up across the runtime's threads: on a busy host each wake-up can wait
@@ -14,7 +14,11 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::OnceLock;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::neighbour_table::{
+    NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteMetric};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
@@ -26,23 +30,53 @@ use crate::netns::NetNs;
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
-/// Run `f` on a thread inside `ns` and await its result without blocking the runtime.
-pub async fn in_netns<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    Ok(ns.run_async(f).await?)
+/// Configure the workload end of `ep` (already created in this thread's namespace), then,
+/// once its caller has the answer, announce it.
+pub async fn configure_in(ns: &NetNs, ep: EndpointSpec) -> Result<()> {
+    ns.run_async_then(
+        move || match configure(&ep) {
+            Ok(index) => (Ok(()), Some((index, ep))),
+            Err(e) => (Err(e), None),
+        },
+        // A peer's failed neighbour entry waits for this; the attach's answer need not:
+        // sending it runs the frame through the sandbox's bridge and VXLAN device
+        // (a fifth of a millisecond, as long as the rest of the configuration).
+        |done| {
+            if let Some((index, ep)) = done {
+                announce(index, ep.mac, ep.address.ip());
+            }
+        },
+    )
+    .await?
 }
 
-/// Configure the workload end of `ep` (already created in this thread's namespace).
-pub fn configure(ep: &EndpointSpec) -> Result<()> {
+/// Configure the workload end of `ep` in this thread's namespace; its interface index.
+fn configure(ep: &EndpointSpec) -> Result<u32> {
     let sock = request::open_socket(Some(request::RECV_TIMEOUT)).map_err(DataplaneError::Socket)?;
     let index = request::link_index(&sock, &ep.ifname)?
         .ok_or_else(|| DataplaneError::no_device(format!("looking up {}", ep.ifname)))?;
-    request::transact(&sock, requests(ep, index))?;
-    quick_neighbour_retries(ep.ifname.as_str());
-    announce(index, ep.mac, ep.address.ip());
-    Ok(())
+    let mut batch = requests(ep, index);
+    let required = batch.len();
+    batch.push(quick_neighbour_retries(index));
+    let (msgs, ops): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|(msg, flags, op)| ((msg, flags), op))
+        .unzip();
+    let out = request::send_batch(&sock, &msgs, request::Ack::Each);
+    if let Some(e) = out.unsent.into_iter().next() {
+        return Err(DataplaneError::Socket(e));
+    }
+    for &(i, code) in &out.refused {
+        if i < required {
+            return Err(DataplaneError::errno(ops[i].clone(), code));
+        }
+        // Best effort: the kernel's defaults only cost a second on a missed answer.
+        tracing::debug!(errno = code, ifname = %ep.ifname, "{}", ops[i]);
+    }
+    if let Some(e) = out.unanswered {
+        return Err(DataplaneError::Socket(e));
+    }
+    Ok(index)
 }
 
 /// Address resolution on the overlay asks every 100 ms, ten times, instead of the kernel's
@@ -50,15 +84,24 @@ pub fn configure(ep: &EndpointSpec) -> Result<()> {
 /// own VXLAN device from the programmed table, never sent across hosts, so asking often
 /// costs nothing; a workload that asks for an address whose entry its host programs a few
 /// milliseconds later (the record was just written elsewhere) then waits 100 ms, not a
-/// second. Best effort, in the workload's namespace (this thread's): the kernel's defaults
-/// only cost that second.
-fn quick_neighbour_retries(ifname: &str) {
-    let dir = format!("/proc/sys/net/ipv4/neigh/{ifname}");
-    for (knob, value) in [("retrans_time_ms", "100"), ("mcast_solicit", "10")] {
-        if let Err(e) = std::fs::write(format!("{dir}/{knob}"), value) {
-            tracing::debug!(error = %e, knob, ifname, "setting the workload's ARP retries failed");
-        }
-    }
+/// second. `net.ipv4.neigh.IFNAME.{retrans_time_ms,mcast_solicit}` set through netlink
+/// (RTM_SETNEIGHTBL) in the configuration's batch, rather than two writes under /proc.
+fn quick_neighbour_retries(index: u32) -> (RouteNetlinkMessage, u16, String) {
+    let mut msg = NeighbourTableMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.attributes = vec![
+        NeighbourTableAttribute::Name("arp_cache".into()),
+        NeighbourTableAttribute::Parms(vec![
+            NeighbourTableParameter::Ifindex(index),
+            NeighbourTableParameter::RetransTime(100),
+            NeighbourTableParameter::McastProbes(10),
+        ]),
+    ];
+    (
+        RouteNetlinkMessage::SetNeighbourTable(msg),
+        0,
+        "setting the workload's ARP retries failed".into(),
+    )
 }
 
 /// Send one gratuitous ARP from the new interface. A peer that asked for this address

@@ -27,23 +27,21 @@ const MAX_IDLE: usize = 8;
 /// The idle threads, each reached through the sender of its job queue.
 static IDLE: Mutex<Vec<Sender<Job>>> = Mutex::new(Vec::new());
 
-/// Run `f` inside the namespace `ns` (a descriptor of it, `path` for errors) on a pooled
-/// thread; `reply` gets its result (or the error entering it) before the thread goes home.
-pub(super) fn submit<T: Send + 'static>(
+/// Run `job` on a pooled thread that has tried to enter the namespace `ns` (a descriptor of
+/// it, `path` for errors); `job` is told whether that worked and reports on its own.
+pub(super) fn submit(
     ns: OwnedFd,
     path: PathBuf,
-    f: impl FnOnce() -> T + Send + 'static,
-    reply: impl FnOnce(Result<T, NetnsError>) + Send + 'static,
+    job: impl FnOnce(Result<(), NetnsError>) + Send + 'static,
 ) -> Result<(), NetnsError> {
     let job: Job = Box::new(move || {
-        let r = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Sys {
+        let entered =
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Sys {
                 op: "entering",
                 path,
                 source,
-            })
-            .map(|()| f());
-        reply(r);
+            });
+        job(entered);
     });
     let idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner).pop();
     let job = match idle {
@@ -112,8 +110,8 @@ mod tests {
     fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         let ns = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap());
         let (tx, rx) = sync_channel(1);
-        submit(ns, "/proc/thread-self/ns/net".into(), f, move |r| {
-            let _ = tx.send(r);
+        submit(ns, "/proc/thread-self/ns/net".into(), move |entered| {
+            let _ = tx.send(entered.map(|()| f()));
         })
         .unwrap();
         rx.recv().unwrap().unwrap()
@@ -145,14 +143,9 @@ mod tests {
     fn a_panicking_job_loses_its_answer_not_the_pool() {
         let ns = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap());
         let (tx, rx) = sync_channel::<Result<(), NetnsError>>(1);
-        submit(
-            ns,
-            "/proc/thread-self/ns/net".into(),
-            || panic!("boom"),
-            move |r| {
-                let _ = tx.send(r);
-            },
-        )
+        submit(ns, "/proc/thread-self/ns/net".into(), move |entered| {
+            let _ = tx.send(entered.map(|()| panic!("boom")));
+        })
         .unwrap();
         assert!(rx.recv().is_err(), "a panicking job has no answer");
         assert_eq!(run(|| 7), 7);
