@@ -3,7 +3,8 @@
 //!
 //! Namespaces belong to threads, not processes. Entering one with setns on a tokio worker
 //! would leave that worker in the wrong namespace for whatever task it runs next, so every
-//! namespace switch happens on a fresh OS thread that exits afterwards.
+//! namespace switch happens on a thread of its own: a pooled one (`threads`) that enters its
+//! home namespace again before its next job, or, to create a namespace, a fresh one.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -326,25 +327,59 @@ impl NetNs {
         })
     }
 
-    /// Run `f` on a fresh OS thread that has entered this namespace.
+    /// Run `f` on an OS thread that has entered this namespace, and wait for it.
     pub fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NetnsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(move |entered| {
+            let _ = tx.send(entered.map(|()| f()));
+        })?;
+        rx.recv()
+            .map_err(|_| NetnsError::Thread("panicked".into()))?
+    }
+
+    /// As [`NetNs::run`], awaiting the result without blocking the async runtime.
+    pub async fn run_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        self.run_async_then(move || (f(), ()), |()| {}).await
+    }
+
+    /// As [`NetNs::run_async`] for an `f` that returns a result and what is left to do:
+    /// the result is handed over first, then `after` does the rest, still in the namespace.
+    pub async fn run_async_then<T: Send + 'static, L: 'static>(
+        &self,
+        f: impl FnOnce() -> (T, L) + Send + 'static,
+        after: impl FnOnce(L) + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(move |entered| match entered {
+            Ok(()) => {
+                let (value, left) = f();
+                let _ = tx.send(Ok(value));
+                after(left);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+        rx.await
+            .map_err(|_| NetnsError::Thread("panicked".into()))?
+    }
+
+    fn submit(
+        &self,
+        job: impl FnOnce(Result<(), NetnsError>) + Send + 'static,
+    ) -> Result<(), NetnsError> {
         let fd = self.fd.try_clone().map_err(|e| NetnsError::Io {
             op: "duplicating handle of",
             path: self.path.clone(),
             source: e,
         })?;
-        let path = self.path.clone();
-        on_thread(move || {
-            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Sys {
-                op: "entering",
-                path,
-                source: e,
-            })?;
-            Ok(f())
-        })?
+        threads::submit(fd, self.path.clone(), job)
     }
 }
 
@@ -454,3 +489,4 @@ fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Resul
 
 #[cfg(test)]
 mod tests;
+mod threads;

@@ -116,6 +116,13 @@ fn add_check_del_in_every_result_format() {
         let link = String::from_utf8_lossy(&w.exec(&["ip", "-o", "link", "show", "eth0"]).stdout)
             .to_string();
         assert!(link.contains(mac), "{link}");
+        // ARP on the overlay asks every 100 ms, ten times (set with the configuration).
+        let neigh = w.exec(&[
+            "cat",
+            "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms",
+            "/proc/sys/net/ipv4/neigh/eth0/mcast_solicit",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&neigh.stdout), "100\n10\n");
         assert!(
             w.ping(peer_ip, 2),
             "{version}: container reaches the CLI workload"

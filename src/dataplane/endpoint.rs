@@ -34,34 +34,27 @@ impl Netlink {
         workload: &NetNs,
     ) -> Result<()> {
         let sb = self.sandbox(&sandbox.netns)?;
-        if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
-            del_link(&sb, stale.index, &ep.host_ifname).await?;
-        }
         let bridge = require_link(&sb, BRIDGE).await?;
-        // The sandbox-side name is this endpoint's alone (derived from its address, a stale
-        // one just removed), so EEXIST can only be the workload side's name.
-        match add_link(
-            &sb,
-            veth_message(ep, bridge.index, workload),
-            &format!("creating veth {} <-> {}", ep.host_ifname, ep.ifname),
-        )
-        .await
-        {
-            Err(DataplaneError::Netlink {
-                errno: Some(libc::EEXIST),
-                ..
-            }) => {
-                return Err(DataplaneError::IfaceExists {
-                    ifname: ep.ifname.clone(),
-                    netns: workload.path().display().to_string(),
-                })
+        let what = format!("creating veth {} <-> {}", ep.host_ifname, ep.ifname);
+        // The sandbox-side name is this endpoint's alone (derived from its address), so one
+        // that exists is a stale leftover: it is looked for only when the name clashes,
+        // not on every attach, removed, and the creation tried once more. A clash after
+        // that can only be the workload side's name.
+        let mut created = add_link(&sb, veth_message(ep, bridge.index, workload), &what).await;
+        if is_eexist(&created) {
+            if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
+                del_link(&sb, stale.index, &ep.host_ifname).await?;
+                created = add_link(&sb, veth_message(ep, bridge.index, workload), &what).await;
             }
-            other => other?,
         }
-        let spec = ep.clone();
-        let configured = workload::in_netns(workload, move || workload::configure(&spec))
-            .await
-            .and_then(|r| r);
+        if is_eexist(&created) {
+            return Err(DataplaneError::IfaceExists {
+                ifname: ep.ifname.clone(),
+                netns: workload.path().display().to_string(),
+            });
+        }
+        created?;
+        let configured = workload::configure_in(workload, ep.clone()).await;
         if let Err(e) = configured {
             let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
             return Err(e);
@@ -205,6 +198,16 @@ impl Netlink {
     pub async fn workload_link(&self, workload: &NetNs, ifname: &str) -> Result<Option<LinkState>> {
         get_link(&connect(Some(workload))?, ifname).await
     }
+}
+
+fn is_eexist(r: &Result<()>) -> bool {
+    matches!(
+        r,
+        Err(DataplaneError::Netlink {
+            errno: Some(libc::EEXIST),
+            ..
+        })
+    )
 }
 
 /// `ip link add HOST mtu M master br0 up type veth peer name IFNAME address MAC mtu M netns FD`:

@@ -1,7 +1,7 @@
 //! The workload side of an attach, in one blocking pass on a thread inside the workload's
 //! namespace: look the interface up, then one datagram carrying `ip link set lo up`,
-//! `ip addr add`, `ip link set IFNAME up` and `ip route add default via GW mtu M advmss A`,
-//! each acknowledged.
+//! `ip addr add`, `ip link set IFNAME up`, `ip route add default via GW mtu M advmss A` and
+//! the interface's ARP retries, each acknowledged; then, after the answer, a gratuitous ARP.
 //!
 //! Two round trips on one thread, instead of six through an async connection whose every
 //! answer is a wake-up across the runtime's threads: on a busy host each wake-up can wait
@@ -9,66 +9,74 @@
 //! move to a blocking socket (containers/netavark PR #429).
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::OnceLock;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::neighbour_table::{
+    NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteMetric};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use nix::sched::{setns, CloneFlags};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::error::DataplaneError;
 use super::request;
 use super::spec::{advmss, EndpointSpec};
 use crate::model::Mac;
-use crate::netns::{NetNs, NetnsError};
+use crate::netns::NetNs;
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
-/// Run `f` on a fresh thread inside `ns` and await its result without blocking the runtime.
-pub async fn in_netns<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    let path = ns.path().to_path_buf();
-    let fd = ns
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| NetnsError::Io {
-            op: "duplicating handle of",
-            path: path.clone(),
-            source: e,
-        })?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let entering = path.clone();
-    std::thread::Builder::new()
-        .name("rnet-netns".into())
-        .spawn(move || {
-            let r = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map(|()| f());
-            let _ = tx.send(r);
-        })
-        .map_err(|e| NetnsError::Thread(e.to_string()))?;
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(NetnsError::Sys {
-            op: "entering",
-            path: entering,
-            source: e,
-        }
-        .into()),
-        Err(_) => Err(NetnsError::Thread("panicked".into()).into()),
-    }
+/// Configure the workload end of `ep` (already created in this thread's namespace), then,
+/// once its caller has the answer, announce it.
+pub async fn configure_in(ns: &NetNs, ep: EndpointSpec) -> Result<()> {
+    ns.run_async_then(
+        move || match configure(&ep) {
+            Ok(index) => (Ok(()), Some((index, ep))),
+            Err(e) => (Err(e), None),
+        },
+        // A peer's failed neighbour entry waits for this; the attach's answer need not:
+        // sending it runs the frame through the sandbox's bridge and VXLAN device
+        // (a fifth of a millisecond, as long as the rest of the configuration).
+        |done| {
+            if let Some((index, ep)) = done {
+                announce(index, ep.mac, ep.address.ip());
+            }
+        },
+    )
+    .await?
 }
 
-/// Configure the workload end of `ep` (already created in this thread's namespace).
-pub fn configure(ep: &EndpointSpec) -> Result<()> {
+/// Configure the workload end of `ep` in this thread's namespace; its interface index.
+fn configure(ep: &EndpointSpec) -> Result<u32> {
     let sock = request::open_socket(Some(request::RECV_TIMEOUT)).map_err(DataplaneError::Socket)?;
     let index = request::link_index(&sock, &ep.ifname)?
         .ok_or_else(|| DataplaneError::no_device(format!("looking up {}", ep.ifname)))?;
-    request::transact(&sock, requests(ep, index))?;
-    quick_neighbour_retries(ep.ifname.as_str());
-    announce(index, ep.mac, ep.address.ip());
-    Ok(())
+    let mut batch = requests(ep, index);
+    let required = batch.len();
+    batch.push(quick_neighbour_retries(index));
+    let (msgs, ops): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|(msg, flags, op)| ((msg, flags), op))
+        .unzip();
+    let out = request::send_batch(&sock, &msgs, request::Ack::Each);
+    if let Some(e) = out.unsent.into_iter().next() {
+        return Err(DataplaneError::Socket(e));
+    }
+    for &(i, code) in &out.refused {
+        if i < required {
+            return Err(DataplaneError::errno(ops[i].clone(), code));
+        }
+        // Best effort: the kernel's defaults only cost a second on a missed answer.
+        tracing::debug!(errno = code, ifname = %ep.ifname, "{}", ops[i]);
+    }
+    if let Some(e) = out.unanswered {
+        return Err(DataplaneError::Socket(e));
+    }
+    Ok(index)
 }
 
 /// Address resolution on the overlay asks every 100 ms, ten times, instead of the kernel's
@@ -76,15 +84,24 @@ pub fn configure(ep: &EndpointSpec) -> Result<()> {
 /// own VXLAN device from the programmed table, never sent across hosts, so asking often
 /// costs nothing; a workload that asks for an address whose entry its host programs a few
 /// milliseconds later (the record was just written elsewhere) then waits 100 ms, not a
-/// second. Best effort, in the workload's namespace (this thread's): the kernel's defaults
-/// only cost that second.
-fn quick_neighbour_retries(ifname: &str) {
-    let dir = format!("/proc/sys/net/ipv4/neigh/{ifname}");
-    for (knob, value) in [("retrans_time_ms", "100"), ("mcast_solicit", "10")] {
-        if let Err(e) = std::fs::write(format!("{dir}/{knob}"), value) {
-            tracing::debug!(error = %e, knob, ifname, "setting the workload's ARP retries failed");
-        }
-    }
+/// second. `net.ipv4.neigh.IFNAME.{retrans_time_ms,mcast_solicit}` set through netlink
+/// (RTM_SETNEIGHTBL) in the configuration's batch, rather than two writes under /proc.
+fn quick_neighbour_retries(index: u32) -> (RouteNetlinkMessage, u16, String) {
+    let mut msg = NeighbourTableMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.attributes = vec![
+        NeighbourTableAttribute::Name("arp_cache".into()),
+        NeighbourTableAttribute::Parms(vec![
+            NeighbourTableParameter::Ifindex(index),
+            NeighbourTableParameter::RetransTime(100),
+            NeighbourTableParameter::McastProbes(10),
+        ]),
+    ];
+    (
+        RouteNetlinkMessage::SetNeighbourTable(msg),
+        0,
+        "setting the workload's ARP retries failed".into(),
+    )
 }
 
 /// Send one gratuitous ARP from the new interface. A peer that asked for this address
@@ -125,9 +142,27 @@ fn announce(index: u32, mac: Mac, ip: Ipv4Addr) {
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )
     };
-    // Closing a packet socket waits for an RCU grace period (milliseconds): not on the
-    // attach's path.
-    std::thread::spawn(move || drop(fd));
+    close_later(fd);
+}
+
+/// Close `fd` on a thread kept for that: closing a packet socket waits for an RCU grace
+/// period (milliseconds), which is not the attach's to pay, and neither is a thread's
+/// creation per attach. If that thread cannot be had, the caller closes it.
+fn close_later(fd: OwnedFd) {
+    static CLOSER: OnceLock<Option<Sender<OwnedFd>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<OwnedFd>();
+        std::thread::Builder::new()
+            .name("rnet-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = closer {
+        if let Err(returned) = tx.send(fd) {
+            drop(returned.0);
+        }
+    }
 }
 
 /// A gratuitous ARP request: `ip` is at `mac`, to everyone.

@@ -70,6 +70,13 @@ pub struct TxnResult {
     pub current: Vec<Option<KeyValue>>,
 }
 
+/// A transaction whose outcome is decided (later writes see it) but which may not be on
+/// disk yet: `durable` resolves once it is. See [`Store::txn_staged`].
+pub struct Staged {
+    pub result: TxnResult,
+    pub durable: futures::future::BoxFuture<'static, StoreResult<()>>,
+}
+
 /// What happened to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -158,6 +165,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         compares: Vec<Compare>,
         ops: Vec<TxnOp>,
     ) -> impl Future<Output = StoreResult<TxnResult>> + Send;
+
+    /// As `txn`, but return as soon as the outcome is decided, with a future that resolves
+    /// once the transaction is durable (already resolved for a backend that only answers
+    /// then, such as etcd). The caller may do other work meanwhile (an attach builds the
+    /// kernel side while the embedded store syncs) but must not acknowledge anything that
+    /// depends on the write before `durable` resolves: a crash may take it back until then.
+    fn txn_staged(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> impl Future<Output = StoreResult<Staged>> + Send {
+        async move {
+            let result = self.txn(compares, ops).await?;
+            let durable: futures::future::BoxFuture<'static, StoreResult<()>> =
+                Box::pin(std::future::ready(Ok(())));
+            Ok(Staged { result, durable })
+        }
+    }
 
     /// Watch every change under `prefix` with revision >= `from_revision`.
     fn watch(

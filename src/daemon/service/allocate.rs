@@ -11,7 +11,10 @@ use crate::dataplane::{spec, Dataplane};
 use crate::error::{Error, Result};
 use crate::ipam;
 use crate::model::{fnv1a, Endpoint, Mac, Network};
-use crate::store::{keys, Compare, Revision, Store, TxnOp};
+use crate::store::{keys, Compare, Revision, Staged, Store, StoreResult, TxnOp};
+
+/// Resolves once an allocation is on disk.
+pub(super) type Durable = futures::future::BoxFuture<'static, StoreResult<()>>;
 
 /// Lost races an allocation tolerates before giving up (each is a store round trip).
 pub(super) const MAX_ALLOCATION_ATTEMPTS: usize = 256;
@@ -24,10 +27,25 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     pub(super) async fn allocate(
         &self,
         net: &Network,
-        mut ep: Endpoint,
+        ep: Endpoint,
         requested: Option<Ipv4Addr>,
         net_rev: Option<Revision>,
     ) -> Result<Versioned> {
+        let (held, durable) = self.allocate_staged(net, ep, requested, net_rev).await?;
+        durable.await?;
+        Ok(held)
+    }
+
+    /// As `allocate`, returning once the address is taken (no other caller can get it),
+    /// with what resolves once that is on disk: nothing may report the address as held
+    /// before it has resolved (see `Store::txn_staged`).
+    pub(super) async fn allocate_staged(
+        &self,
+        net: &Network,
+        mut ep: Endpoint,
+        requested: Option<Ipv4Addr>,
+        net_rev: Option<Revision>,
+    ) -> Result<(Versioned, Durable)> {
         let name = net.name.as_str();
         // The addresses are the keys: no need to decode the records.
         let taken: BTreeSet<Ipv4Addr> = match requested {
@@ -58,9 +76,12 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             ep.ip = Ipv4Network::new(ip, net.subnet.prefix()).expect("valid prefix");
             ep.mac = requested_mac.unwrap_or_else(|| Mac::from_ipv4(ip));
             ep.host_ifname = spec::host_ifname(ip);
-            let txn = self
+            let Staged {
+                result: txn,
+                durable,
+            } = self
                 .store
-                .txn(
+                .txn_staged(
                     [
                         Compare::Absent(keys::endpoint(name, ip)),
                         Compare::Absent(keys::endpoint_id(name, ep.id.as_str())),
@@ -83,11 +104,14 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                 )
                 .await?;
             if txn.succeeded {
-                return Ok(Versioned {
+                let held = Versioned {
                     ep,
                     rev: txn.revision,
-                });
+                };
+                return Ok((held, durable));
             }
+            // What a lost race read must be on disk before it is acted on.
+            durable.await?;
             if net_rev.is_some()
                 && txn
                     .current

@@ -19,6 +19,15 @@ use crate::store::Store;
 impl<S: Store, D: Dataplane> Service<S, D> {
     /// Attach a workload to a network.
     pub async fn attach(&self, req: &AttachRequest, caller: Caller) -> Result<Endpoint> {
+        Ok(self.attach_to(req, caller).await?.0)
+    }
+
+    /// Attach, and return the network's record as well.
+    pub(super) async fn attach_to(
+        &self,
+        req: &AttachRequest,
+        caller: Caller,
+    ) -> Result<(Endpoint, Network)> {
         let ifname: IfName = req.ifname.as_deref().unwrap_or("eth0").parse()?;
         let id: EndpointId = match &req.id {
             Some(id) => id.parse()?,
@@ -70,28 +79,38 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             aliases,
             ports: req.ports.clone(),
         };
-        let held = self
-            .allocate(&net, template, requested_ip, Some(net_rev))
+        let (held, durable) = self
+            .allocate_staged(&net, template, requested_ip, Some(net_rev))
             .await?;
+        // The kernel side is built while the store syncs the allocation to disk; the attach
+        // answers only once both are done.
         let sandbox = self.sandbox_spec(&net);
-        if let Err(e) = self
-            .dp
-            .attach(
-                &sandbox,
-                &EndpointSpec::for_endpoint(&net, &held.ep),
-                &workload,
-            )
-            .await
-        {
+        let spec = EndpointSpec::for_endpoint(&net, &held.ep);
+        // The journal entry is written meanwhile too (and taken back if the attach fails).
+        let (built, durable, ()) =
+            tokio::join!(self.dp.attach(&sandbox, &spec, &workload), durable, async {
+                self.journal_record(&held.ep)
+            });
+        if built.is_err() || durable.is_err() {
+            self.journal.forget(&held.ep);
+        }
+        if let Err(e) = built {
             self.release(&held).await;
+            return Err(e.into());
+        }
+        if let Err(e) = durable {
+            // Not on disk: nothing may use the address. The store refuses writes after a
+            // failed sync, so only the kernel side is undone.
+            if let Err(undo) = self.dp.detach(&sandbox.netns, &spec.host_ifname).await {
+                tracing::warn!(error = %undo, id = %held.ep.id, "removing the veth of an allocation that failed to sync");
+            }
             return Err(e.into());
         }
         let ep = held.ep;
         drop(ports_held);
-        self.journal_record(&ep);
         self.egress_after_attach(&net, &ep).await;
         tracing::info!(network = %net.name, id = %ep.id, ip = %ep.ip, "attached");
-        Ok(ep)
+        Ok((ep, net))
     }
 
     /// Make the sandbox exist (once per process per network; the reconcile checks it later),

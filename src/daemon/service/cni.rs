@@ -107,13 +107,10 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         if let (Some(netns), Some(ifname)) = (&req.netns, &req.ifname) {
             self.teardowns.wait(netns, ifname).await;
         }
-        // The network record's gateway and MTU never change: read it alongside.
-        let (endpoint, network) =
-            tokio::join!(self.attach(req, caller), self.network(&req.network));
-        Ok(CniAttachment {
-            endpoint: endpoint?,
-            network: network?,
-        })
+        // The answer carries the network record the attach read (at the revision its
+        // allocation compared).
+        let (endpoint, network) = self.attach_to(req, caller).await?;
+        Ok(CniAttachment { endpoint, network })
     }
 
     /// Delete an endpoint's records if the record is still the one read at `rev`; false if

@@ -60,8 +60,8 @@ use self::lease::expiry_loop;
 use self::tables::init_tables;
 use self::watch::{forward, Registration, Watcher, WATCH_BUFFER};
 use super::{
-    Compare, Event, KeyValue, LeaseId, Revision, Store, StoreError, StoreResult, TxnOp, TxnResult,
-    Watch, WatchMessage,
+    Compare, Event, KeyValue, LeaseId, Revision, Staged, Store, StoreError, StoreResult, TxnOp,
+    TxnResult, Watch, WatchMessage,
 };
 
 /// How many revisions of watch history are kept before older ones are discarded.
@@ -284,6 +284,31 @@ impl Store for EmbeddedStore {
         let now = now_millis();
         self.blocking(move |inner| inner.write(|w| w.txn(&compares, ops, now)))
             .await
+    }
+
+    /// The commit is decided on the blocking pool; its fsync starts at once on another
+    /// blocking thread (shared with concurrent writers, as for `txn`), awaited by `durable`.
+    async fn txn_staged(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> StoreResult<Staged> {
+        let now = now_millis();
+        let (outcome, seq) = self
+            .blocking(move |inner| inner.write_staged(|w| w.txn(&compares, ops, now)))
+            .await?;
+        let inner = Arc::clone(&self.inner);
+        let sync = tokio::task::spawn_blocking(move || {
+            inner.await_durable(seq).map_err(|e| inner.annotate(e))
+        });
+        let durable = async move { sync.await.ctx("embedded store task")? };
+        match outcome {
+            Ok(result) => Ok(Staged {
+                result,
+                durable: Box::pin(durable),
+            }),
+            Err(e) => {
+                // A refusal is reported only once what it read is on disk, as by `txn`.
+                durable.await?;
+                Err(e)
+            }
+        }
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> StoreResult<Watch> {

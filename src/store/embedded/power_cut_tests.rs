@@ -2,7 +2,8 @@
 //! acknowledged before it.
 //!
 //! The store runs on [`TrackedFile`], which keeps the image a power cut would leave
-//! (only what an fsync covered). While eight writers allocate keys, the test cuts
+//! (only what an fsync covered). While eight writers allocate keys (half of them through
+//! `txn_staged`, acknowledging once its `durable` resolves), the test cuts
 //! the power several times: it notes the writes acknowledged so far, then takes the
 //! durable image, opens a store on a copy of it, and checks that every noted write
 //! is there, and so is every write a watcher was told of. A write acknowledged (or
@@ -40,10 +41,16 @@ async fn writer(store: EmbeddedStore, w: usize, acked: Acked) {
             value: key.clone().into_bytes(),
             lease: None,
         };
-        let done = store
-            .txn(vec![Compare::Absent(key.clone())], vec![put])
-            .await
-            .expect("txn");
+        let compares = vec![Compare::Absent(key.clone())];
+        // Half the writers take the staged path (as an attach does): acknowledged only
+        // once `durable` resolves, so a cut must never lose one of theirs either.
+        let done = if w.is_multiple_of(2) {
+            store.txn(compares, vec![put]).await.expect("txn")
+        } else {
+            let staged = store.txn_staged(compares, vec![put]).await.expect("txn");
+            staged.durable.await.expect("sync");
+            staged.result
+        };
         assert!(done.succeeded, "{key} was free");
         acked
             .lock()

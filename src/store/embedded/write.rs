@@ -42,32 +42,39 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Writer<'_>) -> StoreResult<StoreResult<T>>,
     ) -> StoreResult<T> {
-        let (outcome, seq) = {
-            let _in_flight = self.group.enter();
-            let mut state = self.lock();
-            let mut txn = self.db.begin_write().ctx("beginning write")?;
-            txn.set_durability(Durability::None)
-                .ctx("setting durability")?;
-            let (outcome, events, compacted, changed) = {
-                let mut w = Writer::open(&txn, &state, self.retained)?;
-                let outcome = f(&mut w)?;
-                w.log_events()?;
-                let changed = w.dirty || !w.events.is_empty();
-                (outcome, w.events, w.compacted, changed)
-            };
-            if changed {
-                let seq = self.group.number();
-                txn.commit().ctx("committing write")?;
-                state.record(seq, events, compacted);
-                (outcome, seq)
-            } else {
-                let seen = self.group.latest();
-                txn.abort().ctx("aborting write")?;
-                (outcome, seen)
-            }
-        };
+        let (outcome, seq) = self.write_staged(f)?;
         self.await_durable(seq)?;
         outcome
+    }
+
+    /// As [`Inner::write`], without waiting for the fsync: returns the outcome and the
+    /// commit number that [`Inner::await_durable`] must be given before it is acknowledged.
+    pub(super) fn write_staged<T>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> StoreResult<StoreResult<T>>,
+    ) -> StoreResult<(StoreResult<T>, u64)> {
+        let _in_flight = self.group.enter();
+        let mut state = self.lock();
+        let mut txn = self.db.begin_write().ctx("beginning write")?;
+        txn.set_durability(Durability::None)
+            .ctx("setting durability")?;
+        let (outcome, events, compacted, changed) = {
+            let mut w = Writer::open(&txn, &state, self.retained)?;
+            let outcome = f(&mut w)?;
+            w.log_events()?;
+            let changed = w.dirty || !w.events.is_empty();
+            (outcome, w.events, w.compacted, changed)
+        };
+        if changed {
+            let seq = self.group.number();
+            txn.commit().ctx("committing write")?;
+            state.record(seq, events, compacted);
+            Ok((outcome, seq))
+        } else {
+            let seen = self.group.latest();
+            txn.abort().ctx("aborting write")?;
+            Ok((outcome, seen))
+        }
     }
 
     /// Hand the events of every commit numbered up to `covered` (now on disk) to the
