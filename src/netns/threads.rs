@@ -4,7 +4,7 @@
 //! fresh thread per switch costs an attach its creation and, on a busy host, a wait for its
 //! first time slice (about a millisecond under load, more than the netlink work it does). So
 //! a job runs on an idle thread of this pool: it enters the job's namespace, runs it, and
-//! enters its home namespace (where it was spawned) again before it waits for the next job.
+//! enters its home namespace (the process's own) again before it waits for the next job.
 //! A thread that cannot get home exits instead of waiting: no job ever starts anywhere but
 //! home. A panicking job loses its answer, never the thread's way home.
 
@@ -55,15 +55,25 @@ pub(super) fn submit(
     spawn(job)
 }
 
-/// A new pooled thread, starting with `first`.
-fn spawn(first: Job) -> Result<(), NetnsError> {
-    let home = std::fs::File::open("/proc/thread-self/ns/net")
+/// The namespace idle threads wait in: the process's own (its main thread's), not that of
+/// the thread that happens to start one. A job that runs inside a workload's namespace and
+/// needs another namespace starts a thread from there; parked in that namespace, the
+/// thread would keep it alive after it is deleted (and its veths with it).
+const HOME: &str = "/proc/self/ns/net";
+
+fn home() -> Result<OwnedFd, NetnsError> {
+    std::fs::File::open(HOME)
         .map(OwnedFd::from)
         .map_err(|e| NetnsError::Io {
             op: "opening",
-            path: "/proc/thread-self/ns/net".into(),
+            path: HOME.into(),
             source: e,
-        })?;
+        })
+}
+
+/// A new pooled thread, starting with `first`.
+fn spawn(first: Job) -> Result<(), NetnsError> {
+    let home = home()?;
     std::thread::Builder::new()
         .name("rnet-netns".into())
         .spawn(move || serve(home, first))
@@ -115,6 +125,29 @@ mod tests {
         })
         .unwrap();
         rx.recv().unwrap().unwrap()
+    }
+
+    fn inode(path: &str) -> u64 {
+        std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_thread_started_inside_another_namespace_goes_home_to_the_process_namespace() {
+        let process = inode(HOME);
+        let (elsewhere, home) = std::thread::spawn(|| {
+            // A namespace of this thread's own (root, as the suite runs), as a job inside a
+            // workload's namespace is when it needs a pooled thread of its own.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare (needs root)");
+            let home = home().unwrap();
+            let home = nix::sys::stat::fstat(&home).unwrap().st_ino;
+            (own_netns_inode(), home)
+        })
+        .join()
+        .unwrap();
+        assert_ne!(elsewhere, process);
+        assert_eq!(home, process, "not the namespace it was started from");
     }
 
     #[test]
