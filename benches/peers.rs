@@ -461,7 +461,7 @@ fn writers() -> usize {
 const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A thread that hears the kernel announce (RTNLGRP_NEIGH) each far entry of h1's VXLAN
-/// device, and notes when the last one came. Waiting costs nothing while rnetd programs:
+/// device, and notes when the last one came (within 2 ms). Waiting costs nothing while rnetd programs:
 /// dumping 20,000 entries every few milliseconds instead would take a CPU and the rtnl lock
 /// from rnetd, which the floor's run does not have to share.
 struct Announcements(std::thread::JoinHandle<Instant>);
@@ -480,11 +480,6 @@ impl Announcements {
                     &sock,
                     nix::sys::socket::sockopt::RcvBufForce,
                     &(256 << 20),
-                )?;
-                nix::sys::socket::setsockopt(
-                    &sock,
-                    nix::sys::socket::sockopt::ReceiveTimeout,
-                    &nix::sys::time::TimeVal::new(1, 0),
                 )?;
                 let query = rnet::dataplane::request::open_socket(Some(Duration::from_secs(5)))?;
                 let ifindex = rnet::dataplane::request::link_index(&query, "vx-conv")
@@ -509,9 +504,16 @@ impl Announcements {
                     macs.len()
                 );
                 buf.clear();
-                match sock.recv(&mut buf, 0) {
+                // Drained between naps, never waited on: a reader asleep in recv() would be
+                // woken by every one of the 2 x entries announcements, at rnetd's expense
+                // (the kernel wakes it from inside rnetd's writes). The last entry is noted
+                // at most a nap late.
+                match sock.recv(&mut buf, libc::MSG_DONTWAIT) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
                     Err(e) => panic!("reading neighbour announcements: {e}"),
                 }
                 for m in announced(&buf) {
