@@ -47,8 +47,12 @@ step() {
   step "WireGuard throughput"
   ./scripts/bench-wireguard.sh 2>/dev/null
   echo
-  step "convergence and programming rate"
+  step "convergence and programming rate (10,000 endpoints)"
   cargo bench --features root-tests --bench peers 2>"$err"
+  echo
+  step "programming rate (50,000 endpoints)"
+  RNET_BENCH_N=3 RNET_BENCH_ENTRIES=50000 cargo bench --features root-tests --bench peers 2>"$err" |
+    sed -n '/^### Programming rate/,$p'
   echo
   echo "## Scale by simulation: namespace hosts on one etcd"
   echo
