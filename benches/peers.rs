@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rnet::api::types::{AttachRequest, DetachRequest, DetachResponse, NetworkRequest};
@@ -111,14 +111,8 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("RNET_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let entries: usize = std::env::var("RNET_BENCH_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n = env_count("RNET_BENCH_N", 100);
+    let entries = env_count("RNET_BENCH_ENTRIES", 10_000);
     let mut progress = Progress::new(Plain::Stderr);
     progress.step("peers: lab up (2 hosts)");
     let lab = Lab::up(2);
@@ -271,11 +265,16 @@ struct Round {
 
 /// Rounds of the programming bench (`RNET_BENCH_ROUNDS`, default 5).
 fn rounds() -> usize {
-    std::env::var("RNET_BENCH_ROUNDS")
+    env_count("RNET_BENCH_ROUNDS", 5)
+}
+
+/// A positive count from the environment variable `name`, else `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(5)
+        .unwrap_or(default)
 }
 
 fn print_programming(entries: usize, rows: &[Round]) {
@@ -450,11 +449,7 @@ async fn remove(entries: usize, network_id: &NetworkId, sandbox: &Path) {
 
 /// Transactions the live programming bench keeps in flight (`RNET_BENCH_WRITERS`, default 8).
 fn writers() -> usize {
-    std::env::var("RNET_BENCH_WRITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(8)
+    env_count("RNET_BENCH_WRITERS", 8)
 }
 
 /// How long programming may take before the bench gives up (a hang, not a figure).
@@ -542,24 +537,13 @@ impl Announcements {
 }
 
 /// The new-neighbour messages of one netlink datagram.
-fn announced(buf: &[u8]) -> Vec<NeighbourMessage> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Ok(b) = NetlinkBuffer::new_checked(&buf[at..]) {
-        let len = b.length() as usize;
-        if let Ok(NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)),
-            ..
-        }) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..at + len])
-        {
-            out.push(m);
-        }
-        at += (len + 3) & !3;
-        if at >= buf.len() {
-            break;
-        }
-    }
-    out
+fn announced(buf: &[u8]) -> impl Iterator<Item = NeighbourMessage> {
+    rnet::dataplane::request::parse_datagram(buf)
+        .into_iter()
+        .filter_map(|m| match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => Some(m),
+            _ => None,
+        })
 }
 
 /// Stop h1's daemon, empty its VXLAN tables, start it again and time until it has

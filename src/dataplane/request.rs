@@ -29,7 +29,8 @@ use crate::netns::NetNs;
 mod batch;
 
 pub use batch::{
-    delete_link, link_index, open_socket, query, send_batch, transact, Ack, Outcome, RECV_TIMEOUT,
+    delete_link, link_index, open_socket, parse_datagram, query, send_batch, transact, Ack,
+    Outcome, RECV_TIMEOUT,
 };
 
 type Result<T> = std::result::Result<T, DataplaneError>;

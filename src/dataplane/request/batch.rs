@@ -215,7 +215,7 @@ fn read_datagram(
 }
 
 /// Split a datagram into its messages; what does not parse is skipped.
-fn parse_datagram(buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
+pub fn parse_datagram(buf: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Ok(b) = NetlinkBuffer::new_checked(&buf[at..]) {
