@@ -16,6 +16,7 @@
 # comparing two rnet builds: the others are then reported n/a and not built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 RNET=${RNET:-target/release/rnet}
 SECS=${RNET_BENCH_SECS:-5}
@@ -36,14 +37,7 @@ wgifs=()   # userspace WireGuard interfaces (their UAPI sockets live in /var/run
 nss=()     # namespaces made here
 
 cleanup() {
-    local pid deadline
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + 5))
-    for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     "$RNET_ABS" lab down --name "$LAB" >/dev/null 2>&1 || true
     for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null || true; done
     for i in "${wgifs[@]}"; do rm -f "/var/run/wireguard/$i.sock"; done
@@ -56,14 +50,6 @@ trap 'exit 143' TERM
 # inns NS CMD...: run in a namespace under /run/netns.
 inns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
 
-# poll SECS WHAT CMD...: run CMD until it succeeds, for at most SECS seconds.
-poll() {
-    local deadline=$((SECONDS + $1)) what=$2; shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "timed out waiting for $what" >&2; return 1; fi
-        sleep 0.1
-    done
-}
 
 # tcp_open NSPATH ADDR: can a TCP connection to ADDR:5201 be opened from namespace NSPATH?
 tcp_open() { nsenter --net="$1" -- bash -c "exec 3<>/dev/tcp/$2/5201"; }

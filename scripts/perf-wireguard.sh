@@ -18,6 +18,7 @@
 # encrypt, UDP send of the data; decrypt of the ACKs), h1's the receiver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 RNET=${RNET:-target/release/rnet}
 SECS=${RNET_PERF_SECS:-8}
@@ -34,29 +35,13 @@ OUT=$(cd "$OUT" && pwd)
 
 pids=() # every process this script started
 cleanup() {
-    local pid deadline
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + 5))
-    for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     "$RNET_ABS" lab down --name "$LAB" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# poll SECS WHAT CMD...: run CMD until it succeeds, for at most SECS seconds.
-poll() {
-    local deadline=$((SECONDS + $1)) what=$2
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "timed out waiting for $what" >&2; return 1; fi
-        sleep 0.1
-    done
-}
 
 "$RNET_ABS" lab up --hosts 2 --name "$LAB" >/dev/null
 "$RNET_ABS" lab exec h1 --name "$LAB" -- rnet create tputwg --subnet 10.62.0.0/24 --encrypt wireguard >/dev/null
