@@ -341,18 +341,7 @@ mod tests {
     }
 
     fn host(id: &str, underlay: &str) -> (String, HostRecord) {
-        (
-            id.to_string(),
-            HostRecord {
-                id: id.into(),
-                underlay: underlay.parse().unwrap(),
-                vtep_mac: Mac::from_name(0x56, id),
-                started: 0,
-                renewed: 0,
-                wireguard: None,
-                ipsec: None,
-            },
-        )
+        (id.to_string(), HostRecord::plain(id, underlay))
     }
 
     #[test]

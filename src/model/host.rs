@@ -26,6 +26,23 @@ pub struct HostRecord {
     pub ipsec: Option<IpsecInfo>,
 }
 
+#[cfg(test)]
+impl HostRecord {
+    /// Tests' host `id` at `underlay`, started and renewed at 0, with no tunnel: its VTEP MAC
+    /// is derived from the id as the daemon derives it.
+    pub fn plain(id: &str, underlay: &str) -> HostRecord {
+        HostRecord {
+            id: id.into(),
+            underlay: underlay.parse().expect("an IPv4 underlay"),
+            vtep_mac: Mac::from_name(0x56, id),
+            started: 0,
+            renewed: 0,
+            wireguard: None,
+            ipsec: None,
+        }
+    }
+}
+
 /// An ESP AEAD rnet uses, as the store names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Aead {

@@ -45,13 +45,9 @@ fn ep(ip: &str) -> Endpoint {
 
 fn host_rec(id: &str, underlay: &str) -> HostRecord {
     HostRecord {
-        id: id.into(),
-        underlay: underlay.parse().unwrap(),
-        vtep_mac: Mac::from_name(0x56, id),
         started: 1,
         renewed: 1,
-        wireguard: None,
-        ipsec: None,
+        ..HostRecord::plain(id, underlay)
     }
 }
 

@@ -13,13 +13,8 @@ fn kv(key: String, value: Vec<u8>) -> KeyValue {
 
 fn host(id: &str, underlay: &str, renewed: u64) -> Vec<u8> {
     serde_json::to_vec(&HostRecord {
-        id: id.into(),
-        underlay: underlay.parse().unwrap(),
-        vtep_mac: Mac::from_name(0x56, id),
-        started: 0,
         renewed,
-        wireguard: None,
-        ipsec: None,
+        ..HostRecord::plain(id, underlay)
     })
     .unwrap()
 }

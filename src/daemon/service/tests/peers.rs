@@ -7,16 +7,7 @@ use crate::daemon::access::Caller;
 use crate::store::{Event, EventKind};
 
 fn host_record(id: &str, underlay: &str) -> Vec<u8> {
-    serde_json::to_vec(&HostRecord {
-        id: id.into(),
-        underlay: underlay.parse().unwrap(),
-        vtep_mac: Mac::from_name(0x56, id),
-        started: 0,
-        renewed: 0,
-        wireguard: None,
-        ipsec: None,
-    })
-    .unwrap()
+    serde_json::to_vec(&HostRecord::plain(id, underlay)).unwrap()
 }
 
 fn put(key: String, value: Vec<u8>) -> Event {
