@@ -340,16 +340,9 @@ impl NetNs {
             .map_err(|_| NetnsError::Thread("panicked".into()))?
     }
 
-    /// As [`NetNs::run`], awaiting the result without blocking the async runtime.
-    pub async fn run_async<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NetnsError> {
-        self.run_async_then(move || (f(), ()), |()| {}).await
-    }
-
-    /// As [`NetNs::run_async`] for an `f` that returns a result and what is left to do:
-    /// the result is handed over first, then `after` does the rest, still in the namespace.
+    /// As [`NetNs::run`], awaiting the result without blocking the async runtime, for an `f`
+    /// that returns a result and what is left to do: the result is handed over first, then
+    /// `after` does the rest, still in the namespace.
     pub async fn run_async_then<T: Send + 'static, L: 'static>(
         &self,
         f: impl FnOnce() -> (T, L) + Send + 'static,

@@ -103,7 +103,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                             let diff = p.plan.update(changes);
                             return Work {
                                 net: net.clone(),
-                                programmed: Programmed { vteps, ..p },
+                                programmed: p,
                                 against: Against::Changes(diff),
                             };
                         }
