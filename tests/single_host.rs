@@ -286,6 +286,72 @@ fn doctor_reports_and_repairs_drift() {
     assert!(a.ping(&ip_of(&eb), 1));
 }
 
+/// Run `argv` inside the namespace at `ns`; asserts it succeeded.
+fn run_in(ns: &std::path::Path, argv: &[&str]) {
+    let st = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("--")
+        .args(argv)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{argv:?}");
+}
+
+/// The links of namespace `ns` enslaved to its bridge.
+fn bridge_ports(ns: &std::path::Path) -> Vec<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["--", "ip", "-o", "link", "show", "master", "br0"])
+        .output()
+        .unwrap();
+    common::parse_ip_o_link(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn an_attach_replaces_a_stale_veth_and_follows_a_rebuilt_bridge() {
+    let h = started_host("stv");
+    h.rnet_ok(&["create", "stv", "--subnet", "10.28.0.0/24"]);
+    let (a, b) = (Workload::new("a"), Workload::new("b"));
+    // The first attach notes the bridge's index.
+    attach(&h, "stv", &a, "a");
+    let sandbox = common::sandbox_in(&h.run_dir(), "stv");
+    // A leftover veth under the name b's address will take, and a bridge rebuilt by hand
+    // (a new index) behind the daemon's back.
+    let stale = rnet::dataplane::spec::host_ifname("10.28.0.9".parse().unwrap());
+    run_in(
+        &sandbox,
+        &[
+            "ip", "link", "add", &stale, "type", "veth", "peer", "name", "stale1",
+        ],
+    );
+    run_in(&sandbox, &["ip", "link", "del", "br0"]);
+    run_in(&sandbox, &["ip", "link", "add", "br0", "type", "bridge"]);
+    run_in(&sandbox, &["ip", "link", "set", "br0", "up"]);
+    let eb = h.rnet_json(&[
+        "attach",
+        "stv",
+        "--netns",
+        b.path().to_str().unwrap(),
+        "--id",
+        "b",
+        "--ip",
+        "10.28.0.9",
+    ]);
+    assert_eq!(ip_of(&eb), "10.28.0.9");
+    assert_eq!(
+        bridge_ports(&sandbox),
+        vec![stale.clone()],
+        "b's veth (the stale one's name) is a port of the new bridge"
+    );
+    let links = links_in(&sandbox);
+    assert!(!links.contains(&"stale1".to_string()), "{links:?}");
+    assert_eq!(
+        b.ipv4_addrs("eth0"),
+        vec!["10.28.0.9".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+}
+
 #[test]
 #[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
 fn bad_input_is_refused_and_changes_nothing() {

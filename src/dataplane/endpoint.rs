@@ -8,9 +8,8 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use super::error::DataplaneError;
 use super::netlink::Netlink;
@@ -19,7 +18,7 @@ use super::request::{
 };
 use super::spec::{EndpointSpec, SandboxSpec, BRIDGE};
 use super::state::{LinkState, WorkloadLink};
-use super::workload;
+use super::workload::{self, BuildError};
 use crate::netns::{self, NetNs, NetnsError};
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -33,33 +32,51 @@ impl Netlink {
         ep: &EndpointSpec,
         workload: &NetNs,
     ) -> Result<()> {
-        let sb = self.sandbox(&sandbox.netns)?;
-        let bridge = require_link(&sb, BRIDGE).await?;
-        let what = format!("creating veth {} <-> {}", ep.host_ifname, ep.ifname);
-        // The sandbox-side name is this endpoint's alone (derived from its address), so one
-        // that exists is a stale leftover: it is looked for only when the name clashes,
-        // not on every attach, removed, and the creation tried once more. A clash after
-        // that can only be the workload side's name.
-        let mut created = add_link(&sb, veth_message(ep, bridge.index, workload), &what).await;
-        if is_eexist(&created) {
-            if let Some(stale) = get_link(&sb, &ep.host_ifname).await? {
-                del_link(&sb, stale.index, &ep.host_ifname).await?;
-                created = add_link(&sb, veth_message(ep, bridge.index, workload), &what).await;
+        let sb_ns = NetNs::open(&sandbox.netns)?;
+        let (mut bridge, mut cached) = self.bridge_index(&sandbox.netns).await?;
+        let mut stale_removed = false;
+        loop {
+            let built = workload::build_in(workload, &sb_ns, bridge, ep.clone()).await;
+            match built {
+                Ok(()) => return Ok(()),
+                Err(BuildError::Configure(e)) => {
+                    let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
+                    return Err(e);
+                }
+                Err(BuildError::Create(e)) if is_eexist(&e) => {
+                    // The sandbox-side name is this endpoint's alone (derived from its
+                    // address), so one that exists is a stale leftover: it is looked for
+                    // only when the name clashes, not on every attach, removed, and the
+                    // creation tried once more. A clash after that can only be the
+                    // workload side's name.
+                    let sb = self.sandbox(&sandbox.netns)?;
+                    match get_link(&sb, &ep.host_ifname).await? {
+                        Some(stale) if !stale_removed => {
+                            del_link(&sb, stale.index, &ep.host_ifname).await?;
+                            stale_removed = true;
+                        }
+                        _ => {
+                            return Err(DataplaneError::IfaceExists {
+                                ifname: ep.ifname.clone(),
+                                netns: workload.path().display().to_string(),
+                            })
+                        }
+                    }
+                }
+                Err(BuildError::Create(e)) if cached => {
+                    // The bridge may have been rebuilt since its index was noted (its old
+                    // index then names nothing, or no bridge): look again, and try once
+                    // more if it moved.
+                    self.forget_bridge(&sandbox.netns);
+                    let (fresh, _) = self.bridge_index(&sandbox.netns).await?;
+                    if fresh == bridge {
+                        return Err(e);
+                    }
+                    (bridge, cached) = (fresh, false);
+                }
+                Err(BuildError::Create(e)) => return Err(e),
             }
         }
-        if is_eexist(&created) {
-            return Err(DataplaneError::IfaceExists {
-                ifname: ep.ifname.clone(),
-                netns: workload.path().display().to_string(),
-            });
-        }
-        created?;
-        let configured = workload::configure_in(workload, ep.clone()).await;
-        if let Err(e) = configured {
-            let _ = self.detach(&sandbox.netns, &ep.host_ifname).await;
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Build an endpoint's veth pair for a runtime that moves the workload end itself (Docker):
@@ -85,7 +102,7 @@ impl Netlink {
         movable.ifname = peer.to_string();
         add_link(
             &sb,
-            veth_message(&movable, bridge.index, &own),
+            workload::veth_message(&movable, bridge.index, None, own.as_raw_fd()),
             &format!("creating veth {} <-> {peer}", ep.host_ifname),
         )
         .await
@@ -200,32 +217,14 @@ impl Netlink {
     }
 }
 
-fn is_eexist(r: &Result<()>) -> bool {
+fn is_eexist(e: &DataplaneError) -> bool {
     matches!(
-        r,
-        Err(DataplaneError::Netlink {
+        e,
+        DataplaneError::Netlink {
             errno: Some(libc::EEXIST),
             ..
-        })
+        }
     )
-}
-
-/// `ip link add HOST mtu M master br0 up type veth peer name IFNAME address MAC mtu M netns FD`:
-/// the workload end is born in its namespace under its final name, so there is no move and
-/// no rename, and a name clash fails before anything exists.
-fn veth_message(ep: &EndpointSpec, bridge: u32, workload: &NetNs) -> LinkMessage {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(ep.ifname.clone())
-        .address(ep.mac.0.to_vec())
-        .mtu(ep.mtu)
-        .setns_by_fd(workload.as_raw_fd())
-        .build();
-    LinkVeth::new(&ep.host_ifname, &ep.ifname)
-        .mtu(ep.mtu)
-        .controller(bridge)
-        .up()
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build()
 }
 
 /// Delete link `index` of the namespace at `netns`, blocking: `ip -n NS link del dev INDEX`.
@@ -244,40 +243,4 @@ pub fn delete_link_blocking(netns: &Path, index: u32) -> Result<()> {
         let sock = request::open_socket(None).map_err(DataplaneError::Socket)?;
         request::delete_link(&sock, index, what)
     })?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use netlink_packet_route::link::{LinkAttribute, LinkInfo};
-
-    #[test]
-    fn veth_message_carries_peer_in_workload() {
-        let ep = EndpointSpec {
-            host_ifname: "ve0a000002".into(),
-            ifname: "eth0".into(),
-            mac: "02:52:0a:00:00:02".parse().unwrap(),
-            address: "10.0.0.2/24".parse().unwrap(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            mtu: 1450,
-        };
-        let ns = NetNs::of_pid(std::process::id()).unwrap();
-        let msg = veth_message(&ep, 7, &ns);
-        assert!(msg.attributes.contains(&LinkAttribute::Controller(7)));
-        assert!(msg.attributes.contains(&LinkAttribute::Mtu(1450)));
-        let peer = msg.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(i) => i.iter().find_map(|x| match x {
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
-                _ => None,
-            }),
-            _ => None,
-        });
-        let peer = peer.expect("peer info");
-        assert!(peer
-            .attributes
-            .contains(&LinkAttribute::IfName("eth0".into())));
-        assert!(peer
-            .attributes
-            .contains(&LinkAttribute::Address(ep.mac.0.to_vec())));
-    }
 }

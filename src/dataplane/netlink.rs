@@ -18,6 +18,7 @@ use netlink_sys::Socket;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::request::{self, get_link, get_link_by_index};
+use super::spec::BRIDGE;
 use super::tables;
 use crate::netns::{self, NetNs};
 use crate::peers::{TableDiff, Tables};
@@ -39,6 +40,9 @@ pub struct Netlink {
     sandboxes: Mutex<HashMap<PathBuf, Handle>>,
     /// Per sandbox, a raw socket for batched peer-table writes.
     batch: Mutex<HashMap<PathBuf, Arc<Mutex<Socket>>>>,
+    /// Per sandbox, its bridge's interface index, as last looked up: an attach uses it
+    /// without asking, and looks again if the kernel refuses it (the bridge was rebuilt).
+    bridges: Mutex<HashMap<PathBuf, u32>>,
 }
 
 impl Netlink {
@@ -49,6 +53,7 @@ impl Netlink {
             host_ns: NetNs::open(Path::new("/proc/thread-self/ns/net"))?,
             sandboxes: Mutex::new(HashMap::new()),
             batch: Mutex::new(HashMap::new()),
+            bridges: Mutex::new(HashMap::new()),
         })
     }
 
@@ -70,6 +75,29 @@ impl Netlink {
             .expect("sandbox map poisoned")
             .remove(path);
         self.batch.lock().expect("batch map poisoned").remove(path);
+        self.forget_bridge(path);
+    }
+
+    /// The interface index of a sandbox's bridge, and whether it was noted earlier rather
+    /// than looked up now.
+    pub(super) async fn bridge_index(&self, path: &Path) -> Result<(u32, bool)> {
+        if let Some(&index) = self.bridges.lock().expect("bridge map poisoned").get(path) {
+            return Ok((index, true));
+        }
+        let bridge = request::require_link(&self.sandbox(path)?, BRIDGE).await?;
+        self.bridges
+            .lock()
+            .expect("bridge map poisoned")
+            .insert(path.to_path_buf(), bridge.index);
+        Ok((bridge.index, false))
+    }
+
+    /// Forget the noted index of a sandbox's bridge.
+    pub(super) fn forget_bridge(&self, path: &Path) {
+        self.bridges
+            .lock()
+            .expect("bridge map poisoned")
+            .remove(path);
     }
 
     /// The underlay interface holding `address`, with its MTU.

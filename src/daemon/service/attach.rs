@@ -44,9 +44,15 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         }
         let (name, aliases) = dns_names(req)?;
         let opener = Opener::for_uid(caller.uid);
-        let (workload, netns_name) = open_workload(req.netns.as_deref(), req.pid, opener).await?;
+        // Both reads at once (each waits on a blocking thread); their errors in this order,
+        // the caller's access checked before anything of the network is told.
+        let (workload, net) = tokio::join!(
+            open_workload(req.netns.as_deref(), req.pid, opener),
+            self.network_at(&req.network)
+        );
+        let (workload, netns_name) = workload?;
         access::check_may_attach(&workload, caller)?;
-        let (net, net_rev) = self.network_at(&req.network).await?;
+        let (net, net_rev) = net?;
         if let Some(ip) = requested_ip {
             ipam::check_requested(&net, ip)?;
         }
