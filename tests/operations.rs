@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -292,16 +291,21 @@ fn scrape_lab(lab: &Lab, host: &str) -> String {
 fn metrics_show_peers_per_state_and_wireguard_per_peer() {
     // The lab starts rnetd with its own flags: a wrapper adds --metrics-addr.
     let dir = tempfile::tempdir().unwrap();
+    // Written by a child process, never opened for writing by this one: a process that
+    // another test forks while this one holds a write descriptor would keep it open until
+    // its exec, and executing the script meanwhile fails with ETXTBSY.
     let wrapper = dir.path().join("rnetd-with-metrics");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} \"$@\" --metrics-addr 0.0.0.0:{METRICS_PORT}\n",
-            env!("CARGO_BIN_EXE_rnetd")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        "#!/bin/sh\nexec {} \"$@\" --metrics-addr 0.0.0.0:{METRICS_PORT}\n",
+        env!("CARGO_BIN_EXE_rnetd")
+    );
+    let st = Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"", "sh"])
+        .arg(&script)
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    assert!(st.success(), "writing {}", wrapper.display());
     let wrapper = wrapper.to_str().unwrap();
     let lab = Lab::up(
         2,
