@@ -4,8 +4,6 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::lab::Lab;
@@ -57,21 +55,10 @@ fn kernel_tables(lab: &Lab, h: &str) -> String {
     let mut text = String::new();
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         for argv in [&["bridge", "fdb", "show"][..], &["ip", "neigh", "show"][..]] {
-            text.push_str(&nsenter(&entry.path(), argv));
+            text.push_str(&common::in_netns_ok(&entry.path(), argv));
         }
     }
     text
-}
-
-fn nsenter(netns: &Path, argv: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .args(argv)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{argv:?} in {}", netns.display());
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -300,7 +300,11 @@ fn metrics_show_peers_per_state_and_wireguard_per_peer() {
         env!("CARGO_BIN_EXE_rnetd")
     );
     let st = Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"", "sh"])
+        .args([
+            "-c",
+            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+        ])
         .arg(&script)
         .arg(&wrapper)
         .status()

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{links_in, mounts_under, wait_until, Host, Workload};
+use common::{in_netns_ok, links_in, mounts_under, wait_until, Host, Workload};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -261,21 +261,16 @@ fn doctor_reports_and_repairs_drift() {
     let eb = attach(&h, "doc", &b, "b");
     let sandbox = common::sandbox_in(&h.run_dir(), "doc");
     // Break things by hand: learning on the VXLAN device, a stray veth.
-    let ns = format!("--net={}", sandbox.display());
-    for argv in [
-        vec!["ip", "link", "set", "vx-doc", "type", "vxlan", "learning"],
-        vec![
+    in_netns_ok(
+        &sandbox,
+        &["ip", "link", "set", "vx-doc", "type", "vxlan", "learning"],
+    );
+    in_netns_ok(
+        &sandbox,
+        &[
             "ip", "link", "add", "vestray", "type", "veth", "peer", "name", "vestray1",
         ],
-    ] {
-        let st = Command::new("nsenter")
-            .arg(&ns)
-            .arg("--")
-            .args(&argv)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{argv:?}");
-    }
+    );
     let out = h.rnet(&["doctor"]);
     assert_eq!(out.status.code(), Some(1), "drift means exit 1");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -286,25 +281,12 @@ fn doctor_reports_and_repairs_drift() {
     assert!(a.ping(&ip_of(&eb), 1));
 }
 
-/// Run `argv` inside the namespace at `ns`; asserts it succeeded.
-fn run_in(ns: &std::path::Path, argv: &[&str]) {
-    let st = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg("--")
-        .args(argv)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{argv:?}");
-}
-
 /// The links of namespace `ns` enslaved to its bridge.
 fn bridge_ports(ns: &std::path::Path) -> Vec<String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["--", "ip", "-o", "link", "show", "master", "br0"])
-        .output()
-        .unwrap();
-    common::parse_ip_o_link(&String::from_utf8_lossy(&out.stdout))
+    common::parse_ip_o_link(&in_netns_ok(
+        ns,
+        &["ip", "-o", "link", "show", "master", "br0"],
+    ))
 }
 
 #[test]
@@ -319,15 +301,15 @@ fn an_attach_replaces_a_stale_veth_and_follows_a_rebuilt_bridge() {
     // A leftover veth under the name b's address will take, and a bridge rebuilt by hand
     // (a new index) behind the daemon's back.
     let stale = rnet::dataplane::spec::host_ifname("10.28.0.9".parse().unwrap());
-    run_in(
+    in_netns_ok(
         &sandbox,
         &[
             "ip", "link", "add", &stale, "type", "veth", "peer", "name", "stale1",
         ],
     );
-    run_in(&sandbox, &["ip", "link", "del", "br0"]);
-    run_in(&sandbox, &["ip", "link", "add", "br0", "type", "bridge"]);
-    run_in(&sandbox, &["ip", "link", "set", "br0", "up"]);
+    in_netns_ok(&sandbox, &["ip", "link", "del", "br0"]);
+    in_netns_ok(&sandbox, &["ip", "link", "add", "br0", "type", "bridge"]);
+    in_netns_ok(&sandbox, &["ip", "link", "set", "br0", "up"]);
     let eb = h.rnet_json(&[
         "attach",
         "stv",

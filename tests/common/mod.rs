@@ -168,19 +168,23 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Interface names in the network namespace at `netns_path` (`ip -o link`, without `@peer`).
-pub fn links_in(netns_path: &Path) -> Vec<String> {
-    let out = output_with_timeout(
-        &mut nsenter(netns_path, &["ip", "-o", "link"]),
-        COMMAND_TIMEOUT,
-    );
+/// Runs `argv` inside the network namespace at `netns` and returns its stdout; panics,
+/// showing its stderr, unless it succeeds.
+pub fn in_netns_ok(netns: &Path, argv: &[&str]) -> String {
+    let out = output_with_timeout(&mut nsenter(netns, argv), COMMAND_TIMEOUT);
     assert!(
         out.status.success(),
-        "ip -o link in {}: {}",
-        netns_path.display(),
+        "`{}` in {}: {}",
+        argv.join(" "),
+        netns.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_ip_o_link(&String::from_utf8_lossy(&out.stdout))
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Interface names in the network namespace at `netns_path` (`ip -o link`, without `@peer`).
+pub fn links_in(netns_path: &Path) -> Vec<String> {
+    parse_ip_o_link(&in_netns_ok(netns_path, &["ip", "-o", "link"]))
 }
 
 /// Parses `ip -o link` lines such as `5: veth1@if4: <...>` into names (`veth1`).
