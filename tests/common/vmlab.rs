@@ -203,6 +203,10 @@ impl VmLab {
             "--lease-ttl".into(),
             cfg["lease_ttl"].to_string(),
         ];
+        // TCG guests' longer etcd deadline (`VmLabConfig::store_timeout`).
+        if let Some(secs) = cfg["store_timeout"].as_u64() {
+            argv.extend(["--store-timeout".into(), secs.to_string()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
     }
