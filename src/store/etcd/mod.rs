@@ -58,8 +58,9 @@
 //! [`EtcdStore::connect`] does no I/O (with an etcd user it authenticates, but an
 //! unreachable etcd is still not an error): the gRPC channel connects lazily, so a
 //! daemon can start while etcd is down; [`EtcdStore::preflight`] is one round trip that
-//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`). Every call runs under the store's deadline
-//! ([`DEFAULT_CALL_TIMEOUT`], or rnetd's `--store-timeout`: see `deadline`); a timeout, a
+//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`).
+//! Every call runs under the store's deadline ([`DEFAULT_CALL_TIMEOUT`], or rnetd's
+//! `--store-timeout`: see `deadline`); a timeout, a
 //! refused or broken connection, or a gRPC `Unavailable` / `DeadlineExceeded` /
 //! `Cancelled` status becomes [`StoreError::Unavailable`] naming the endpoints and the
 //! operation, and makes the next call build a fresh client (the channel also
