@@ -206,16 +206,8 @@ fn encrypted_ping_and_iperf_show_only_esp(lab: &VmLab) -> u32 {
         ],
     );
     let vni = net["vni"].as_u64().expect("vni") as u32;
-    lab.detach(
-        "h1",
-        "w1",
-        &["rnet", "run", "sec", "--ip", W1, "--", "iperf3", "-s"],
-    );
-    lab.detach(
-        "h2",
-        "w2",
-        &["rnet", "run", "sec", "--ip", W2, "--", "sleep", "3600"],
-    );
+    lab.run_workload("h1", "w1", "sec", W1, &["iperf3", "-s"]);
+    lab.run_workload("h2", "w2", "sec", W2, &["sleep", "3600"]);
     wait_until("SAs installed both ways", NET_DEADLINE, || {
         installed(lab, "h1", "h2") && installed(lab, "h2", "h1")
     });

@@ -28,8 +28,10 @@ fn two_guests_run_rnet_across_a_cuttable_link_and_leave_nothing_behind() {
     every_guest_is_healthy(&lab);
     exec_round_trips_status_and_bytes(&lab);
     guest_kernel_has_esp_and_wireguard(&lab);
+    rnetd_gets_the_store_deadline_of_its_accelerator(&lab);
     rnetd_restarts_with_other_flags(&lab);
     workloads_ping_across_guests(&lab);
+    a_workload_that_cannot_attach_fails_where_it_starts(&lab);
     a_cut_link_isolates_until_restored(&lab);
     down_after_a_crash_leaves_nothing(&mut lab, &dir);
 }
@@ -106,14 +108,37 @@ fn guest_kernel_has_esp_and_wireguard(lab: &VmLab) {
     assert!(out.lines().any(|l| l.starts_with("wireguard ")), "{out}");
 }
 
+/// rnetd's command line in guest `host`, arguments separated by spaces.
+fn rnetd_cmdline(lab: &VmLab, host: &str) -> String {
+    lab.exec_ok(
+        host,
+        &["sh", "-c", "tr '\\0' ' ' < /proc/$(pgrep -x rnetd)/cmdline"],
+    )
+}
+
+/// Emulated guests (TCG) answer etcd calls slowly: their rnetd gets a longer store deadline,
+/// KVM guests the default.
+fn rnetd_gets_the_store_deadline_of_its_accelerator(lab: &VmLab) {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir().join("vm.json")).unwrap()).unwrap();
+    for h in ["h1", "h2"] {
+        let args = rnetd_cmdline(lab, h);
+        match cfg["accel"].as_str() {
+            Some("tcg") => assert!(args.contains("--store-timeout 15 "), "{h}: {args}"),
+            Some("kvm") => assert!(!args.contains("--store-timeout"), "{h}: {args}"),
+            other => panic!("vm.json names no accelerator: {other:?}"),
+        }
+    }
+}
+
 /// Tests of other features restart a guest's rnetd with their own flags (e.g. another
 /// encryption backend); the restarted daemon must be the one with the new flag.
 fn rnetd_restarts_with_other_flags(lab: &VmLab) {
+    let before = rnetd_cmdline(lab, "h2");
     lab.restart_rnetd("h2", &["--resync", "17"]);
-    let args = lab.exec_ok(
-        "h2",
-        &["sh", "-c", "tr '\\0' ' ' < /proc/$(pgrep -x rnetd)/cmdline"],
-    );
+    let args = rnetd_cmdline(lab, "h2");
+    // The restarted daemon keeps `lab up`'s flags (the store deadline among them).
+    assert!(args.starts_with(&before), "{before} -> {args}");
     assert!(
         args.contains("--host-id h2") && args.ends_with("--resync 17 "),
         "{args}"
@@ -125,24 +150,7 @@ fn workloads_ping_across_guests(lab: &VmLab) {
         "h1",
         &["network", "create", "vnet", "--subnet", "10.77.0.0/24"],
     );
-    lab.detach(
-        "h1",
-        "w1",
-        &[
-            "rnet",
-            "run",
-            "vnet",
-            "--ip",
-            "10.77.0.10",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    wait_until("the h1 workload to attach", NET_DEADLINE, || {
-        lab.rnet_ok("h1", &["network", "inspect", "vnet"])
-            .contains("10.77.0.10")
-    });
+    lab.run_workload("h1", "w1", "vnet", "10.77.0.10", &["sleep", "3600"]);
     let argv = [
         "rnet",
         "run",
@@ -166,6 +174,29 @@ fn workloads_ping_across_guests(lab: &VmLab) {
     assert!(text.contains("3 received"), "{text}");
     let seen = cap.finish();
     assert!(seen.vxlan_vnis().contains(&4096), "{:?}", seen.vxlan_vnis());
+}
+
+/// A workload whose attach fails (here: an address outside the network) stops the test
+/// where it was started, naming it and showing why, not at a later check of the network.
+fn a_workload_that_cannot_attach_fails_where_it_starts(lab: &VmLab) {
+    eprintln!("(the next panic is expected)");
+    let started = std::time::Instant::now();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lab.run_workload("h2", "stray", "vnet", "10.99.0.5", &["sleep", "3600"])
+    }));
+    let took = started.elapsed();
+    let payload = caught.expect_err("a workload outside the subnet was started");
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        msg.contains("h2: workload stray (rnet run vnet --ip 10.99.0.5") && msg.contains("exited"),
+        "{msg}"
+    );
+    // Its log, rnet run's own error, is in the message.
+    assert!(msg.contains("address 10.99.0.5 is outside subnet"), "{msg}");
+    assert!(took < NET_DEADLINE, "noticed only after {took:?}");
 }
 
 fn a_cut_link_isolates_until_restored(lab: &VmLab) {

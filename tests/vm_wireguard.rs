@@ -85,13 +85,9 @@ fn a_kernel_wireguard_host_and_a_boringtun_host_carry_an_encrypted_network_both_
         .contains("WireGuard backend: kernel"));
 
     for (host, ip) in [("h1", "10.79.0.10"), ("h2", "10.79.0.20")] {
-        let argv = ["rnet", "run", "enc", "--ip", ip, "--", "sleep", "3600"];
-        lab.detach(host, &format!("sleeper-{host}"), &argv);
+        let tag = format!("sleeper-{host}");
+        lab.run_workload(host, &tag, "enc", ip, &["sleep", "3600"]);
     }
-    wait_until("both sleepers attached", NET_DEADLINE, || {
-        let text = lab.rnet_ok("h1", &["network", "inspect", "enc"]);
-        text.contains("10.79.0.10") && text.contains("10.79.0.20")
-    });
 
     let sentinel: SocketAddrV4 = "198.18.0.11:9".parse().unwrap();
     let cap = Capture::start(&lab.netns(), "br0", sentinel);

@@ -56,6 +56,16 @@ struct Flags {
         hide_env_values = true
     )]
     etcd_user: Option<String>,
+    /// Seconds each call to etcd may take before it fails as unavailable (1 to 300; raise
+    /// it for an etcd on a slow or emulated machine).
+    #[arg(
+        long,
+        env = "RNET_STORE_TIMEOUT",
+        value_name = "SECS",
+        default_value = "3",
+        value_parser = rnet::store::etcd::parse_call_timeout
+    )]
+    store_timeout: Duration,
     /// This host's id (default: the hostname).
     #[arg(long, env = "RNET_HOST_ID")]
     host_id: Option<String>,
@@ -183,6 +193,7 @@ fn main() -> anyhow::Result<()> {
         run_dir: flags.run_dir,
         store: flags.store,
         etcd,
+        store_timeout: flags.store_timeout,
         host_id,
         underlay: flags.underlay,
         lease_ttl: Duration::from_secs(flags.lease_ttl),
@@ -227,5 +238,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_timeout_defaults_to_the_store_default_and_refuses_nonsense() {
+        let flags = Flags::try_parse_from(["rnetd"]).unwrap();
+        assert_eq!(flags.store_timeout, rnet::store::etcd::DEFAULT_CALL_TIMEOUT);
+        let flags = Flags::try_parse_from(["rnetd", "--store-timeout", "15"]).unwrap();
+        assert_eq!(flags.store_timeout, Duration::from_secs(15));
+        for (bad, why) in [("0", "at least 1 second"), ("301", "300 s allowed")] {
+            let e = Flags::try_parse_from(["rnetd", "--store-timeout", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--store-timeout") && e.contains(why), "{e}");
+        }
     }
 }

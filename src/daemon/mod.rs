@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub store: String,
     /// TLS files and user for etcd.
     pub etcd: EtcdSecurity,
+    /// The deadline of every call to etcd (unused by the embedded store).
+    pub store_timeout: Duration,
     pub host_id: String,
     pub underlay: Option<Ipv4Addr>,
     pub lease_ttl: Duration,
@@ -122,7 +124,7 @@ pub async fn run(
             .iter()
             .any(|s| url.starts_with(s)) =>
         {
-            let store = open_etcd(url, &cfg.etcd).await?;
+            let store = open_etcd(url, &cfg.etcd, cfg.store_timeout).await?;
             run_with_store(cfg, store, metrics_listener, shutdown).await
         }
         other => Err(Error::Invalid(format!(
@@ -134,12 +136,16 @@ pub async fn run(
 /// Connect to etcd and check the connection once: what waiting cannot fix (a refused
 /// certificate or user, plain HTTP to a TLS etcd) stops the daemon now; an etcd that
 /// is merely down is waited for, as always.
-async fn open_etcd(url: &str, security: &EtcdSecurity) -> Result<EtcdStore> {
+async fn open_etcd(
+    url: &str,
+    security: &EtcdSecurity,
+    call_timeout: Duration,
+) -> Result<EtcdStore> {
     if security.user.is_some() || security.has_tls_files() {
         tracing::info!(store = url, tls = security.has_tls_files(), user = ?security.user.as_ref().map(|u| &u.name), "connecting to etcd");
     }
     let endpoints = EtcdStore::parse_url(url)?;
-    let store = EtcdStore::connect_with(&endpoints, security).await?;
+    let store = EtcdStore::connect_with_timeout(&endpoints, security, call_timeout).await?;
     match store.preflight().await {
         Ok(()) => {}
         Err(StoreError::Unavailable(why)) => {

@@ -7,7 +7,8 @@
 //! let Some(lab) = VmLab::up(2) else { return }; // skipped (loudly) only without QEMU
 //! lab.exec_ok("h1", &["modprobe", "esp4"]);
 //! lab.rnet_ok("h1", &["network", "create", "n", "--subnet", "10.9.0.0/24"]);
-//! let pid = lab.detach("h1", "w1", &["rnet", "run", "n", "--", "sleep", "600"]);
+//! // Returns once h1's rnet lists the endpoint; a workload that fails to attach fails here.
+//! let pid = lab.run_workload("h1", "w1", "n", "10.9.0.10", &["sleep", "600"]);
 //! ```
 //!
 //! The lab's L2 is bridge `br0` in [`VmLab::netns`] (198.18.0.1/24 on it): capture there to see
@@ -33,6 +34,10 @@ const UP_TIMEOUT: Duration = Duration::from_secs(900);
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// The `--timeout` given to every exec.
 const EXEC_TIMEOUT_SECS: &str = "240";
+/// How long a workload may take to attach (a few etcd calls, each up to 15 s under TCG).
+const WORKLOAD_START: Duration = Duration::from_secs(120);
+/// Between two looks at a starting workload (each look is a guest round trip already).
+const WORKLOAD_POLL: Duration = Duration::from_millis(500);
 
 /// Why QEMU cannot run here at all, if it cannot (the only reason VM tests skip).
 pub fn qemu_missing() -> Option<String> {
@@ -150,6 +155,50 @@ impl VmLab {
             .unwrap_or_else(|_| panic!("no pid from detach: {out:?}"))
     }
 
+    /// `rnet run NETWORK --ip IP -- CMD…` in the background in `host` (as [`VmLab::detach`],
+    /// log TAG), then wait until the host's rnet lists the workload's endpoint at `ip`. A
+    /// workload that fails to start fails here, naming it, with its log and what rnet lists,
+    /// not at some later check of the network. For long-running CMDs (one that may exit
+    /// before the first look counts as failed). Returns its pid.
+    pub fn run_workload(
+        &self,
+        host: &str,
+        tag: &str,
+        network: &str,
+        ip: &str,
+        cmd: &[&str],
+    ) -> u32 {
+        let mut argv = vec!["rnet", "run", network, "--ip", ip, "--"];
+        argv.extend_from_slice(cmd);
+        let pid = self.detach(host, tag, &argv);
+        let end = Instant::now() + WORKLOAD_START;
+        loop {
+            let listed = self.rnet(host, &["-o", "json", "endpoints", network]);
+            if listed.status.success() && lists_endpoint(&listed.stdout, host, ip) {
+                return pid;
+            }
+            // The agent reaps what it detached: an exited workload leaves no /proc entry.
+            let proc_dir = format!("/proc/{pid}");
+            let alive = self.exec(host, &["test", "-e", &proc_dir]).status.success();
+            if !alive || Instant::now() >= end {
+                let why = match alive {
+                    true => format!("is not listed after {WORKLOAD_START:?}"),
+                    false => "exited".to_string(),
+                };
+                panic!(
+                    "{host}: workload {tag} (rnet run {network} --ip {ip}, pid {pid}) {why}\n\
+                     --- rnet endpoints {network} on {host} ({}) ---\n{}{}\n\
+                     --- /var/log/rnet-lab/{tag}.log ---\n{}",
+                    listed.status,
+                    String::from_utf8_lossy(&listed.stdout),
+                    String::from_utf8_lossy(&listed.stderr),
+                    self.guest_log(host, tag)
+                );
+            }
+            thread::sleep(WORKLOAD_POLL);
+        }
+    }
+
     /// A guest log under /var/log/rnet-lab (e.g. `rnetd`, `etcd`, or a detach tag).
     pub fn guest_log(&self, host: &str, tag: &str) -> String {
         let path = format!("/var/log/rnet-lab/{tag}.log");
@@ -203,6 +252,10 @@ impl VmLab {
             "--lease-ttl".into(),
             cfg["lease_ttl"].to_string(),
         ];
+        // TCG guests' longer etcd deadline (`VmLabConfig::store_timeout`).
+        if let Some(secs) = cfg["store_timeout"].as_u64() {
+            argv.extend(["--store-timeout".into(), secs.to_string()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
     }
@@ -292,6 +345,17 @@ impl Drop for VmLab {
             let _ = rnet_lab(&self.name, &["down"], CALL_TIMEOUT);
         }
     }
+}
+
+/// Whether `rnet -o json endpoints` output lists an endpoint of `host` at `ip` (its `ip`
+/// carries the prefix length: `10.0.0.2/24`).
+fn lists_endpoint(json: &[u8], host: &str, ip: &str) -> bool {
+    let Ok(Value::Array(eps)) = serde_json::from_slice::<Value>(json) else {
+        return false;
+    };
+    eps.iter().any(|e| {
+        e["host"] == host && e["ip"].as_str().and_then(|a| a.split('/').next()) == Some(ip)
+    })
 }
 
 /// Live processes whose command line names `needle` (QEMUs carry their lab directory).

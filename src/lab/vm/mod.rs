@@ -49,6 +49,11 @@ pub const ETCD_PORT: u16 = 2379;
 /// Where a guest keeps the lab's files (logs of the daemons the lab starts).
 pub const GUEST_LOG_DIR: &str = "/var/log/rnet-lab";
 
+/// rnetd's `--store-timeout` in TCG guests: emulation makes etcd on h1 (and every guest's
+/// rnetd) about 10x slower, so etcd's answers often miss rnetd's default 3 s deadline; KVM
+/// guests keep the default.
+pub const TCG_STORE_TIMEOUT_SECS: u64 = 15;
+
 /// Which accelerator the guests run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +67,14 @@ impl Accel {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
+        }
+    }
+
+    /// The `--store-timeout` guests on this accelerator give rnetd (None: rnetd's default).
+    pub fn store_timeout(self) -> Option<u64> {
+        match self {
+            Accel::Kvm => None,
+            Accel::Tcg => Some(TCG_STORE_TIMEOUT_SECS),
         }
     }
 }
@@ -89,6 +102,10 @@ pub struct VmLabConfig {
     pub memory_mib: u32,
     /// rnetd's `--store` in every guest (etcd on h1).
     pub store: String,
+    /// rnetd's `--store-timeout` in every guest (None: not passed; labs saved before it
+    /// existed read as None).
+    #[serde(default)]
+    pub store_timeout: Option<u64>,
     pub lease_ttl: u64,
     pub hosts: Vec<VmHost>,
 }
@@ -134,6 +151,7 @@ impl VmLabConfig {
             bin_dir,
             memory_mib: 512,
             store,
+            store_timeout: accel.store_timeout(),
             lease_ttl,
             hosts,
         })
@@ -264,6 +282,21 @@ mod tests {
         assert!(cfg.host("h3").unwrap_err().to_string().contains("h1, h2"));
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<VmLabConfig>(&json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn the_store_deadline_follows_the_accelerator_and_old_configs_still_load() {
+        let paths = LabPaths::new("v", None).unwrap();
+        let plan = |accel| {
+            VmLabConfig::plan(&paths, 1, accel, image(), "/q".into(), "/b".into(), 10).unwrap()
+        };
+        assert_eq!(plan(Accel::Tcg).store_timeout, Some(TCG_STORE_TIMEOUT_SECS));
+        assert_eq!(plan(Accel::Kvm).store_timeout, None);
+        // A vm.json written before the field existed.
+        let mut json = serde_json::to_value(plan(Accel::Tcg)).unwrap();
+        json.as_object_mut().unwrap().remove("store_timeout");
+        let old: VmLabConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.store_timeout, None);
     }
 
     #[test]

@@ -251,7 +251,7 @@ fn etcd_argv(h: &VmHost) -> Vec<String> {
 
 /// rnetd's command line in guest `h` (default socket, state and run dirs of the guest).
 fn rnetd_argv(cfg: &VmLabConfig, h: &VmHost) -> Vec<String> {
-    [
+    let mut argv: Vec<String> = [
         "rnetd",
         "--host-id",
         &h.id,
@@ -265,7 +265,11 @@ fn rnetd_argv(cfg: &VmLabConfig, h: &VmHost) -> Vec<String> {
         &cfg.lease_ttl.to_string(),
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    if let Some(secs) = cfg.store_timeout {
+        argv.extend(["--store-timeout".to_string(), secs.to_string()]);
+    }
+    argv
 }
 
 fn detach(h: &VmHost, argv: Vec<String>, log: &str) -> Result<(), LabError> {
@@ -374,7 +378,31 @@ mod tests {
         assert!(e.contains("--listen-client-urls http://198.18.0.11:2379,http://127.0.0.1:2379"));
         let r = rnetd_argv(&cfg, &cfg.hosts[1]).join(" ");
         assert!(r.contains("--host-id h2 --underlay 198.18.0.12 --store etcd://198.18.0.11:2379"));
-        assert!(r.ends_with("--lease-ttl 7"), "{r}");
+        assert!(r.contains("--lease-ttl 7"), "{r}");
+    }
+
+    #[test]
+    fn tcg_guests_give_rnetd_a_longer_store_deadline_and_kvm_guests_the_default() {
+        let paths = LabPaths::new("v", None).unwrap();
+        let image = ImageFiles {
+            base: "/b".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        };
+        let plan = |accel| {
+            VmLabConfig::plan(&paths, 2, accel, image.clone(), "/q".into(), "/d".into(), 7).unwrap()
+        };
+        let tcg = plan(Accel::Tcg);
+        for h in &tcg.hosts {
+            let r = rnetd_argv(&tcg, h).join(" ");
+            assert!(r.ends_with("--lease-ttl 7 --store-timeout 15"), "{r}");
+        }
+        let kvm = plan(Accel::Kvm);
+        for h in &kvm.hosts {
+            let r = rnetd_argv(&kvm, h).join(" ");
+            assert!(!r.contains("--store-timeout"), "{r}");
+            assert!(r.ends_with("--lease-ttl 7"), "{r}");
+        }
     }
 
     #[test]

@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
-use super::{
-    EtcdStore, Inner, CALL_TIMEOUT, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    NO_LEASE,
-};
+use super::{EtcdStore, Inner, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, NO_LEASE};
 use crate::store::{LeaseId, StoreError, StoreResult};
 
 /// TCP keep-alive of the connections to etcd.
@@ -50,7 +47,7 @@ impl EtcdStore {
         Ok(self.inner.client_slot().get_or_insert(client).clone())
     }
 
-    /// Run `fut` under [`CALL_TIMEOUT`], translating its error; after an
+    /// Run `fut` under the store's call deadline, translating its error; after an
     /// `Unavailable` the next call builds a fresh client.
     pub(super) async fn deadline<T>(
         &self,
@@ -58,11 +55,12 @@ impl EtcdStore {
         lease: LeaseId,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> StoreResult<T> {
-        let result = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        let limit = self.inner.call_timeout;
+        let result = match tokio::time::timeout(limit, fut).await {
             Ok(result) => result.map_err(|e| self.inner.error(what, lease, e)),
             Err(_) => Err(self
                 .inner
-                .unavailable(what, format!("no answer within {CALL_TIMEOUT:?}"))),
+                .unavailable(what, format!("no answer within {limit:?}"))),
         };
         if let Err(StoreError::Unavailable(why)) = &result {
             tracing::debug!(error = %why, "etcd call failed; reconnecting on the next call");

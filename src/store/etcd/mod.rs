@@ -58,7 +58,9 @@
 //! [`EtcdStore::connect`] does no I/O (with an etcd user it authenticates, but an
 //! unreachable etcd is still not an error): the gRPC channel connects lazily, so a
 //! daemon can start while etcd is down; [`EtcdStore::preflight`] is one round trip that
-//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`). Every call runs under [`CALL_TIMEOUT`]; a timeout, a
+//! turns TLS and auth failures into clear errors at start (see `security` and `sniff`).
+//! Every call runs under the store's deadline ([`DEFAULT_CALL_TIMEOUT`], or rnetd's
+//! `--store-timeout`: see `deadline`); a timeout, a
 //! refused or broken connection, or a gRPC `Unavailable` / `DeadlineExceeded` /
 //! `Cancelled` status becomes [`StoreError::Unavailable`] naming the endpoints and the
 //! operation, and makes the next call build a fresh client (the channel also
@@ -73,6 +75,7 @@
 
 mod client;
 mod convert;
+mod deadline;
 mod endpoints;
 mod lease;
 mod paging;
@@ -92,6 +95,7 @@ use etcd_client::Client;
 use tokio::sync::mpsc;
 
 use self::convert::{key_value, put_options, revision_of};
+pub use self::deadline::{parse_call_timeout, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT_SECS};
 use self::endpoints::{check_endpoint, host_port, is_https};
 use self::lease::SharedKeeper;
 pub use self::security::{EtcdSecurity, EtcdUser};
@@ -103,9 +107,10 @@ use super::{
     Compare, KeyValue, LeaseId, Revision, Store, StoreError, StoreResult, TxnOp, TxnResult, Watch,
 };
 
-/// Deadline of every call to etcd (connecting included).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Deadline of one TCP connection attempt.
+/// Deadline of one TCP connection attempt. Not derived from the call deadline: the
+/// handshake is answered by etcd's kernel, not by etcd, so a CPU-starved etcd accepts as
+/// fast as ever, and a longer wait would only delay trying the next endpoint. A call
+/// deadline below it still bounds the whole call.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle time on a connection with open streams before an HTTP/2 ping is sent.
 /// etcd's server answers pings more often than every 5 s with GOAWAY.
@@ -133,6 +138,8 @@ struct Inner {
     tls: Option<etcd_client::TlsOptions>,
     /// The same, joined for error messages.
     label: String,
+    /// The deadline of every call, connecting included.
+    call_timeout: Duration,
     /// The client, or `None` after a connection failure (rebuilt on the next call).
     client: Mutex<Option<Client>>,
     /// One keep-alive stream per lease renewed through this handle.
@@ -176,6 +183,25 @@ impl EtcdStore {
         endpoints: &[String],
         security: &EtcdSecurity,
     ) -> StoreResult<EtcdStore> {
+        EtcdStore::connect_with_timeout(endpoints, security, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// As [`connect_with`](Self::connect_with), with every call (connecting included)
+    /// under `call_timeout` instead of [`DEFAULT_CALL_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// As `connect_with`; also `StoreError::Backend` for a zero `call_timeout`.
+    pub async fn connect_with_timeout(
+        endpoints: &[String],
+        security: &EtcdSecurity,
+        call_timeout: Duration,
+    ) -> StoreResult<EtcdStore> {
+        if call_timeout.is_zero() {
+            return Err(StoreError::Backend(
+                "etcd: a call deadline of 0 s would fail every call".into(),
+            ));
+        }
         if endpoints.is_empty() {
             return Err(StoreError::Backend("etcd: no endpoint given".into()));
         }
@@ -194,6 +220,7 @@ impl EtcdStore {
         let inner = Arc::new(Inner {
             endpoints: endpoints.to_vec(),
             label: endpoints.join(","),
+            call_timeout,
             security: security.clone(),
             tls,
             client: Mutex::new(None),

@@ -127,6 +127,44 @@ async fn connect_checks_endpoints_without_io() {
     assert_eq!(store.endpoints(), ["192.0.2.1:9"]);
 }
 
+/// A listener that takes connections (the kernel completes the handshake) and never answers:
+/// an etcd too starved to reply.
+fn silent_etcd() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    (listener, addr)
+}
+
+#[tokio::test]
+async fn calls_give_up_at_the_deadline_they_were_given() {
+    let (_listener, addr) = silent_etcd();
+    let deadline = std::time::Duration::from_secs(1);
+    let store = EtcdStore::connect_with_timeout(&[addr], &EtcdSecurity::default(), deadline)
+        .await
+        .expect("lazy connect");
+    let started = std::time::Instant::now();
+    let err = store.get("/k").await.expect_err("silent etcd");
+    let took = started.elapsed();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("no answer within 1s"), "{err}");
+    assert!(
+        took >= deadline && took < DEFAULT_CALL_TIMEOUT,
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_deadline_is_refused() {
+    let err = EtcdStore::connect_with_timeout(
+        &endpoints(&["192.0.2.1:9"]),
+        &EtcdSecurity::default(),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .expect_err("zero");
+    assert!(err.to_string().contains("deadline of 0 s"), "{err}");
+}
+
 #[test]
 fn prefix_ends_bound_exactly_the_prefix() {
     use super::paging::{key_after, prefix_end};
