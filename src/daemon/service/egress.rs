@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use super::records::Records;
 use super::Service;
 use crate::api::types::DriftLine;
 use crate::dataplane::spec::UplinkSpec;
@@ -122,7 +123,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     /// Bring uplinks and the NAT table in line with the store now. A failure is logged, not
     /// returned: the attach or detach itself is done, and the next reconcile retries.
     pub(super) async fn sync_egress(&self) {
-        match self.egress_pass(true).await {
+        match self.egress_pass(true, None).await {
             Ok(f) if !f.is_empty() => {
                 tracing::debug!(changes = f.len(), "egress programmed")
             }
@@ -152,9 +153,21 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     }
 
     /// Compare the uplinks and the NAT table with the records; with `apply`, repair them.
-    pub(super) async fn egress_pass(&self, apply: bool) -> Result<Vec<Finding>> {
+    /// The records are read here, under the pass's lock (so passes apply in the order they
+    /// read), unless the caller read them itself under the kernel's write lock (a reconcile).
+    pub(super) async fn egress_pass(
+        &self,
+        apply: bool,
+        records: Option<&Records>,
+    ) -> Result<Vec<Finding>> {
         let _one_at_a_time = self.egress_lock.lock().await;
-        let result = self.egress_pass_locked(apply).await;
+        let result = match records {
+            Some(r) => self.egress_pass_locked(apply, r).await,
+            None => match self.records().await {
+                Ok(r) => self.egress_pass_locked(apply, &r).await,
+                Err(e) => Err(e),
+            },
+        };
         if apply {
             let mut ready = self.egress_ready.lock().expect("poisoned");
             match &result {
@@ -166,13 +179,16 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     }
 
     /// The pass itself; also returns the networks that want an uplink.
-    async fn egress_pass_locked(&self, apply: bool) -> Result<(Vec<Finding>, BTreeSet<NetworkId>)> {
-        let (networks, _) = self.network_records().await?;
-        let local = self.local_endpoints().await?;
-        let sandboxes = self.sandboxes_here(&networks);
-        let mut findings = self.uplink_pass(&networks, &sandboxes, apply).await?;
+    async fn egress_pass_locked(
+        &self,
+        apply: bool,
+        records: &Records,
+    ) -> Result<(Vec<Finding>, BTreeSet<NetworkId>)> {
+        let (networks, local) = (&records.networks, &records.local);
+        let sandboxes = self.sandboxes_here(networks);
+        let mut findings = self.uplink_pass(networks, &sandboxes, apply).await?;
         findings.extend(
-            self.table_pass(&nat::desired(&networks, &local, &sandboxes), apply)
+            self.table_pass(&nat::desired(networks, local, &sandboxes), apply)
                 .await?,
         );
         let wanted = networks

@@ -245,7 +245,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         drop(held);
         // Docker hears of a failure (and undoes the container's start); the next reconcile
         // would retry it anyway.
-        self.egress_pass(true).await?;
+        self.egress_pass(true, None).await?;
         tracing::info!(network = %net.name, id = %done.ep.id, ports = done.ep.ports.len(), "published ports for Docker");
         Ok(done)
     }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::records::Records;
 use super::{now_secs, Service};
 use crate::api::types::{DoctorReport, DriftLine};
 use crate::dataplane::spec::{self, EndpointSpec};
@@ -23,18 +24,26 @@ impl<S: Store, D: Dataplane> Service<S, D> {
     /// the store is unreachable only the peer tables are checked.
     pub async fn reconcile(&self, apply: bool) -> Result<Vec<Finding>> {
         let _guard = self.kernel.write().await;
-        let mut findings = match self.sandbox_pass(apply).await {
-            Ok(f) => f,
-            Err(Error::Store(e)) => {
-                tracing::warn!(error = %e, "store unreachable: checking peer tables only");
-                Vec::new()
+        let store_unreachable = |e| {
+            tracing::warn!(error = %e, "store unreachable: checking peer tables only");
+            Vec::new()
+        };
+        let mut findings = match self.records().await {
+            Ok(records) => {
+                let mut findings = match self.sandbox_pass(apply, &records).await {
+                    Ok(f) => f,
+                    Err(Error::Store(e)) => store_unreachable(e),
+                    Err(e) => return Err(e),
+                };
+                match self.egress_pass(apply, Some(&records)).await {
+                    Ok(f) => findings.extend(f),
+                    Err(e) => tracing::warn!(error = %e, "checking egress failed"),
+                }
+                findings
             }
+            Err(Error::Store(e)) => store_unreachable(e),
             Err(e) => return Err(e),
         };
-        match self.egress_pass(apply).await {
-            Ok(f) => findings.extend(f),
-            Err(e) => tracing::warn!(error = %e, "checking egress failed"),
-        }
         let peer_findings: Vec<Finding> = self
             .peer_pass(true, apply, None)
             .await?
@@ -52,10 +61,17 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         Ok(findings)
     }
 
-    pub(super) async fn sandbox_pass(&self, apply: bool) -> Result<Vec<Finding>> {
-        let (networks, present) = self.network_records().await?;
-        let local = self.local_endpoints().await?;
-        let (desired, observed) = self.desired_and_observed(&networks, &local).await?;
+    pub(super) async fn sandbox_pass(
+        &self,
+        apply: bool,
+        records: &Records,
+    ) -> Result<Vec<Finding>> {
+        let Records {
+            networks,
+            present,
+            local,
+        } = records;
+        let (desired, observed) = self.desired_and_observed(networks, local).await?;
         // Not stray: the sandboxes of every network with a record, valid or not.
         let known: BTreeSet<PathBuf> = observed
             .sandboxes
@@ -71,12 +87,12 @@ impl<S: Store, D: Dataplane> Service<S, D> {
         let findings = reconcile::diff(&desired, &observed, &known);
         if apply {
             for f in &findings {
-                if let Err(e) = self.repair(&f.repair, &networks, &local).await {
+                if let Err(e) = self.repair(&f.repair, networks, local).await {
                     tracing::warn!(error = %e, finding = ?f.line, "repair failed");
                 }
             }
-            self.sweep_journal(&present);
-            self.sync_dns(&networks).await;
+            self.sweep_journal(present);
+            self.sync_dns(networks).await;
         }
         Ok(findings)
     }

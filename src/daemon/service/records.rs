@@ -21,6 +21,16 @@ pub struct Versioned {
     pub rev: Revision,
 }
 
+/// The records a reconcile works from (see [`Service::records`]).
+pub(super) struct Records {
+    /// The valid network records.
+    pub networks: Vec<Network>,
+    /// The id of every network record, valid or not: their sandboxes are not stray.
+    pub present: HashSet<String>,
+    /// This host's valid endpoints.
+    pub local: Vec<Endpoint>,
+}
+
 impl<S: Store, D: Dataplane> Service<S, D> {
     /// The networks as the store watch last saw them; None until its first list succeeded.
     pub fn cached_networks(&self) -> Option<Vec<Network>> {
@@ -121,9 +131,34 @@ impl<S: Store, D: Dataplane> Service<S, D> {
             Some(n) => (keys::endpoints_of(n), vec![self.network(n).await?]),
             None => (keys::ENDPOINTS.to_string(), self.networks().await?),
         };
+        self.listed_endpoints(&prefix, &networks).await
+    }
+
+    /// What a reconcile compares the kernel with, read from the store once for both of its
+    /// passes: at 50,000 endpoints each read of every host's endpoints takes most of a
+    /// second, and every host does it every resync.
+    pub(super) async fn records(&self) -> Result<Records> {
+        let (networks, present) = self.network_records().await?;
+        let local = self
+            .listed_endpoints(keys::ENDPOINTS, &networks)
+            .await?
+            .into_iter()
+            .map(|v| v.ep)
+            .filter(|e| e.host == self.cfg.host_id)
+            .collect();
+        Ok(Records {
+            networks,
+            present,
+            local,
+        })
+    }
+
+    /// The valid endpoints under `prefix`, each checked against its network among
+    /// `networks` (the valid network records).
+    async fn listed_endpoints(&self, prefix: &str, networks: &[Network]) -> Result<Vec<Versioned>> {
         let networks: HashMap<&str, &Network> =
             networks.iter().map(|n| (n.name.as_str(), n)).collect();
-        let (kvs, _) = self.store.list(&prefix).await?;
+        let (kvs, _) = self.store.list(prefix).await?;
         Ok(kvs
             .iter()
             .filter_map(|kv| {

@@ -36,6 +36,23 @@ async fn a_host_in_line_has_no_findings_and_nothing_is_changed() {
 }
 
 #[tokio::test]
+async fn a_reconcile_lists_the_networks_and_every_host_s_endpoints_once() {
+    let (h, _, _) = three().await;
+    h.svc.reconcile(true).await.unwrap();
+    let lists: Vec<String> =
+        h.dp.calls()
+            .into_iter()
+            .filter(|c| c.op == "store.list")
+            .map(|c| c.target)
+            .collect();
+    // Both passes (sandboxes, egress) work from one read: at 50,000 endpoints a list of
+    // every host's endpoints takes most of a second.
+    let count = |prefix: &str| lists.iter().filter(|p| *p == prefix).count();
+    assert_eq!(count(keys::NETWORKS), 1, "{lists:?}");
+    assert_eq!(count(keys::ENDPOINTS), 1, "{lists:?}");
+}
+
+#[tokio::test]
 async fn drift_is_repaired_with_exactly_the_repairs_it_needs() {
     let (h, net, eps) = three().await;
     let sandbox = sandbox_of(&h, &net);
