@@ -81,6 +81,12 @@ impl GroupCommit {
         self.committed.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Every commit numbered up to this is on disk.
+    #[cfg(test)]
+    pub(super) fn synced(&self) -> u64 {
+        self.lock().synced
+    }
+
     /// The latest commit number: after a read snapshot is taken (or while holding the
     /// write transaction), every commit the reader can see is numbered at most this.
     pub(super) fn latest(&self) -> u64 {

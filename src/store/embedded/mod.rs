@@ -337,13 +337,20 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    /// A renewal is committed without waiting for an fsync: the next durable write carries
+    /// it to disk. A daemon renews every few seconds for as long as it runs, so waiting
+    /// would sync the file every few seconds on an idle host; etcd does not persist
+    /// renewals either. A renewal lost in a crash only makes the lease look older once the
+    /// store is opened again, when the daemon registers anew anyway (as after any stop
+    /// longer than the lease).
     async fn lease_keep_alive(&self, lease: LeaseId) -> StoreResult<i64> {
         let now = now_millis();
         self.blocking(move |inner| {
-            inner.write(|w| {
+            let (outcome, _unsynced) = inner.write_staged(|w| {
                 let ttl = w.keep_alive(lease, now)?;
                 Ok(ttl.ok_or(StoreError::LeaseNotFound(lease)))
-            })
+            })?;
+            outcome
         })
         .await
     }

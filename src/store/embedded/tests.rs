@@ -303,6 +303,32 @@ async fn delete_events_carry_the_delete_revision_and_no_value() {
 }
 
 #[tokio::test]
+async fn a_renewal_syncs_nothing_and_the_next_write_carries_it_to_disk() {
+    let (_dir, path, store) = temp_store();
+    let lease = store.lease_grant(60).await.unwrap();
+    store.put("ka", b"v".to_vec(), Some(lease)).await.unwrap();
+    let group = &store.inner.group;
+    let synced = group.synced();
+    assert_eq!(synced, group.latest(), "an acknowledged put is on disk");
+    for _ in 0..3 {
+        assert_eq!(store.lease_keep_alive(lease).await.unwrap(), 60);
+    }
+    assert_eq!(group.synced(), synced, "a renewal led no fsync");
+    assert!(group.latest() > synced, "each renewal is a commit");
+    store.put("other", b"v".to_vec(), None).await.unwrap();
+    assert_eq!(
+        group.synced(),
+        group.latest(),
+        "the next write synced them all"
+    );
+    // And what is on disk opens with the lease and its key.
+    drop(store);
+    let reopened = EmbeddedStore::open(&path).unwrap();
+    assert!(reopened.get("ka").await.unwrap().is_some());
+    assert_eq!(reopened.lease_keep_alive(lease).await.unwrap(), 60);
+}
+
+#[tokio::test]
 async fn keep_alive_holds_a_lease_past_its_ttl() {
     let (_dir, _path, store) = temp_store();
     let lease = store.lease_grant(1).await.unwrap();
