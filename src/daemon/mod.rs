@@ -124,6 +124,11 @@ pub async fn run(
             .iter()
             .any(|s| url.starts_with(s)) =>
         {
+            if let Some(why) =
+                crate::store::etcd::lease_lapse_risk(cfg.store_timeout, cfg.lease_ttl)
+            {
+                tracing::warn!("{why}");
+            }
             let store = open_etcd(url, &cfg.etcd, cfg.store_timeout).await?;
             run_with_store(cfg, store, metrics_listener, shutdown).await
         }

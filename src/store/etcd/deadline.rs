@@ -33,6 +33,23 @@ pub fn parse_call_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Why a call deadline is too long for presence leases of `lease_ttl`, if it is: a daemon
+/// renews its lease a third of the TTL after the last renewal, so a renewal that may wait
+/// more than the remaining two thirds lets the lease lapse while it waits, and peers drop
+/// the host.
+pub fn lease_lapse_risk(call_timeout: Duration, lease_ttl: Duration) -> Option<String> {
+    (call_timeout * 3 > lease_ttl * 2).then(|| {
+        format!(
+            "--store-timeout {}s is more than two thirds of --lease-ttl {}s: a renewal that \
+             waits that long lets this host's lease lapse, and peers drop it; give \
+             --lease-ttl at least {}s",
+            call_timeout.as_secs(),
+            lease_ttl.as_secs(),
+            (call_timeout.as_secs() * 3).div_ceil(2)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +66,23 @@ mod tests {
             parse_call_timeout(&DEFAULT_CALL_TIMEOUT.as_secs().to_string()),
             Ok(DEFAULT_CALL_TIMEOUT)
         );
+    }
+
+    #[test]
+    fn a_deadline_past_two_thirds_of_the_lease_is_named() {
+        let secs = Duration::from_secs;
+        assert_eq!(lease_lapse_risk(DEFAULT_CALL_TIMEOUT, secs(10)), None);
+        assert_eq!(
+            lease_lapse_risk(secs(6), secs(9)),
+            None,
+            "exactly two thirds"
+        );
+        let why = lease_lapse_risk(secs(15), secs(10)).expect("a risk");
+        assert!(
+            why.contains("--store-timeout 15s") && why.contains("--lease-ttl 10s"),
+            "{why}"
+        );
+        assert!(why.contains("at least 23s"), "{why}");
     }
 
     #[test]

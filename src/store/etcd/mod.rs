@@ -95,7 +95,9 @@ use etcd_client::Client;
 use tokio::sync::mpsc;
 
 use self::convert::{key_value, put_options, revision_of};
-pub use self::deadline::{parse_call_timeout, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT_SECS};
+pub use self::deadline::{
+    lease_lapse_risk, parse_call_timeout, DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT_SECS,
+};
 use self::endpoints::{check_endpoint, host_port, is_https};
 use self::lease::SharedKeeper;
 pub use self::security::{EtcdSecurity, EtcdUser};
