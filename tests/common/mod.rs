@@ -351,6 +351,38 @@ impl Host {
     /// As `start_daemon_with`, with rnetd run through `wrapper` (a command that ends by
     /// exec'ing its arguments, so the pid stays rnetd's).
     pub fn start_daemon_wrapped(&mut self, wrapper: &[&str], extra_args: &[&str]) {
+        self.spawn_daemon(wrapper, extra_args);
+        let end = Instant::now() + DAEMON_START;
+        loop {
+            if let Some(status) = self
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.daemon = None;
+                panic!(
+                    "rnetd of host {} exited during startup ({status}):\n{}",
+                    self.tag,
+                    self.daemon_log()
+                );
+            }
+            if self.socket().exists() && self.rnet(&["status"]).status.success() {
+                return;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "rnetd of host {} did not answer `rnet status` within {DAEMON_START:?}:\n{}",
+                    self.tag,
+                    tail(&self.daemon_log(), 60)
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Start rnetd as `start_daemon_wrapped` does, without waiting for it to answer (for a
+    /// daemon that is not meant to get that far); the `Host` still owns and stops it.
+    pub fn spawn_daemon(&mut self, wrapper: &[&str], extra_args: &[&str]) {
         assert!(
             !self.daemon_running(),
             "rnetd of host {} is already running",
@@ -393,32 +425,6 @@ impl Host {
             .expect("spawn nsenter rnetd");
         // nsenter execs rnetd in place (no fork without --fork), so this pid is rnetd's.
         self.daemon = Some(child);
-        let end = Instant::now() + DAEMON_START;
-        loop {
-            if let Some(status) = self
-                .daemon
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.daemon = None;
-                panic!(
-                    "rnetd of host {} exited during startup ({status}):\n{}",
-                    self.tag,
-                    self.daemon_log()
-                );
-            }
-            if self.socket().exists() && self.rnet(&["status"]).status.success() {
-                return;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "rnetd of host {} did not answer `rnet status` within {DAEMON_START:?}:\n{}",
-                    self.tag,
-                    tail(&self.daemon_log(), 60)
-                );
-            }
-            thread::sleep(POLL);
-        }
     }
 
     /// True while the daemon process started by this `Host` has not exited.
@@ -646,17 +652,25 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A UDP socket bound to `addr` that lives in the namespace at `netns` (made on a thread
-/// that entered it; a socket keeps its namespace wherever it is used).
-pub fn udp_socket_in(netns: &Path, addr: &str) -> std::net::UdpSocket {
-    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
+/// What `make` returns when run on a thread that entered the namespace at `netns`: a socket
+/// made there keeps that namespace wherever it is used.
+pub fn made_in<T: Send + 'static>(netns: &Path, make: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_path_buf();
     thread::spawn(move || {
         let ns = fs::File::open(&netns).expect("open netns");
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        std::net::UdpSocket::bind(addr).expect("bind")
+        make()
     })
     .join()
     .unwrap()
+}
+
+/// A UDP socket bound to `addr` that lives in the namespace at `netns`.
+pub fn udp_socket_in(netns: &Path, addr: &str) -> std::net::UdpSocket {
+    let addr = addr.to_string();
+    made_in(netns, move || {
+        std::net::UdpSocket::bind(addr).expect("bind")
+    })
 }
 
 /// The sandbox bind mount of network `net` under a daemon's run dir (`netns/sb-<net>-<id>`),

@@ -256,23 +256,33 @@ pub fn pid_files(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// Image files for plans made by tests (nothing is read from them).
+#[cfg(test)]
+pub(super) fn test_image() -> ImageFiles {
+    ImageFiles {
+        base: "/i/base.qcow2".into(),
+        kernel: "/i/vmlinuz".into(),
+        initrd: "/i/initrd.img".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn image() -> ImageFiles {
-        ImageFiles {
-            base: "/i/base.qcow2".into(),
-            kernel: "/i/vmlinuz".into(),
-            initrd: "/i/initrd.img".into(),
-        }
-    }
-
     #[test]
     fn guests_get_addresses_macs_and_etcd_on_h1() {
         let paths = LabPaths::new("v", None).unwrap();
-        let cfg = VmLabConfig::plan(&paths, 2, Accel::Tcg, image(), "/q".into(), "/b".into(), 10)
-            .unwrap();
+        let cfg = VmLabConfig::plan(
+            &paths,
+            2,
+            Accel::Tcg,
+            test_image(),
+            "/q".into(),
+            "/b".into(),
+            10,
+        )
+        .unwrap();
         assert_eq!(cfg.store, "etcd://198.18.0.11:2379");
         let h2 = cfg.host("h2").unwrap();
         assert_eq!(h2.underlay.to_string(), "198.18.0.12/24");
@@ -288,7 +298,7 @@ mod tests {
     fn the_store_deadline_follows_the_accelerator_and_old_configs_still_load() {
         let paths = LabPaths::new("v", None).unwrap();
         let plan = |accel| {
-            VmLabConfig::plan(&paths, 1, accel, image(), "/q".into(), "/b".into(), 10).unwrap()
+            VmLabConfig::plan(&paths, 1, accel, test_image(), "/q".into(), "/b".into(), 10).unwrap()
         };
         assert_eq!(plan(Accel::Tcg).store_timeout, Some(TCG_STORE_TIMEOUT_SECS));
         assert_eq!(plan(Accel::Kvm).store_timeout, None);
@@ -303,7 +313,15 @@ mod tests {
     fn guest_count_is_bounded() {
         let paths = LabPaths::new("v", None).unwrap();
         for n in [0, MAX_GUESTS + 1] {
-            let r = VmLabConfig::plan(&paths, n, Accel::Tcg, image(), "/q".into(), "/b".into(), 10);
+            let r = VmLabConfig::plan(
+                &paths,
+                n,
+                Accel::Tcg,
+                test_image(),
+                "/q".into(),
+                "/b".into(),
+                10,
+            );
             assert!(r.is_err(), "{n} guests accepted");
         }
     }

@@ -205,18 +205,22 @@ pub(super) fn kvm_works(qemu: &Path, image: &ImageFiles, scratch: &Path) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Accel, ImageFiles, VmLabConfig};
+    use super::super::{test_image, Accel, VmLabConfig};
     use super::*;
     use crate::lab::LabPaths;
 
     fn cfg(accel: Accel) -> VmLabConfig {
         let paths = LabPaths::new("v", None).unwrap();
-        let image = ImageFiles {
-            base: "/i/base.qcow2".into(),
-            kernel: "/i/vmlinuz".into(),
-            initrd: "/i/initrd.img".into(),
-        };
-        VmLabConfig::plan(&paths, 2, accel, image, "/q".into(), "/bin/dir".into(), 10).unwrap()
+        VmLabConfig::plan(
+            &paths,
+            2,
+            accel,
+            test_image(),
+            "/q".into(),
+            "/bin/dir".into(),
+            10,
+        )
+        .unwrap()
     }
 
     #[test]

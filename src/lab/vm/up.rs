@@ -361,19 +361,18 @@ fn resolve_bin_dir(given: Option<&Path>) -> Result<PathBuf, LabError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ImageFiles;
+    use super::super::test_image;
     use super::*;
+
+    /// A two-guest plan with a 7 s lease.
+    fn plan(accel: Accel) -> VmLabConfig {
+        let paths = LabPaths::new("v", None).unwrap();
+        VmLabConfig::plan(&paths, 2, accel, test_image(), "/q".into(), "/d".into(), 7).unwrap()
+    }
 
     #[test]
     fn services_listen_on_the_guest_underlay() {
-        let paths = LabPaths::new("v", None).unwrap();
-        let image = ImageFiles {
-            base: "/b".into(),
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-        };
-        let cfg =
-            VmLabConfig::plan(&paths, 2, Accel::Tcg, image, "/q".into(), "/d".into(), 7).unwrap();
+        let cfg = plan(Accel::Tcg);
         let e = etcd_argv(&cfg.hosts[0]).join(" ");
         assert!(e.contains("--listen-client-urls http://198.18.0.11:2379,http://127.0.0.1:2379"));
         let r = rnetd_argv(&cfg, &cfg.hosts[1]).join(" ");
@@ -383,15 +382,6 @@ mod tests {
 
     #[test]
     fn tcg_guests_give_rnetd_a_longer_store_deadline_and_kvm_guests_the_default() {
-        let paths = LabPaths::new("v", None).unwrap();
-        let image = ImageFiles {
-            base: "/b".into(),
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-        };
-        let plan = |accel| {
-            VmLabConfig::plan(&paths, 2, accel, image.clone(), "/q".into(), "/d".into(), 7).unwrap()
-        };
         let tcg = plan(Accel::Tcg);
         for h in &tcg.hosts {
             let r = rnetd_argv(&tcg, h).join(" ");
