@@ -120,6 +120,25 @@ fn print_table(rnet: &mut Timings, reference: &mut Timings) {
     println!("| rnet-cni / reference | {} |", ratios.join(" | "));
 }
 
+/// How the plugin at `path` is linked, read from its ELF program headers: a static binary
+/// has no interpreter (PT_INTERP).
+fn linking(path: &Path) -> &'static str {
+    let elf = std::fs::read(path).expect("read the rnet-cni binary");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
+    let (size, count) = (usize::from(u16_at(54)), usize::from(u16_at(56)));
+    const PT_INTERP: u32 = 3;
+    let dynamic = (0..count).any(|i| {
+        let o = phoff + i * size;
+        u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes")) == PT_INTERP
+    });
+    if dynamic {
+        "linked dynamically (as cargo builds it)"
+    } else {
+        "linked statically (as `make install` and the package install it)"
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("RNET_BENCH_N")
         .ok()
@@ -135,9 +154,16 @@ fn main() {
     host.start_daemon();
     host.rnet_ok(&["create", "cbench", "--subnet", "10.80.0.0/16"]);
     let ipam_dir = tempfile::tempdir().expect("host-local data dir");
+    // `make bench` gives the statically linked plugin that `make install` installs; alone,
+    // this bench measures the one cargo built.
+    let mut plugin = Plugin::rnet(&host.socket());
+    if let Some(path) = std::env::var_os("RNET_CNI_PLUGIN") {
+        plugin.path = path.into();
+    }
+    let linking = linking(&plugin.path);
     let mut rnet = Contender {
         label: "rnet-cni",
-        plugin: Plugin::rnet(&host.socket()),
+        plugin,
         conf: json!({"cniVersion": "1.0.0", "name": "cbench", "type": "rnet-cni"}),
         t: Timings::default(),
     };
@@ -225,6 +251,7 @@ fn main() {
     });
     progress.finish();
     println!("### CNI ADD and DEL latency (one host, {n} containers, each a fresh namespace)\n");
+    println!("rnet-cni {linking}.\n");
     print_table(&mut rnet.t, &mut bridge.t);
     println!(
         "\n{WIDTH} containers at once ({n} each, the plugins taking turns batch by batch), the \
