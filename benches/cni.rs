@@ -120,25 +120,6 @@ fn print_table(rnet: &mut Timings, reference: &mut Timings) {
     println!("| rnet-cni / reference | {} |", ratios.join(" | "));
 }
 
-/// How the plugin at `path` is linked, read from its ELF program headers: a static binary
-/// has no interpreter (PT_INTERP).
-fn linking(path: &Path) -> &'static str {
-    let elf = std::fs::read(path).expect("read the rnet-cni binary");
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
-    let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
-    let (size, count) = (usize::from(u16_at(54)), usize::from(u16_at(56)));
-    const PT_INTERP: u32 = 3;
-    let dynamic = (0..count).any(|i| {
-        let o = phoff + i * size;
-        u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes")) == PT_INTERP
-    });
-    if dynamic {
-        "linked dynamically (as cargo builds it)"
-    } else {
-        "linked statically (as `make install` and the package install it)"
-    }
-}
-
 fn main() {
     let n: usize = std::env::var("RNET_BENCH_N")
         .ok()
@@ -160,7 +141,11 @@ fn main() {
     if let Some(path) = std::env::var_os("RNET_CNI_PLUGIN") {
         plugin.path = path.into();
     }
-    let linking = linking(&plugin.path);
+    let linking = if common::cni::is_static(&plugin.path) {
+        "linked statically (as `make install` and the package install it)"
+    } else {
+        "linked dynamically (as cargo builds it)"
+    };
     let mut rnet = Contender {
         label: "rnet-cni",
         plugin,

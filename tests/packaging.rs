@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 fn bin(name: &str) -> PathBuf {
     let path = match name {
         "rnet" => env!("CARGO_BIN_EXE_rnet"),
@@ -387,4 +389,34 @@ fn make_deb_files_refuses_missing_binaries_before_packaging() {
         "{err}"
     );
     assert!(!target.path().join("debian").exists(), "a package was made");
+}
+
+/// `make cni-static` (what `make install`, `make deb` and `make bench` take rnet-cni from)
+/// builds a plugin with no dynamic loader that answers a runtime.
+#[test]
+fn make_cni_static_builds_a_statically_linked_plugin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(Command::new("make").current_dir(root).args([
+        "-s",
+        "--no-print-directory",
+        "cni-static",
+        "-p",
+    ]));
+    let db = String::from_utf8_lossy(&out.stdout);
+    let plugin = db
+        .lines()
+        .find_map(|l| l.strip_prefix("CNI_STATIC := "))
+        .expect("make's database names CNI_STATIC");
+    let plugin = root.join(plugin);
+    assert!(
+        common::cni::is_static(&plugin),
+        "{} is linked dynamically",
+        plugin.display()
+    );
+    assert!(!common::cni::is_static(&common::cni::rnet_cni()));
+    let out = run(Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["supportedVersions"].is_array(), "{v}");
 }

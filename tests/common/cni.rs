@@ -13,6 +13,26 @@ pub fn rnet_cni() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rnet-cni"))
 }
 
+/// Whether the ELF executable at `path` is linked statically: it names no interpreter (no
+/// PT_INTERP program header, which every dynamically linked executable has).
+pub fn is_static(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(
+        &elf[..5],
+        b"\x7fELF\x02",
+        "{} is not a 64-bit ELF file",
+        path.display()
+    );
+    let u16_at = |o: usize| usize::from(u16::from_le_bytes([elf[o], elf[o + 1]]));
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().expect("8 bytes")) as usize;
+    let (size, count) = (u16_at(54), u16_at(56));
+    !(0..count).any(|i| {
+        let o = phoff + i * size;
+        u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes")) == PT_INTERP
+    })
+}
+
 /// One plugin execution's outcome.
 #[derive(Debug)]
 pub struct CniCall {
