@@ -135,10 +135,13 @@ fn tunnel(lab: &VmLab, from: &str, to: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// A workload at `ip` on `host` pings `to` across the encrypted network.
+/// A workload at `ip` on `host` pings `to` across the encrypted network until three echoes
+/// come back (`-w`: at most 30 s). The workload is new, so the first echoes may be lost
+/// while its record reaches the other host, which answers its ARP from that record only
+/// then (under TCG that took over two seconds once).
 fn ping_from(lab: &VmLab, host: &str, ip: &str, to: &str) {
     let argv = [
-        "rnet", "run", "enc", "--ip", ip, "--", "ping", "-c", "3", "-W", "3", to,
+        "rnet", "run", "enc", "--ip", ip, "--", "ping", "-c", "3", "-w", "30", to,
     ];
     let out = lab.exec(host, &argv);
     let text = String::from_utf8_lossy(&out.stdout);
