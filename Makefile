@@ -19,7 +19,7 @@ build:
 	$(CARGO) build --release --bins
 
 # rnet-cni, linked statically: a runtime execs it for every ADD and DEL, and without the
-# dynamic loader it starts about 0.4 ms sooner (docs/benchmarks.md). What is installed and
+# dynamic loader each call ends about half a millisecond sooner (docs/benchmarks.md). What is installed and
 # packaged, and what the CNI bench measures. Its own cargo run, since a target feature
 # applies to a whole build; rnet-cni resolves no names, so static glibc's NSS never runs.
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
@@ -74,7 +74,7 @@ FISH_COMPLETIONS ?= $(PREFIX)/share/fish/vendor_completions.d
 
 # Sequential, not two prerequisites: under -j install-files would race the build.
 install: build
-	$(MAKE) cni-static
+	$(MAKE) --no-print-directory cni-static
 	$(MAKE) install-files CNI_PLUGIN=$(CNI_STATIC)
 
 # Installs what $(BUILT) holds, without building (so `sudo make install-files` after a
@@ -121,9 +121,9 @@ deb: build
 	$(MAKE) --no-print-directory deb-files DEB_CNI_PLUGIN=$(CNI_STATIC)
 
 # Packages what $(DEB_TARGET_DIR)/release holds, without building. The generated files and
-# the CNI plugin are staged in release/deb-stage, where Cargo.toml's assets find them (man pages gzipped, as
-# Debian ships them). cargo-deb is installed after the binaries are found: a refusal costs no
-# install. --strip: the release profile keeps line tables (debug = 1), which cargo-deb would ship.
+# the CNI plugin are staged in release/deb-stage, where Cargo.toml's assets find them (man
+# pages gzipped, as Debian ships them). cargo-deb is installed after the binaries are found:
+# a refusal costs no install. --strip: the release profile keeps line tables (debug = 1), which cargo-deb would ship.
 deb-files:
 	rm -rf $(DEB_TARGET_DIR)/release/deb-stage
 	$(MAKE) --no-print-directory install-data PREFIX=/usr BUILT=$(DEB_TARGET_DIR)/release \

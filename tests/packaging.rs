@@ -1,6 +1,7 @@
 //! What a packager and an operator use: `make install-files` into a DESTDIR, the systemd
 //! unit, shell completions and man pages, through the real tools (make, systemd-analyze,
-//! bash, groff). No root needed: nothing outside the temporary directory is touched.
+//! bash, groff). No root needed: nothing outside the temporary directory is touched, but for
+//! `make cni-static`'s build in `target/static/`.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
