@@ -19,9 +19,10 @@ build:
 	$(CARGO) build --release --bins
 
 # rnet-cni, linked statically: a runtime execs it for every ADD and DEL, and without the
-# dynamic loader each call ends about half a millisecond sooner (docs/benchmarks.md). What is installed and
-# packaged, and what the CNI bench measures. Its own cargo run, since a target feature
-# applies to a whole build; rnet-cni resolves no names, so static glibc's NSS never runs.
+# dynamic loader each call ends about half a millisecond sooner (docs/benchmarks.md). What
+# is installed and packaged, and what the CNI bench measures. Its own cargo run, since a
+# target feature applies to a whole build; rnet-cni resolves no names, so static glibc's
+# NSS never runs.
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 CNI_STATIC := target/static/$(HOST_TRIPLE)/release/rnet-cni
 cni-static:
