@@ -22,8 +22,8 @@ build:
 # dynamic loader each call ends about half a millisecond sooner (docs/benchmarks.md). What
 # is installed and packaged, and what the CNI bench measures. Its own cargo run, since a
 # target feature applies to a whole build; rnet-cni resolves no names, so static glibc's
-# NSS never runs.
-HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# NSS never runs. (PATH given to the shell: make before 4.4 does not export it to $(shell).)
+HOST_TRIPLE := $(shell PATH="$(PATH)" rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 CNI_STATIC := target/static/$(HOST_TRIPLE)/release/rnet-cni
 cni-static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --bin rnet-cni \
