@@ -256,14 +256,24 @@ pub fn pid_files(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Image files for plans made by tests (nothing is read from them).
+/// A plan of `n` guests for tests, of lab "v" (nothing is read from its image or directories).
 #[cfg(test)]
-pub(super) fn test_image() -> ImageFiles {
-    ImageFiles {
+pub(super) fn test_plan(n: u32, accel: Accel, lease_ttl: u64) -> Result<VmLabConfig, LabError> {
+    let paths = LabPaths::new("v", None)?;
+    let image = ImageFiles {
         base: "/i/base.qcow2".into(),
         kernel: "/i/vmlinuz".into(),
         initrd: "/i/initrd.img".into(),
-    }
+    };
+    VmLabConfig::plan(
+        &paths,
+        n,
+        accel,
+        image,
+        "/q".into(),
+        "/bin/dir".into(),
+        lease_ttl,
+    )
 }
 
 #[cfg(test)]
@@ -272,17 +282,7 @@ mod tests {
 
     #[test]
     fn guests_get_addresses_macs_and_etcd_on_h1() {
-        let paths = LabPaths::new("v", None).unwrap();
-        let cfg = VmLabConfig::plan(
-            &paths,
-            2,
-            Accel::Tcg,
-            test_image(),
-            "/q".into(),
-            "/b".into(),
-            10,
-        )
-        .unwrap();
+        let cfg = test_plan(2, Accel::Tcg, 10).unwrap();
         assert_eq!(cfg.store, "etcd://198.18.0.11:2379");
         let h2 = cfg.host("h2").unwrap();
         assert_eq!(h2.underlay.to_string(), "198.18.0.12/24");
@@ -296,10 +296,7 @@ mod tests {
 
     #[test]
     fn the_store_deadline_follows_the_accelerator_and_old_configs_still_load() {
-        let paths = LabPaths::new("v", None).unwrap();
-        let plan = |accel| {
-            VmLabConfig::plan(&paths, 1, accel, test_image(), "/q".into(), "/b".into(), 10).unwrap()
-        };
+        let plan = |accel| test_plan(1, accel, 10).unwrap();
         assert_eq!(plan(Accel::Tcg).store_timeout, Some(TCG_STORE_TIMEOUT_SECS));
         assert_eq!(plan(Accel::Kvm).store_timeout, None);
         // A vm.json written before the field existed.
@@ -311,17 +308,8 @@ mod tests {
 
     #[test]
     fn guest_count_is_bounded() {
-        let paths = LabPaths::new("v", None).unwrap();
         for n in [0, MAX_GUESTS + 1] {
-            let r = VmLabConfig::plan(
-                &paths,
-                n,
-                Accel::Tcg,
-                test_image(),
-                "/q".into(),
-                "/b".into(),
-                10,
-            );
+            let r = test_plan(n, Accel::Tcg, 10);
             assert!(r.is_err(), "{n} guests accepted");
         }
     }

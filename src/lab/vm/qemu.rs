@@ -205,22 +205,11 @@ pub(super) fn kvm_works(qemu: &Path, image: &ImageFiles, scratch: &Path) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::{test_image, Accel, VmLabConfig};
+    use super::super::{test_plan, Accel, VmLabConfig};
     use super::*;
-    use crate::lab::LabPaths;
 
     fn cfg(accel: Accel) -> VmLabConfig {
-        let paths = LabPaths::new("v", None).unwrap();
-        VmLabConfig::plan(
-            &paths,
-            2,
-            accel,
-            test_image(),
-            "/q".into(),
-            "/bin/dir".into(),
-            10,
-        )
-        .unwrap()
+        test_plan(2, accel, 10).unwrap()
     }
 
     #[test]

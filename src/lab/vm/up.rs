@@ -361,13 +361,12 @@ fn resolve_bin_dir(given: Option<&Path>) -> Result<PathBuf, LabError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_image;
+    use super::super::test_plan;
     use super::*;
 
     /// A two-guest plan with a 7 s lease.
     fn plan(accel: Accel) -> VmLabConfig {
-        let paths = LabPaths::new("v", None).unwrap();
-        VmLabConfig::plan(&paths, 2, accel, test_image(), "/q".into(), "/d".into(), 7).unwrap()
+        test_plan(2, accel, 7).unwrap()
     }
 
     #[test]
