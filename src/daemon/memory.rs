@@ -10,8 +10,10 @@
 pub const BURST: usize = 1000;
 
 /// Return the free memory at the top of the heap and in every arena to the system.
+/// (glibc's; musl's allocator returns freed memory by itself and has no `malloc_trim`.)
 pub fn give_back() {
     // SAFETY: malloc_trim takes no pointer and only releases memory the allocator holds free.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0);
     }

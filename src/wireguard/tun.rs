@@ -7,7 +7,8 @@ use super::WgError;
 use crate::checksum::{fold, internet_checksum, ones_sum};
 use crate::netns::NetNs;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+// `libc::Ioctl`: the request's type differs between glibc (c_ulong) and musl (c_int).
+const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 
 #[repr(C)]
 struct IfReq {
