@@ -30,6 +30,7 @@ readonly REQUIRED=(
     "procps:pgrep"
     "jq:jq"       # the demo parses `rnet -o json`
     "binutils:nm" # the CNI tests check which crates rnet-cni links
+    "musl-tools:musl-gcc" # make cni-static: rnet-cni linked against musl (ring's C compiles with it)
     "curl:curl"                    # the metrics tests scrape rnetd
     "groff-base:groff"             # the packaging test checks the man pages
     "systemd:systemd-analyze"      # the packaging test verifies the unit
@@ -108,4 +109,17 @@ if [[ -n $want && -n $have ]]; then
         echo "deps.sh: rustc $have is older than the required $want; run: rustup update stable" >&2
         exit 1
     fi
+fi
+
+# make cni-static (install, deb, bench, the packaging test) links rnet-cni against musl: the
+# toolchain needs that target's standard library.
+musl_target=$(rustc -vV | sed -n 's/^host: //p')
+musl_target=${musl_target/-gnu/-musl}
+if ! ls "$(rustc --print target-libdir --target "$musl_target")"/libstd-* >/dev/null 2>&1; then
+    if ! command -v rustup >/dev/null 2>&1; then
+        echo "deps.sh: the Rust target $musl_target is missing and there is no rustup to add it" >&2
+        exit 1
+    fi
+    echo "deps.sh: adding the Rust target $musl_target"
+    rustup target add "$musl_target" >/dev/null
 fi
