@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkMessage};
@@ -79,6 +79,13 @@ pub async fn build_in(
     .map_err(|e| BuildError::Create(e.into()))?
 }
 
+/// Builds take turns. Nearly all of one runs under the kernel's RTNL mutex, so builds of
+/// concurrent attaches (a runtime starting several pods) follow one another anyway; but a
+/// thread that waits for RTNL spins on its CPU while the holder runs on another, taking
+/// that CPU from the runtime's plugins and the rest of rnetd (7% of rnetd's CPU with 8 ADDs
+/// at once on 2 cores). Waiting here sleeps instead (docs/benchmarks.md).
+static BUILDS: Mutex<()> = Mutex::new(());
+
 /// Create and configure `ep` from this thread's namespace (the workload's); the workload
 /// end's interface index.
 fn build(
@@ -90,6 +97,7 @@ fn build(
     let sock = request::open_socket(Some(request::RECV_TIMEOUT))
         .map_err(|e| BuildError::Create(DataplaneError::Socket(e)))?;
     let veth = veth_message(ep, bridge, Some(sandbox.as_raw_fd()), workload.as_raw_fd());
+    let _turn = BUILDS.lock().unwrap_or_else(PoisonError::into_inner);
     request::transact(
         &sock,
         vec![(
