@@ -89,6 +89,11 @@ fn workloads_on_one_network_talk_and_networks_are_isolated() {
         String::from_utf8_lossy(&link.stdout).contains(" mtu 1450 "),
         "underlay 1500 - 50: {link:?}"
     );
+    // The sandbox speaks no IPv6: no end of a veth pair, nor the bridge, announces itself to
+    // the workloads and the other hosts.
+    let sandbox = common::sandbox_in(&h.run_dir(), "blue");
+    let v6 = in_netns_ok(&sandbox, &["ip", "-6", "-o", "addr", "show"]);
+    assert_eq!(v6.trim(), "", "IPv6 addresses in the sandbox");
     let listed = h.rnet_json(&["endpoints", "blue"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
     h.rnet_ok(&["detach", "blue", "--id", "b"]);

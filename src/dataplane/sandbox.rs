@@ -37,6 +37,7 @@ impl Netlink {
 
     async fn fill_sandbox(&self, spec: &SandboxSpec) -> Result<()> {
         let sb = self.sandbox(&spec.netns)?;
+        disable_ipv6(&NetNs::open(&spec.netns)?)?;
         let bridge = match get_link(&sb, BRIDGE).await? {
             Some(b) => b,
             None => {
@@ -223,4 +224,27 @@ impl Netlink {
         }
         get_link(&self.sandbox(sandbox)?, name).await
     }
+}
+
+/// No IPv6 in a sandbox (`sysctl net.ipv6.conf.{default,all}.disable_ipv6=1`, before the
+/// bridge exists): the overlay carries IPv4, and every interface with IPv6 announces itself
+/// (duplicate address detection, MLD reports, router solicitations), each frame flooded to
+/// every workload on the bridge and, through the VXLAN device's flood entries, to every other
+/// host. With the sandbox end of every veth pair doing that, 8 ADDs at once cost about 8% more
+/// CPU. Best effort: a kernel without IPv6 has no such files, and a read-only `/proc/sys`
+/// costs only the chatter.
+fn disable_ipv6(ns: &NetNs) -> Result<()> {
+    let written = ns.run(|| {
+        ["default", "all"].into_iter().try_for_each(|scope| {
+            let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
+            match std::fs::write(&path, "1") {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((path, e)),
+                _ => Ok(()),
+            }
+        })
+    })?;
+    if let Err((path, e)) = written {
+        tracing::warn!(sandbox = %ns.path().display(), error = %e, "writing {path}; the sandbox keeps IPv6");
+    }
+    Ok(())
 }
