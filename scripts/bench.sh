@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs rnet's benchmarks and writes their figures into docs/benchmarks.md.
+# Runs rnet's benchmarks and writes their figures into docs/benchmarks-latest.md (replaced on
+# every run; docs/benchmarks.md keeps the figures by date with what was learnt from them).
 # Every figure is measured next to its baseline in the same run; see each section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=docs/benchmarks.md
+out=docs/benchmarks-latest.md
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 
