@@ -5,7 +5,8 @@
 //! stdin) from a thread that has entered the host's namespace, so the bridge plugin builds
 //! its bridge there, as it would in a real host namespace. Every container is a fresh
 //! namespace: all are added first (alternating plugins), then each is deleted and its
-//! namespace removed right after, as a runtime does.
+//! namespace removed right after, as a runtime does. Five rounds (`RNET_BENCH_ROUNDS`) of
+//! that, one at a time and 8 at once; each ratio is taken within its round.
 //!
 //! Run with `make bench` (as root). Prints a markdown section on stdout.
 #[path = "../tests/common/mod.rs"]
@@ -39,7 +40,7 @@ struct Timings {
 }
 
 impl Timings {
-    fn row(&mut self) -> [f64; 4] {
+    fn row(&mut self) -> Row {
         [
             ms(percentile(&mut self.add, 0.5)),
             ms(percentile(&mut self.add, 0.95)),
@@ -105,26 +106,109 @@ fn in_parallel(
     took
 }
 
-/// rnet-cni's and the reference's percentiles, and their ratios.
-fn print_table(rnet: &mut Timings, reference: &mut Timings) {
-    let (r, b) = (rnet.row(), reference.row());
+/// The four figures of a table row: ADD p50, ADD p95, DEL p50, DEL p95.
+type Row = [f64; 4];
+
+/// One round's rows: [rnet-cni, reference], one at a time and `WIDTH` at once.
+struct Round {
+    sequential: [Row; 2],
+    parallel: [Row; 2],
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Both plugins' medians over the rounds (ms), and the ratio's median (min–max) over the
+/// rounds, each round's ratio taken within that round.
+fn print_table(rows: &[[Row; 2]]) {
     println!("| plugin | ADD p50 ms | ADD p95 ms | DEL p50 ms | DEL p95 ms |");
     println!("|---|---|---|---|---|");
-    for (label, v) in [("rnet-cni", r), ("bridge + host-local", b)] {
-        println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            v[0], v[1], v[2], v[3]
-        );
+    for (k, label) in ["rnet-cni", "bridge + host-local"].iter().enumerate() {
+        let cells: Vec<String> = (0..4)
+            .map(|i| format!("{:.2}", median(rows.iter().map(|r| r[k][i]).collect())))
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
     }
-    let ratios: Vec<String> = (0..4).map(|i| format!("{:.2}x", r[i] / b[i])).collect();
+    let ratios: Vec<String> = (0..4)
+        .map(|i| {
+            let each: Vec<f64> = rows.iter().map(|r| r[0][i] / r[1][i]).collect();
+            let (lo, hi) = each
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{:.2}x ({lo:.2}–{hi:.2})", median(each))
+        })
+        .collect();
     println!("| rnet-cni / reference | {} |", ratios.join(" | "));
 }
 
-fn main() {
-    let n: usize = std::env::var("RNET_BENCH_N")
+/// One round: `n` containers added one at a time (the plugins taking turns), then deleted
+/// one at a time, each namespace removed right after its DEL; then `n` more `WIDTH` at once,
+/// the plugins taking turns batch by batch.
+fn round(rnet: &mut Contender, bridge: &mut Contender, n: usize) -> Round {
+    rnet.t = Timings::default();
+    bridge.t = Timings::default();
+    let ws: Vec<(Workload, Workload)> = (0..n)
+        .map(|_| (Workload::new("r"), Workload::new("b")))
+        .collect();
+    for (i, (wr, wb)) in ws.iter().enumerate() {
+        rnet.add(&format!("r{i}"), &wr.path());
+        bridge.add(&format!("b{i}"), &wb.path());
+    }
+    for (i, (wr, wb)) in ws.into_iter().enumerate() {
+        rnet.del(&format!("r{i}"), &wr.path());
+        drop(wr);
+        bridge.del(&format!("b{i}"), &wb.path());
+        drop(wb);
+    }
+    let sequential = [rnet.t.row(), bridge.t.row()];
+    let ws: Vec<(Workload, Workload)> = (0..n)
+        .map(|_| (Workload::new("pr"), Workload::new("pb")))
+        .collect();
+    let (pr, pb): (Vec<_>, Vec<_>) = ws
+        .iter()
+        .enumerate()
+        .map(|(i, (wr, wb))| ((format!("pr{i}"), wr.path()), (format!("pb{i}"), wb.path())))
+        .unzip();
+    let pr: Vec<(String, &Path)> = pr.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
+    let pb: Vec<(String, &Path)> = pb.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
+    let mut par = [Timings::default(), Timings::default()];
+    let (r, b) = (&*rnet, &*bridge);
+    for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
+        par[0].add.extend(in_parallel(r.label, rc, |c, ns| {
+            r.plugin.add(&r.conf, c, ns, "eth0", "")
+        }));
+        par[1].add.extend(in_parallel(b.label, bc, |c, ns| {
+            b.plugin.add(&b.conf, c, ns, "eth0", "")
+        }));
+    }
+    for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
+        par[0].del.extend(in_parallel(r.label, rc, |c, ns| {
+            r.plugin.del(&r.conf, c, Some(ns), "eth0")
+        }));
+        par[1].del.extend(in_parallel(b.label, bc, |c, ns| {
+            b.plugin.del(&b.conf, c, Some(ns), "eth0")
+        }));
+    }
+    drop(ws);
+    let [pr, pb] = &mut par;
+    Round {
+        sequential,
+        parallel: [pr.row(), pb.row()],
+    }
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(default)
+}
+
+fn main() {
+    let n = env_number("RNET_BENCH_N", 100);
+    let rounds = env_number("RNET_BENCH_ROUNDS", 5).max(1);
     assert!(
         Path::new(BRIDGE).exists(),
         "{BRIDGE} is missing: install containernetworking-plugins (scripts/deps.sh)"
@@ -168,11 +252,7 @@ fn main() {
         t: Timings::default(),
     };
     let hostns = host.netns_path();
-    // The parallel phase's timings: [rnet-cni, bridge].
-    let mut par = [Timings::default(), Timings::default()];
-    progress.step(&format!(
-        "cni: ADD and DEL of {n} containers, rnet-cni and bridge"
-    ));
+    let mut done = Vec::new();
     std::thread::scope(|s| {
         s.spawn(|| {
             // This thread (and the plugins it forks) lives in the host's namespace.
@@ -186,68 +266,29 @@ fn main() {
             rnet.del("warm", &wr.path());
             bridge.del("warm", &wb.path());
             drop((wr, wb));
-            rnet.t = Timings::default();
-            bridge.t = Timings::default();
-            let ws: Vec<(Workload, Workload)> = (0..n)
-                .map(|_| (Workload::new("r"), Workload::new("b")))
-                .collect();
-            for (i, (wr, wb)) in ws.iter().enumerate() {
-                rnet.add(&format!("r{i}"), &wr.path());
-                bridge.add(&format!("b{i}"), &wb.path());
+            for k in 1..=rounds {
+                progress.step(&format!(
+                    "cni: round {k} of {rounds}: ADD and DEL of {n} containers one at a time, \
+                     then {n} {WIDTH} at once, rnet-cni and bridge taking turns"
+                ));
+                done.push(round(&mut rnet, &mut bridge, n));
             }
-            for (i, (wr, wb)) in ws.into_iter().enumerate() {
-                rnet.del(&format!("r{i}"), &wr.path());
-                drop(wr);
-                bridge.del(&format!("b{i}"), &wb.path());
-                drop(wb);
-            }
-            // WIDTH containers at once, the plugins taking turns batch by batch.
-            let ws: Vec<(Workload, Workload)> = (0..n)
-                .map(|_| (Workload::new("pr"), Workload::new("pb")))
-                .collect();
-            let (pr, pb): (Vec<_>, Vec<_>) = ws
-                .iter()
-                .enumerate()
-                .map(|(i, (wr, wb))| ((format!("pr{i}"), wr.path()), (format!("pb{i}"), wb.path())))
-                .unzip();
-            let pr: Vec<(String, &Path)> =
-                pr.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
-            let pb: Vec<(String, &Path)> =
-                pb.iter().map(|(c, p)| (c.clone(), p.as_path())).collect();
-            let (r, b) = (&rnet, &bridge);
-            for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
-                par[0].add.extend(in_parallel(r.label, rc, |c, ns| {
-                    r.plugin.add(&r.conf, c, ns, "eth0", "")
-                }));
-                par[1].add.extend(in_parallel(b.label, bc, |c, ns| {
-                    b.plugin.add(&b.conf, c, ns, "eth0", "")
-                }));
-            }
-            for (rc, bc) in pr.chunks(WIDTH).zip(pb.chunks(WIDTH)) {
-                par[0].del.extend(in_parallel(r.label, rc, |c, ns| {
-                    r.plugin.del(&r.conf, c, Some(ns), "eth0")
-                }));
-                par[1].del.extend(in_parallel(b.label, bc, |c, ns| {
-                    b.plugin.del(&b.conf, c, Some(ns), "eth0")
-                }));
-            }
-            drop(ws);
         });
     });
     progress.finish();
-    println!("### CNI ADD and DEL latency (one host, {n} containers, each a fresh namespace)\n");
-    println!("rnet-cni {linking}.\n");
-    print_table(&mut rnet.t, &mut bridge.t);
     println!(
-        "\n{WIDTH} containers at once ({n} each, the plugins taking turns batch by batch), the \
-         latency of each call:\n"
+        "### CNI ADD and DEL latency (one host, {n} containers a round, each a fresh namespace; \
+         median (min–max) over {rounds} rounds)\n"
     );
-    let [pr, pb] = &mut par;
-    print_table(pr, pb);
+    println!("rnet-cni {linking}. One at a time:\n");
+    print_table(&done.iter().map(|r| r.sequential).collect::<Vec<_>>());
+    println!("\n{WIDTH} containers at once, the plugins taking turns batch by batch:\n");
+    print_table(&done.iter().map(|r| r.parallel).collect::<Vec<_>>());
     println!(
-        "\nTarget: rnet-cni ADD and DEL p50 at most 0.5x the reference's. rnet-cni also records \
-         the endpoint in rnetd's store; its DEL frees the address before answering and deletes \
-         the veth pair in the background (the kernel spends an RCU grace period on a veth \
-         deletion), while `bridge` deletes it before answering."
+        "\nEach ratio is taken within its round. Target (issue 13): rnet-cni's ADD at most 0.33x \
+         and its DEL at most 0.2x the reference's, p50 and p95, one at a time and {WIDTH} at \
+         once. rnet-cni also records the endpoint in rnetd's store; its DEL frees the address \
+         before answering and deletes the veth pair in the background (the kernel spends an \
+         RCU grace period on a veth deletion), while `bridge` deletes it before answering."
     );
 }
