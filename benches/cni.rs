@@ -216,6 +216,9 @@ fn main() {
     let mut progress = Progress::new(Plain::Stderr);
     progress.step("cni: starting rnetd");
     let mut host = Host::new("cnibench");
+    // Where a real host keeps it: rnetd's run directory (the journal of its attachments) is
+    // on /run, a tmpfs; host-local's data directory stays on disk, as /var/lib/cni is.
+    host.run_dir_on_tmpfs();
     host.start_daemon();
     host.rnet_ok(&["create", "cbench", "--subnet", "10.80.0.0/16"]);
     let ipam_dir = tempfile::tempdir().expect("host-local data dir");
@@ -287,8 +290,9 @@ fn main() {
     println!(
         "\nEach ratio is taken within its round. Target (issue 13): rnet-cni's ADD at most 0.33x \
          and its DEL at most 0.2x the reference's, p50 and p95, one at a time and {WIDTH} at \
-         once. rnet-cni also records the endpoint in rnetd's store; its DEL frees the address \
-         before answering and deletes the veth pair in the background (the kernel spends an \
+         once. rnet-cni also records the endpoint in rnetd's store (on disk) and in its run \
+         directory (a tmpfs, as /run is); host-local records it in its data directory (on \
+         disk). rnet-cni's DEL frees the address before answering and deletes the veth pair in the background (the kernel spends an \
          RCU grace period on a veth deletion), while `bridge` deletes it before answering."
     );
 }
