@@ -19,8 +19,8 @@ build:
 	$(CARGO) build --release --bins
 
 # rnet-cni, linked statically against musl: a runtime execs it for every ADD and DEL. With
-# no dynamic loader, and without glibc's start-up probing of the CPU and its caches (some
-# fifty CPUID instructions, each a trap to the hypervisor in a VM), a call ends about 0.5 ms
+# no dynamic loader, and without glibc's start-up probing of the CPU and its caches (dozens
+# of CPUID instructions, each a trap to the hypervisor in a VM), a call ends about 0.5 ms
 # sooner than the dynamically linked glibc build's (docs/benchmarks.md). What is installed
 # and packaged, and what the CNI bench measures. Its own cargo run for the musl target (added
 # with rustup when missing): ring, a dependency of the library the plugin does not link,
