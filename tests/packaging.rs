@@ -397,12 +397,21 @@ fn make_deb_files_refuses_missing_binaries_before_packaging() {
 #[test]
 fn make_cni_static_builds_a_statically_linked_plugin() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = run(Command::new("make").current_dir(root).args([
-        "-s",
-        "--no-print-directory",
-        "cni-static",
-        "-p",
-    ]));
+    let mut make = Command::new("make");
+    make.current_dir(root)
+        .args(["-s", "--no-print-directory", "cni-static", "-p"]);
+    // Without the CARGO_* variables cargo gives a test (CARGO_MANIFEST_DIR, CARGO_PKG_*):
+    // they change cargo's fingerprints, and the crate would be rebuilt here and again by the
+    // next `make cni-static` from a shell.
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME")
+        {
+            make.env_remove(key);
+        }
+    }
+    let out = run(&mut make);
     let db = String::from_utf8_lossy(&out.stdout);
     let plugin = db
         .lines()
