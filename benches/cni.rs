@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cni::Plugin;
-use common::{Host, Workload};
+use common::{env_count, median_min_max, Host, Workload};
 use rnet::progress::{Plain, Progress};
 use serde_json::{json, Value};
 
@@ -115,11 +115,6 @@ struct Round {
     parallel: [Row; 2],
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Both plugins' medians over the rounds (ms), and the ratio's median (min–max) over the
 /// rounds, each round's ratio taken within that round.
 fn print_table(rows: &[[Row; 2]]) {
@@ -127,17 +122,17 @@ fn print_table(rows: &[[Row; 2]]) {
     println!("|---|---|---|---|---|");
     for (k, label) in ["rnet-cni", "bridge + host-local"].iter().enumerate() {
         let cells: Vec<String> = (0..4)
-            .map(|i| format!("{:.2}", median(rows.iter().map(|r| r[k][i]).collect())))
+            .map(|i| {
+                let (median, _, _) = median_min_max(rows.iter().map(|r| r[k][i]).collect());
+                format!("{median:.2}")
+            })
             .collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
     let ratios: Vec<String> = (0..4)
         .map(|i| {
-            let each: Vec<f64> = rows.iter().map(|r| r[0][i] / r[1][i]).collect();
-            let (lo, hi) = each
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-            format!("{:.2}x ({lo:.2}–{hi:.2})", median(each))
+            let (median, lo, hi) = median_min_max(rows.iter().map(|r| r[0][i] / r[1][i]).collect());
+            format!("{median:.2}x ({lo:.2}–{hi:.2})")
         })
         .collect();
     println!("| rnet-cni / reference | {} |", ratios.join(" | "));
@@ -199,16 +194,9 @@ fn round(rnet: &mut Contender, bridge: &mut Contender, n: usize) -> Round {
     }
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let n = env_number("RNET_BENCH_N", 100);
-    let rounds = env_number("RNET_BENCH_ROUNDS", 5).max(1);
+    let n = env_count("RNET_BENCH_N", 100);
+    let rounds = env_count("RNET_BENCH_ROUNDS", 5);
     assert!(
         Path::new(BRIDGE).exists(),
         "{BRIDGE} is missing: install containernetworking-plugins (scripts/deps.sh)"

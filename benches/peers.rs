@@ -8,12 +8,16 @@
 //!
 //! Run with `make bench` (as root). Prints markdown on stdout.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{env_count, median_min_max};
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::neighbour::NeighbourMessage;
@@ -268,15 +272,6 @@ fn rounds() -> usize {
     env_count("RNET_BENCH_ROUNDS", 5)
 }
 
-/// A positive count from the environment variable `name`, else `default`.
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
 fn print_programming(entries: usize, rows: &[Round]) {
     let s = |d: Duration| d.as_secs_f64();
     println!(
@@ -308,11 +303,7 @@ fn print_programming(entries: usize, rows: &[Round]) {
             r.rss as f64 / 1024.0
         );
     }
-    let spread = |f: &dyn Fn(&Round) -> f64| {
-        let mut v: Vec<f64> = rows.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
+    let spread = |f: &dyn Fn(&Round) -> f64| median_min_max(rows.iter().map(f).collect());
     let (live, live_lo, live_hi) = spread(&|r| s(r.live) / s(r.floor));
     let (cold, cold_lo, cold_hi) = spread(&|r| s(r.cold) / s(r.floor));
     let (lag, _, lag_hi) = spread(&|r| s(r.live) - s(r.written));

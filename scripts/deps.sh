@@ -110,16 +110,3 @@ if [[ -n $want && -n $have ]]; then
         exit 1
     fi
 fi
-
-# make cni-static (install, deb, bench, the packaging test) links rnet-cni against musl: the
-# toolchain needs that target's standard library.
-musl_target=$(rustc -vV | sed -n 's/^host: //p')
-musl_target=${musl_target/-gnu/-musl}
-if ! ls "$(rustc --print target-libdir --target "$musl_target")"/libstd-* >/dev/null 2>&1; then
-    if ! command -v rustup >/dev/null 2>&1; then
-        echo "deps.sh: the Rust target $musl_target is missing and there is no rustup to add it" >&2
-        exit 1
-    fi
-    echo "deps.sh: adding the Rust target $musl_target"
-    rustup target add "$musl_target" >/dev/null
-fi

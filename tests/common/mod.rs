@@ -710,3 +710,23 @@ pub fn sandbox_in(run_dir: &Path, net: &str) -> PathBuf {
     find_sandbox(run_dir, net)
         .unwrap_or_else(|| panic!("no sandbox of network {net} under {}", run_dir.display()))
 }
+
+/// A positive count from the environment variable `name`, else `default` (the benchmarks'
+/// knobs).
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// The median, least and greatest of `values` (a benchmark's rounds); panics on none.
+pub fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
