@@ -2,21 +2,30 @@
 //! header and UDP pseudo-header sums of the userspace tunnel's GSO packets (`wireguard::tun`).
 
 /// The ones'-complement sum of `data` read as big-endian 16-bit words (an odd last byte is
-/// padded with a zero byte), added to `acc`. Left unfolded so that sums over pieces (a
-/// pseudo-header, then a header) chain; `fold` finishes it.
-pub fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
-    let mut words = data.chunks_exact(2);
+/// padded with a zero byte), added to `acc`, end-around carries included but not the final
+/// complement, so that sums over even-length pieces (a pseudo-header, then a header) chain;
+/// `fold` finishes it.
+pub fn ones_sum(data: &[u8], acc: u32) -> u32 {
+    // 32-bit words into a 64-bit accumulator: the same sum (2^16 = 1 in ones' complement
+    // arithmetic), a quarter of the additions, and no overflow below 2^34 bytes. The tunnel
+    // sums every TCP segment it cuts from a super-packet (`wireguard::offload`).
+    let mut sum = u64::from(acc);
+    let mut words = data.chunks_exact(4);
     for w in &mut words {
-        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
-        // Fold early so long inputs never overflow the accumulator.
-        if acc > 0xffff_0000 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+        sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [last] = words.remainder() {
-        acc = acc.wrapping_add(u32::from(*last) << 8);
+    let mut pairs = words.remainder().chunks_exact(2);
+    for w in &mut pairs {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
-    acc
+    if let [last] = pairs.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    // Folded to 16 bits (plus a carry at most), so callers may add small terms to it.
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u32
 }
 
 /// `acc` folded to 16 bits, the carries added back in (end-around carry).
@@ -41,9 +50,50 @@ mod tests {
     fn rfc1071_worked_example() {
         // RFC 1071 section 3: these eight bytes sum to ddf2 (after the carry is folded in).
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(ones_sum(&data, 0), 0x2ddf0);
         assert_eq!(fold(ones_sum(&data, 0)), 0xddf2);
         assert_eq!(internet_checksum(&data), !0xddf2);
+    }
+
+    /// The sum as RFC 1071 writes it: 16-bit words, carries folded at the end.
+    fn reference_sum(data: &[u8], acc: u32) -> u16 {
+        let mut sum = u64::from(acc);
+        for w in data.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        fold_u64(sum)
+    }
+
+    fn fold_u64(mut sum: u64) -> u16 {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn the_wide_sum_equals_the_sixteen_bit_one_at_every_length_and_start() {
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in (0..64).chain([1499, 1500, 9000, 65_535, 70_000]) {
+            for acc in [0, 1, 0xffff, 0x1_fffe, 0xffff_0000] {
+                assert_eq!(
+                    fold(ones_sum(&data[..len], acc)),
+                    reference_sum(&data[..len], acc),
+                    "length {len}, accumulator {acc:#x}"
+                );
+            }
+        }
+        // All ones: the largest sums fold without overflow.
+        let ones = vec![0xffu8; 65_536];
+        assert_eq!(
+            fold(ones_sum(&ones, u32::MAX)),
+            reference_sum(&ones, u32::MAX)
+        );
+        // Pieces of even length chain.
+        let whole = ones_sum(&data[..3000], 0);
+        let chained = ones_sum(&data[1000..3000], ones_sum(&data[..1000], 0));
+        assert_eq!(fold(whole), fold(chained));
     }
 
     #[test]

@@ -83,6 +83,18 @@ pub struct WireguardStatus {
     /// kernel's device counts no such reasons).
     #[serde(default)]
     pub drops: DropCounters,
+    /// The TUN device's segmentation offload (userspace backend only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun_offload: Option<TunOffload>,
+}
+
+/// Whether the userspace tunnel's TUN device hands over TCP super-packets (up to 64 KB,
+/// inside VXLAN), which rnetd cuts into wire packets before encrypting them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunOffload {
+    pub tso: bool,
+    /// Super-packets cut so far.
+    pub super_packets: u64,
 }
 
 /// A request to create a network (`POST /v1/networks`), as it arrives (strings not yet
@@ -140,6 +152,9 @@ pub struct DropCounters {
     pub spoofed: u64,
     /// Outbound packets for an address that is no peer.
     pub no_peer: u64,
+    /// Outbound packets whose segmentation metadata does not fit them: refused whole.
+    #[serde(default)]
+    pub bad_offload: u64,
 }
 
 /// One peer's WireGuard tunnel in `GET /v1/peers`.

@@ -107,6 +107,11 @@ struct Flags {
     /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
     #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
     wireguard_port: u16,
+    /// Let the userspace tunnel's TUN device hand over TCP packets of up to 64 KB inside VXLAN
+    /// (cut by rnetd before encryption) where the kernel can (Linux 6.17 and later); `false`:
+    /// the kernel cuts them before the device.
+    #[arg(long, env = "RNET_WIREGUARD_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    wireguard_tun_offload: bool,
     /// Replace this host's WireGuard key every SECS seconds (0: only on `rnet rotate-key`).
     #[arg(
         long,
@@ -200,6 +205,7 @@ fn main() -> anyhow::Result<()> {
         resync_interval: Duration::from_secs(flags.resync.max(1)),
         probe_window: Duration::from_secs(flags.probe_window),
         wireguard_port: flags.wireguard_port,
+        wireguard_tun_offload: flags.wireguard_tun_offload,
         wireguard_rotate_every: (flags.wireguard_rotate_every > 0)
             .then(|| Duration::from_secs(flags.wireguard_rotate_every)),
         ipsec_rotate_every: Duration::from_secs(flags.ipsec_rotate_every),

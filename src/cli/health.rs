@@ -43,11 +43,19 @@ pub(super) async fn status(client: &Client, fmt: Format) -> Result<(), Failure> 
                             "drop reasons are not counted by the kernel backend".to_string()
                         }
                         _ => format!(
-                            "dropped {} malformed, {} rejected, {} spoofed, {} with no peer",
+                            "dropped {} malformed, {} rejected, {} spoofed, {} with no peer, {} with bad offload metadata; {}",
                             wg.drops.malformed,
                             wg.drops.rejected,
                             wg.drops.spoofed,
-                            wg.drops.no_peer
+                            wg.drops.no_peer,
+                            wg.drops.bad_offload,
+                            match &wg.tun_offload {
+                                Some(t) if t.tso => format!(
+                                    "TCP segmentation offload on ({} super-packets cut)",
+                                    t.super_packets
+                                ),
+                                _ => "no TCP segmentation offload".to_string(),
+                            }
                         ),
                     }
                 ),

@@ -306,6 +306,7 @@ impl Metrics {
                 ("rejected", d.rejected),
                 ("spoofed", d.spoofed),
                 ("no_peer", d.no_peer),
+                ("bad_offload", d.bad_offload),
             ] {
                 self.wg_drops
                     .get_or_create(&ReasonLabel {

@@ -58,6 +58,9 @@ pub struct DaemonConfig {
     pub probe_window: Duration,
     /// UDP port of the WireGuard tunnel.
     pub wireguard_port: u16,
+    /// Let the userspace tunnel's TUN device hand over TCP super-packets (see
+    /// `wireguard::offload`).
+    pub wireguard_tun_offload: bool,
     /// Rotate the WireGuard key this often (None: only when asked).
     pub wireguard_rotate_every: Option<Duration>,
     /// Start a new IPsec sending epoch (new SA keys) this often.
@@ -367,6 +370,7 @@ async fn start_wireguard(
         underlay: address,
         underlay_mtu: mtu,
         port: cfg.wireguard_port,
+        tun_offload: cfg.wireguard_tun_offload,
     };
     let on_change = Arc::new(move || shared.changed.notify_one());
     WireGuard::start(wg_cfg, cfg.wireguard_backend, dp, on_change)

@@ -120,6 +120,7 @@ impl Netlink {
                 && l.learning == Some(false)
                 && l.proxy == Some(true)
                 && l.port == Some(spec.port)
+                && (spec.vtep_netns.is_none() || l.udp_csum == Some(false))
                 && socket_ns.is_some()
                 && l.link_netnsid == socket_ns
         };
@@ -146,21 +147,25 @@ impl Netlink {
 
     /// Created from the host namespace straight into the sandbox: the device's UDP socket
     /// lives in the namespace of the request (the host's), its interface in the sandbox.
-    /// Encrypted networks' devices are created from the tunnel namespace instead.
+    /// Encrypted networks' devices are created from the tunnel namespace instead, and send
+    /// no UDP checksum: WireGuard's tag covers every byte, and without one the TUN device
+    /// can take their TCP super-packets uncut (`wireguard::offload`).
     async fn create_vxlan(&self, spec: &SandboxSpec) -> Result<()> {
         let sandbox = NetNs::open(&spec.netns)?;
         let from = match &spec.vtep_netns {
             None => self.host.clone(),
             Some(path) => self.sandbox(path)?,
         };
-        let msg = LinkVxlan::new(&spec.vxlan, spec.vni)
+        let mut msg = LinkVxlan::new(&spec.vxlan, spec.vni)
             .local(spec.local)
             .port(spec.port)
             .learning(false)
             .proxy(true)
-            .mtu(spec.mtu)
-            .setns_by_fd(sandbox.as_raw_fd())
-            .build();
+            .mtu(spec.mtu);
+        if spec.vtep_netns.is_some() {
+            msg = msg.udp_csum(false);
+        }
+        let msg = msg.setns_by_fd(sandbox.as_raw_fd()).build();
         add_link(
             &from,
             msg,

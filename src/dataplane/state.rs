@@ -24,6 +24,8 @@ pub struct LinkState {
     pub learning: Option<bool>,
     pub proxy: Option<bool>,
     pub port: Option<u16>,
+    /// Whether a VXLAN device checksums the UDP of what it sends over IPv4.
+    pub udp_csum: Option<bool>,
     pub mac: Option<Mac>,
     /// `IFLA_IFALIAS`: rnet marks a sandbox's bridge with what the sandbox is for.
     pub alias: Option<String>,
@@ -68,6 +70,7 @@ impl LinkState {
                             InfoVxlan::Learning(l) => self.learning = Some(*l),
                             InfoVxlan::Proxy(p) => self.proxy = Some(*p),
                             InfoVxlan::Port(p) => self.port = Some(*p),
+                            InfoVxlan::UDPCsum(c) => self.udp_csum = Some(*c),
                             _ => {}
                         }
                     }

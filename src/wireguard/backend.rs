@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::device::{DropCounters, TunnelStatus, Userspace, WgConfig};
+use super::device::{DropCounters, TunOffload, TunnelStatus, Userspace, WgConfig};
 use super::kernel::{self, KernelWg};
 use super::pins::PinBook;
 use super::plan::PeerSpec;
@@ -209,6 +209,14 @@ impl WireGuard {
         match self {
             WireGuard::Kernel(_) => None,
             WireGuard::Userspace(wg) => Some(wg.drops()),
+        }
+    }
+
+    /// The TUN device's segmentation offload (None: the kernel backend has no TUN device).
+    pub fn tun_offload(&self) -> Option<TunOffload> {
+        match self {
+            WireGuard::Kernel(_) => None,
+            WireGuard::Userspace(wg) => Some(wg.tun_offload()),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod keys;
 mod limiter;
 mod link;
+pub mod offload;
 pub mod pins;
 pub mod plan;
 mod private_file;
@@ -25,7 +26,7 @@ pub mod tun;
 mod wire;
 
 pub use backend::{Backend, BackendChoice, WireGuard};
-pub use device::{tunnel_mtu, DropCounters, TunnelStatus, WgConfig};
+pub use device::{tunnel_mtu, DropCounters, TunOffload, TunnelStatus, WgConfig};
 
 /// The tunnel device (TUN or kernel WireGuard), in the tunnel namespace.
 pub const TUN_NAME: &str = "rnet-wg0";

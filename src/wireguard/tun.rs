@@ -3,6 +3,9 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::offload::{
+    parse_vnet_header, Gso, VnetHeader, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_TUNNEL,
+};
 use super::WgError;
 use crate::checksum::{fold, internet_checksum, ones_sum};
 use crate::netns::NetNs;
@@ -17,58 +20,118 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// The virtio-net header in front of every packet of an IFF_VNET_HDR device.
+/// The virtio-net header in front of every packet of an IFF_VNET_HDR device, without and
+/// with the UDP tunnel fields (what the device uses once segmentation offloads are on).
 const VNET_HDR: usize = 10;
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::Ioctl = 0x4004_54d8;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+/// TSO inside UDP tunnels (Linux 6.17).
+const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x80;
 /// Largest IPv4 packet.
-const MAX_PACKET: usize = 65535;
+pub const MAX_PACKET: usize = 65535;
 /// Most datagrams written as one (the kernel's UDP_MAX_SEGMENTS is at least 64).
 const MAX_SEGMENTS: usize = 64;
 const IPV4_UDP_HDR: usize = 28;
 
 /// An open TUN device (IFF_TUN, no packet-info header): one IP packet per read or write,
-/// behind a virtio-net header where the kernel offers it (`vnet`), which lets
-/// [`TunWriter`] hand the kernel many UDP datagrams as one.
+/// behind a virtio-net header where the kernel offers it, which lets [`TunWriter`] hand the
+/// kernel many UDP datagrams as one, and where the kernel can (`tso`), lets it hand over
+/// TCP super-packets inside VXLAN uncut (see `offload`).
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
     pub name: String,
-    vnet: bool,
+    /// Bytes of virtio-net header on each packet: 0 (none), 10, or 24 with `tso`.
+    vnet: usize,
+    tso: bool,
+}
+
+/// One packet read from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunRead {
+    /// A wire-sized packet of this many bytes.
+    Packet(usize),
+    /// A TCP super-packet of this many bytes, to be cut as `Gso` says.
+    Segments(usize, Gso),
+    /// A packet this reader cannot take (a header it never asked for, offsets past the
+    /// end): dropped.
+    Refused,
 }
 
 impl Tun {
-    /// Create TUN device `name` inside `netns`. Fails with a clear message where there is
-    /// no /dev/net/tun or the kernel refuses.
-    pub fn create(netns: &NetNs, name: &str) -> Result<Tun, WgError> {
+    /// Create TUN device `name` inside `netns`, with segmentation offloads unless `plain`.
+    /// Fails with a clear message where there is no /dev/net/tun or the kernel refuses.
+    pub fn create(netns: &NetNs, name: &str, plain: bool) -> Result<Tun, WgError> {
         if name.len() >= libc::IFNAMSIZ {
             return Err(WgError::Tun(format!("interface name {name:?} is too long")));
         }
         let owned = name.to_string();
         let (fd, vnet) = netns
             .run(move || match open_tun(&owned, true) {
-                Ok(fd) => Ok((fd, true)),
-                Err(_) => open_tun(&owned, false).map(|fd| (fd, false)),
+                Ok(fd) => Ok((fd, VNET_HDR)),
+                Err(_) => open_tun(&owned, false).map(|fd| (fd, 0)),
             })
             .map_err(|e| WgError::Tun(format!("entering the tunnel namespace: {e}")))??;
-        Ok(Tun {
+        let mut tun = Tun {
             fd,
             name: name.to_string(),
             vnet,
-        })
+            tso: false,
+        };
+        if vnet > 0 && !plain {
+            match tun.enable_tso() {
+                Ok(()) => tracing::info!(
+                    "{name}: TCP segmentation offload inside UDP tunnels on (super-packets cut here)"
+                ),
+                Err(e) => tracing::info!(
+                    "{name}: no TCP segmentation offload inside UDP tunnels ({e}); packets are cut by the kernel"
+                ),
+            }
+        }
+        Ok(tun)
     }
 
-    /// Read one packet; `Ok(None)` when none is waiting. A packet the device hands over
-    /// unfinished (checksum left to "hardware") is finished here; one still to be segmented
-    /// (never: no offloads are switched on) reads as empty.
-    pub fn read(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        let mut hdr = [0u8; VNET_HDR];
-        let n = if self.vnet {
+    /// Ask the kernel for TCP super-packets, bare or inside VXLAN, and for checksums left to
+    /// "hardware" (both finished in `read`): kernels before 6.17 refuse the tunnel flag.
+    fn enable_tso(&mut self) -> std::io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        let size = VNET_HDR_TUNNEL as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer; the fd is ours.
+        if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &size) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO;
+        // SAFETY: TUNSETOFFLOAD takes the flags by value; the fd is ours.
+        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+            let e = std::io::Error::last_os_error();
+            let short = VNET_HDR as libc::c_int;
+            // SAFETY: as above.
+            unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &short) };
+            return Err(e);
+        }
+        self.vnet = VNET_HDR_TUNNEL;
+        self.tso = true;
+        Ok(())
+    }
+
+    /// Whether the kernel hands over TCP super-packets (`TunRead::Segments`).
+    pub fn tso(&self) -> bool {
+        self.tso
+    }
+
+    /// Read one packet into `buf` (at least [`MAX_PACKET`] bytes with offloads on);
+    /// `Ok(None)` when none is waiting. A packet the device hands over with its checksum
+    /// left to "hardware" is finished here.
+    pub fn read(&self, buf: &mut [u8]) -> std::io::Result<Option<TunRead>> {
+        let mut hdr = [0u8; VNET_HDR_TUNNEL];
+        let n = if self.vnet > 0 {
             let iov = [
                 libc::iovec {
                     iov_base: hdr.as_mut_ptr().cast(),
-                    iov_len: VNET_HDR,
+                    iov_len: self.vnet,
                 },
                 libc::iovec {
                     iov_base: buf.as_mut_ptr().cast(),
@@ -88,36 +151,40 @@ impl Tun {
                 _ => Err(e),
             };
         }
-        if !self.vnet {
-            return Ok(Some(n as usize));
+        if self.vnet == 0 {
+            return Ok(Some(TunRead::Packet(n as usize)));
         }
-        let len = (n as usize).saturating_sub(VNET_HDR);
-        if hdr[1] != VIRTIO_NET_HDR_GSO_NONE {
-            return Ok(Some(0));
-        }
-        if hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-            let start = u16::from_ne_bytes([hdr[6], hdr[7]]) as usize;
-            let at = start + u16::from_ne_bytes([hdr[8], hdr[9]]) as usize;
-            if at + 2 > len {
-                return Ok(Some(0));
+        let len = (n as usize).saturating_sub(self.vnet);
+        Ok(Some(match parse_vnet_header(&hdr[..self.vnet]) {
+            VnetHeader::Plain => TunRead::Packet(len),
+            VnetHeader::Checksum { start, offset } => {
+                let at = start + offset;
+                if start > len || at + 2 > len {
+                    TunRead::Refused
+                } else {
+                    let sum = internet_checksum(&buf[start..len]);
+                    buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+                    TunRead::Packet(len)
+                }
             }
-            let sum = internet_checksum(&buf[start..len]);
-            buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-        }
-        Ok(Some(len))
+            VnetHeader::Segment(gso) => TunRead::Segments(len, gso),
+            VnetHeader::Unsupported => TunRead::Refused,
+        }))
     }
 
     /// Write one packet into the kernel (it is received as if it arrived on the device).
     pub fn write(&self, packet: &[u8]) -> std::io::Result<()> {
-        self.write_with(&[0u8; VNET_HDR], packet)
+        self.write_with(&[0u8; VNET_HDR_TUNNEL], packet)
     }
 
-    fn write_with(&self, hdr: &[u8; VNET_HDR], packet: &[u8]) -> std::io::Result<()> {
-        let n = if self.vnet {
+    /// Write `packet` behind `hdr`, of which the device takes its header's size (the tunnel
+    /// fields stay zero: nothing written here is tunnel GSO).
+    fn write_with(&self, hdr: &[u8; VNET_HDR_TUNNEL], packet: &[u8]) -> std::io::Result<()> {
+        let n = if self.vnet > 0 {
             let iov = [
                 libc::iovec {
                     iov_base: hdr.as_ptr() as *mut libc::c_void,
-                    iov_len: VNET_HDR,
+                    iov_len: self.vnet,
                 },
                 libc::iovec {
                     iov_base: packet.as_ptr() as *mut libc::c_void,
@@ -202,7 +269,7 @@ impl TunWriter {
     /// Write `packet` to `tun`, or keep it to go with the next ones; `flush` when a batch
     /// ends.
     pub fn push(&mut self, tun: &Tun, packet: &[u8]) -> std::io::Result<()> {
-        if !tun.vnet || self.refused {
+        if tun.vnet == 0 || self.refused {
             return tun.write(packet);
         }
         let Some(payload) = udp_payload(packet) else {
@@ -268,7 +335,7 @@ impl TunWriter {
 /// Make the gathered `packet` (header of the first datagram, payloads of all) one UDP GSO
 /// packet of `seg`-byte datagrams: fix the lengths and the IP checksum, leave the UDP
 /// checksum to the kernel, and return its virtio-net header.
-fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR] {
+fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR_TUNNEL] {
     let len = packet.len();
     packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     packet[10..12].copy_from_slice(&[0, 0]);
@@ -282,7 +349,7 @@ fn gso_header(packet: &mut [u8], seg: usize) -> [u8; VNET_HDR] {
         u32::from(libc::IPPROTO_UDP as u16) + u32::from(udp_len),
     );
     packet[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
-    let mut hdr = [0u8; VNET_HDR];
+    let mut hdr = [0u8; VNET_HDR_TUNNEL];
     hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
     hdr[1] = VIRTIO_NET_HDR_GSO_UDP_L4;
     hdr[2..4].copy_from_slice(&(IPV4_UDP_HDR as u16).to_ne_bytes());

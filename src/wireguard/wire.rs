@@ -2,7 +2,7 @@
 //! whatever the tunnel's own types become.
 
 use super::pins::Pin;
-use super::{Backend, DropCounters, TunnelStatus};
+use super::{Backend, DropCounters, TunOffload, TunnelStatus};
 use crate::api::types as wire;
 
 impl From<Backend> for wire::Backend {
@@ -21,6 +21,16 @@ impl From<DropCounters> for wire::DropCounters {
             rejected: d.rejected,
             spoofed: d.spoofed,
             no_peer: d.no_peer,
+            bad_offload: d.bad_offload,
+        }
+    }
+}
+
+impl From<TunOffload> for wire::TunOffload {
+    fn from(t: TunOffload) -> Self {
+        wire::TunOffload {
+            tso: t.tso,
+            super_packets: t.super_packets,
         }
     }
 }
@@ -85,6 +95,7 @@ mod tests {
             rejected: 2,
             spoofed: 3,
             no_peer: 4,
+            bad_offload: 5,
         };
         same_json(&d, &wire::DropCounters::from(d.clone()));
         let p = Pin {

@@ -176,6 +176,7 @@ impl<S: Store, D: Dataplane> Service<S, D> {
                     port: Some(info.port),
                     identity: info.identity,
                     drops: wg.drops().unwrap_or_default().into(),
+                    tun_offload: wg.tun_offload().map(Into::into),
                 }
             }
             Err(why) => crate::api::types::WireguardStatus {

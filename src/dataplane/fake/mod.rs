@@ -299,6 +299,7 @@ fn fill(m: &mut Model, spec: &SandboxSpec) -> Result<()> {
             && l.learning == Some(false)
             && l.proxy == Some(true)
             && l.port == Some(spec.port)
+            && (spec.vtep_netns.is_none() || l.udp_csum == Some(false))
             && l.link_netnsid == Some(nsid)
     };
     let vx = match sb.links.get(&spec.vxlan) {
@@ -308,6 +309,8 @@ fn fill(m: &mut Model, spec: &SandboxSpec) -> Result<()> {
             learning: Some(false),
             proxy: Some(true),
             port: Some(spec.port),
+            // The kernel's default is on; encrypted networks' devices turn it off.
+            udp_csum: Some(spec.vtep_netns.is_none()),
             link_netnsid: Some(nsid),
             ..link(m.index(), &spec.vxlan, "vxlan", spec.mtu)
         },

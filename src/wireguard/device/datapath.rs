@@ -46,13 +46,19 @@ impl Inner {
     // ----- outbound: TUN → peers -----
 
     pub(super) fn tx_loop(&self) {
-        let mut packet = vec![0u8; BUF - 64];
+        let mut packet = vec![0u8; MAX_PACKET + 1];
+        let mut segment = vec![0u8; BUF - 64];
         let mut out = SendBatch::default();
         loop {
             let map = self.peers.read().clone();
             while !out.is_full() {
-                let n = match self.tun.read(&mut packet) {
-                    Ok(Some(n)) => n,
+                let (n, gso) = match self.tun.read(&mut packet) {
+                    Ok(Some(TunRead::Packet(n))) => (n, None),
+                    Ok(Some(TunRead::Segments(n, gso))) => (n, Some(gso)),
+                    Ok(Some(TunRead::Refused)) => {
+                        self.counters.bad_offload.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "reading {TUN_NAME} failed");
@@ -70,24 +76,42 @@ impl Inner {
                     self.counters.no_peer.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let to = peer.spec.endpoint;
-                let len = match peer
-                    .state
-                    .link
-                    .lock()
-                    .sender()
-                    .encapsulate(packet, out.slot())
-                {
-                    TunnResult::WriteToNetwork(d) => d.len(),
-                    _ => continue,
+                let Some(gso) = gso else {
+                    self.seal(peer, packet, &mut out);
+                    continue;
                 };
-                out.commit(len, to);
+                // Every segment goes to the same peer; a full batch is sent on the way.
+                let cut = offload::split(packet, &gso, &mut segment, |s| {
+                    self.seal(peer, s, &mut out);
+                    if out.is_full() {
+                        out.flush(&self.udp);
+                    }
+                });
+                match cut {
+                    Ok(_) => self.counters.super_packets.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => self.counters.bad_offload.fetch_add(1, Ordering::Relaxed),
+                };
             }
             if out.len > 0 {
                 out.flush(&self.udp);
             } else {
                 self.tun.wait_readable(1000);
             }
+        }
+    }
+
+    /// Encrypt one packet for `peer` into the batch (or, without a session, leave it to
+    /// boringtun, which keeps it for after the handshake).
+    fn seal(&self, peer: &Peer, packet: &[u8], out: &mut SendBatch) {
+        let sealed = peer
+            .state
+            .link
+            .lock()
+            .sender()
+            .encapsulate(packet, out.slot());
+        if let TunnResult::WriteToNetwork(d) = sealed {
+            let len = d.len();
+            out.commit(len, peer.spec.endpoint);
         }
     }
 

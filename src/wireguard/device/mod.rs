@@ -31,9 +31,10 @@ use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
 use super::limiter::Keys;
 use super::link::{self, Link, To};
+use super::offload;
 use super::pins::PinBook;
 use super::plan::PeerSpec;
-use super::tun::{Tun, TunWriter};
+use super::tun::{Tun, TunRead, TunWriter, MAX_PACKET};
 use super::{WgError, TUN_NAME};
 use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
 use crate::netns::{self, NetNs};
@@ -61,6 +62,9 @@ pub struct WgConfig {
     pub underlay: Ipv4Addr,
     pub underlay_mtu: u32,
     pub port: u16,
+    /// Ask the TUN device for TCP super-packets (cut here before encryption) where the
+    /// kernel offers them; off, the kernel cuts them before the device.
+    pub tun_offload: bool,
 }
 
 /// One peer's tunnel, as `rnet peers` shows it.
@@ -92,6 +96,18 @@ pub struct DropCounters {
     pub spoofed: u64,
     /// Outbound packets for an address that is no peer.
     pub no_peer: u64,
+    /// Outbound packets whose offload metadata does not fit them (headers a workload forged
+    /// for a segmentation offload, say): refused whole.
+    pub bad_offload: u64,
+}
+
+/// The TUN device's segmentation offload, as `rnet status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunOffload {
+    /// The kernel hands over TCP super-packets, bare or inside VXLAN.
+    pub tso: bool,
+    /// Super-packets cut into wire packets here so far.
+    pub super_packets: u64,
 }
 
 struct Peer {
@@ -122,6 +138,8 @@ struct Counters {
     rejected: AtomicU64,
     spoofed: AtomicU64,
     no_peer: AtomicU64,
+    bad_offload: AtomicU64,
+    super_packets: AtomicU64,
 }
 
 struct Inner {
@@ -171,7 +189,7 @@ impl Userspace {
                 .map_err(|e| WgError::Setup(format!("creating the tunnel namespace: {e}")))?;
         }
         let ns = NetNs::open(&cfg.netns).map_err(|e| WgError::Setup(e.to_string()))?;
-        let tun = Tun::create(&ns, TUN_NAME)?;
+        let tun = Tun::create(&ns, TUN_NAME, !cfg.tun_offload)?;
         configure(
             cfg.netns.clone(),
             TUN_NAME.to_string(),
@@ -366,6 +384,15 @@ impl Userspace {
             rejected: c.rejected.load(Ordering::Relaxed),
             spoofed: c.spoofed.load(Ordering::Relaxed),
             no_peer: c.no_peer.load(Ordering::Relaxed),
+            bad_offload: c.bad_offload.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the TUN device hands over super-packets, and how many it has.
+    pub fn tun_offload(&self) -> TunOffload {
+        TunOffload {
+            tso: self.inner.tun.tso(),
+            super_packets: self.inner.counters.super_packets.load(Ordering::Relaxed),
         }
     }
 
