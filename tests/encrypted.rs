@@ -3,8 +3,9 @@
 //! leaves in clear, peers' identities are pinned on first sight (a forged key gets no
 //! traffic and rnet says why; a re-installed or moved host waits for `rnet peers --trust`),
 //! a tampered record is written back by its own host, keys rotate under a running transfer,
-//! garbage and replays are dropped harmlessly, and where the tunnel cannot
-//! run the encrypted path fails loudly and changes nothing.
+//! garbage and replays are dropped harmlessly, TCP segmentation offload packets a workload
+//! forged neither stop the tunnel nor leave in clear, and where the tunnel cannot run the
+//! encrypted path fails loudly and changes nothing.
 mod common;
 
 use std::net::SocketAddr;
@@ -805,4 +806,228 @@ fn a_configured_interval_rotates_the_key_and_the_key_file_stays_private() {
             .contains(std::fs::read_to_string(&key_file).unwrap().trim()),
         "the private key reached the log"
     );
+}
+
+/// A frame with a virtio-net header, sent from inside a workload through a packet socket
+/// (PACKET_VNET_HDR): how a workload hands its kernel a "TSO" packet with headers of its
+/// choosing, which the tunnel's TUN device then hands rnetd uncut.
+fn send_with_vnet_header(w: &Workload, frames: Vec<Vec<u8>>) -> usize {
+    let netns = w.path();
+    common::made_in(&netns, move || {
+        // SAFETY: plain socket calls on a descriptor owned here and closed at the end.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let on: libc::c_int = 1;
+            let r = libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+            addr.sll_halen = 6;
+            let mut accepted = 0;
+            for f in &frames {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                // The workload's own kernel refuses some of them outright: fine.
+                if n >= 0 {
+                    accepted += 1;
+                }
+            }
+            libc::close(fd);
+            accepted
+        }
+    })
+}
+
+/// The MAC address of `w`'s eth0 (from `ip`: /sys shows the namespace that mounted it).
+fn mac_of(w: &Workload) -> [u8; 6] {
+    let out = w.exec(&["ip", "-o", "link", "show", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|t| *t != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text:?}"));
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("MAC byte"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// The ones' complement sum of `data` (16-bit big-endian words) and `acc`, folded.
+fn fold16(data: &[u8], acc: u32) -> u16 {
+    let mut sum = data
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .fold(acc, |a, w| a + w);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A TCP/IPv4 frame from `src` to `dst` behind a virtio-net header asking for TCP
+/// segmentation into `mss`-byte segments; `ihl` and `doff` in 32-bit words (options zero).
+#[allow(clippy::too_many_arguments)]
+fn tso_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ihl: usize,
+    doff: usize,
+    payload: usize,
+    mss: u16,
+    gso_type: u8,
+) -> Vec<u8> {
+    let (ip_len, tcp_len) = (ihl * 4, doff * 4);
+    let mut f = vec![0u8; 10 + 14 + ip_len + tcp_len];
+    let hdr_len = (14 + ip_len + tcp_len) as u16;
+    f[0] = 1; // NEEDS_CSUM
+    f[1] = gso_type;
+    f[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+    f[4..6].copy_from_slice(&mss.to_ne_bytes());
+    f[6..8].copy_from_slice(&((14 + ip_len) as u16).to_ne_bytes());
+    f[8..10].copy_from_slice(&16u16.to_ne_bytes());
+    let e = &mut f[10..];
+    e[..6].copy_from_slice(&macs.1);
+    e[6..12].copy_from_slice(&macs.0);
+    e[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut e[14..];
+    ip[0] = 0x40 | ihl as u8;
+    let total = (ip_len + tcp_len + payload) as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let sum = !fold16(&ip[..ip_len], 0);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    // The TCP checksum left partial, as NEEDS_CSUM wants it: the pseudo-header's sum.
+    let pseudo = fold16(&ip[12..20], 6 + (tcp_len + payload) as u32);
+    let tcp = &mut ip[ip_len..];
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    tcp[..4].copy_from_slice(&[0x9c, 0x40, 0x13, 0x89]);
+    tcp[12] = (doff as u8) << 4;
+    tcp[13] = 0x18;
+    tcp[14] = 0x10;
+    f.extend(MARKER.bytes().cycle().take(payload));
+    f
+}
+
+#[test]
+#[cfg_attr(not(feature = "root-tests"), ignore = "needs root")]
+fn forged_segmentation_offload_packets_from_a_workload_neither_stop_the_tunnel_nor_leave_in_clear()
+{
+    let lab = Lab::up(2, FAST);
+    let (sec, a, b, ipb) = encrypted_pair(&lab);
+    let ipa = a.ipv4_addrs("eth0")[0].octets();
+    let dst: std::net::Ipv4Addr = ipb.parse().unwrap();
+    let macs = (mac_of(&a), mac_of(&b));
+    let before = lab.host_rnet_json("h1", &["status"])["wireguard"].clone();
+    assert_eq!(before["tun_offload"]["tso"], true, "{before}");
+    eprintln!("h1 before the forged frames: {before}");
+
+    let cap = Capture::start(&lab.switch_netns(), "any", SENTINEL_TO);
+    let frame = |ihl, doff, payload, mss, gso| {
+        tso_frame(macs, ipa, dst.octets(), ihl, doff, payload, mss, gso)
+    };
+    let mut frames = vec![
+        // Well-formed: cut into wire packets like any other.
+        frame(5, 5, 20_000, 1000, 1),
+        // Tiny segments: 3,000 one-byte packets.
+        frame(5, 5, 3000, 1, 1),
+        // IPv4 and TCP options, the longest headers there are.
+        frame(15, 15, 8000, 900, 1),
+        // Segments larger than the tunnel's MTU.
+        frame(5, 5, 30_000, 9000, 1),
+        // A TCP segmentation request on a UDP packet; on IPv6 (TCPV6) for an IPv4 one.
+        {
+            let mut f = frame(5, 5, 5000, 1000, 1);
+            f[10 + 14 + 9] = 17;
+            f
+        },
+        frame(5, 5, 5000, 1000, 4),
+        // ECN and UDP segmentation, never switched on for the tunnel.
+        frame(5, 5, 5000, 1000, 0x81),
+        frame(5, 5, 5000, 1000, 5),
+    ];
+    // Lying lengths: an IPv4 total length short of the frame, a header length past it.
+    let mut short_total = frame(5, 5, 6000, 1000, 1);
+    short_total[10 + 14 + 2..10 + 14 + 4].copy_from_slice(&100u16.to_be_bytes());
+    frames.push(short_total);
+    let mut doff_past = frame(5, 5, 10, 4, 1);
+    doff_past[10 + 14 + 20 + 12] = 0xf0;
+    frames.push(doff_past);
+
+    // What the workload's kernel took crossed, encrypted: the well-formed frame's 20,000
+    // bytes at least. (The kernel checks packets with a user's virtio-net header itself and
+    // refuses some; rnetd's checks of what it is handed are unit-tested in
+    // wireguard::offload, forged offsets and random bytes.)
+    let tx = |lab: &Lab| {
+        peer(&lab.host_rnet_json("h1", &["peers"]), "h2")["tunnel"]["tx_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let tx_before = tx(&lab);
+    let accepted = send_with_vnet_header(&a, frames);
+    eprintln!("the workload's kernel took {accepted} of the forged frames");
+    assert!(accepted >= 1, "not even the well-formed frame was sent");
+    wait_until(
+        "the forged frames' bytes crossed the tunnel",
+        Duration::from_secs(10),
+        || tx(&lab) > tx_before + 20_000,
+    );
+    // Some reached rnetd uncut (the kernel passes what its own checks accept), and were
+    // cut there.
+    let cut = &lab.host_rnet_json("h1", &["status"])["wireguard"]["tun_offload"];
+    eprintln!(
+        "super-packets cut by h1 before the forged frames and after: {} {}",
+        before["tun_offload"]["super_packets"], cut["super_packets"]
+    );
+    assert!(
+        cut["super_packets"].as_u64() > before["tun_offload"]["super_packets"].as_u64(),
+        "no forged frame reached the splitter: {cut}"
+    );
+    assert!(a.ping(&ipb, 3), "the tunnel broke");
+    assert_eq!(transfer(&a, &b, &ipb, 1_000_000), 1_000_000);
+    let seen = cap.finish();
+    assert!(
+        !seen.vxlan_vnis().contains(&sec),
+        "VXLAN of the encrypted network crossed in clear"
+    );
+    let clear = seen
+        .udp()
+        .iter()
+        .filter(|u| String::from_utf8_lossy(&u.payload).contains(MARKER))
+        .count();
+    assert_eq!(clear, 0, "the forged payload crossed the switch in clear");
+    assert!(tunnel_up(&lab, "h1", "h2") && tunnel_up(&lab, "h2", "h1"));
+    let wg = &lab.host_rnet_json("h1", &["status"])["wireguard"];
+    eprintln!("h1 after the forged frames: {wg}");
+    for h in ["h1", "h2"] {
+        assert!(
+            !lab.log(h).contains("panicked"),
+            "{h} panicked:\n{}",
+            lab.log(h)
+        );
+    }
 }
