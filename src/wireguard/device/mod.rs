@@ -1,7 +1,8 @@
 //! The host's userspace WireGuard interface: one TUN device in the tunnel namespace, one UDP
 //! socket on the underlay, one boringtun `Tunn` per peer, and three threads:
 //!
-//! - **tx**: TUN → encrypt → `sendmmsg` (up to 64 datagrams per call);
+//! - **tx**: TUN → (cut TCP super-packets, `offload`) → encrypt → `sendmmsg` (up to 64
+//!   datagrams per call);
 //! - **rx**: `recvmmsg` → decrypt → TUN;
 //! - **timers**: every 250 ms, boringtun's handshake, keepalive and rekey rules.
 //!
