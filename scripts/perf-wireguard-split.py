@@ -6,7 +6,8 @@ Usage: perf-wireguard-split.py LABEL=DIR[,DIR...] [LABEL=DIR[,DIR...] ...]
 
 For each DIR (one run of perf-wireguard.sh) and each side (sender = h2's rnetd, receiver =
 h1's): the CPU time /proc gave over the window divided by the data packets the sender's TUN
-device handed rnetd in that window (one per TCP segment of the flow), then split by the share
+device handed rnetd in that window (one per TCP segment of the flow, however many a read
+carried), then split by the share
 of perf's cpu-clock samples (weighted by their period) in each category. A sample's category
 comes from its kernel stack (which system call it is under: kernel stacks are complete) or,
 in userspace, from its leaf symbol (the release build has no frame pointers, so user stacks
@@ -34,6 +35,11 @@ ROWS = [
     "tokio / other userspace",
     "other kernel (poll/futex waits and wakeups, scheduler, interrupts, timers)",
 ]
+
+# Bytes of headers in front of each TUN packet's TCP payload, and the TCP payload of a
+# full-sized segment: see `analyse`.
+HEADERS = 50 + 20 + 32
+MSS = 1338
 
 KERNEL_DSO = re.compile(r"^\[(kernel\.kallsyms|[a-z0-9_]+)\]$")
 CRYPTO = re.compile(r"chacha|poly1305|aead|boringtun|ring_core|blake2|x25519|curve25519|aes_|Cipher",
@@ -267,12 +273,17 @@ def analyse(d):
     hz, secs = a["hz"], b["time"] - a["time"]
     tun = {h: [y - x for x, y in zip(a[h + ".tun"], b[h + ".tun"])] for h in ("h1", "h2")}
     udp = {h: [y - x for x, y in zip(a[h + ".udp"], b[h + ".udp"])] for h in ("h1", "h2")}
-    packets = tun["h2"][3]  # data packets: what the sender's TUN handed its rnetd
+    # Data packets: the TCP segments the sender's TUN handed its rnetd. With TSO on the TUN
+    # (rnetd --wireguard-tun-offload) one read carries up to ~48 of them, so they are counted
+    # from the bytes: each read has one set of headers (VXLAN 50, IPv4 20, TCP with
+    # timestamps 32) and the segments' payloads (MSS 1338 at the workload MTU of 1390).
+    reads = tun["h2"][3]
+    packets = max(round((tun["h2"][2] - HEADERS * reads) / MSS), 1)
     mt, mi = b["machine"][0] - a["machine"][0], b["machine"][1] - a["machine"][1]
     res = {
         "secs": secs, "packets": packets, "pps": packets / secs,
-        "gbps_tun": tun["h2"][2] * 8 / secs / 1e9, "avg_len": tun["h2"][2] / max(packets, 1),
-        "acks": tun["h1"][3], "rx_writes": tun["h1"][1], "tun": tun, "udp": udp,
+        "gbps_tun": packets * (HEADERS + MSS) * 8 / secs / 1e9,
+        "acks": tun["h1"][3], "rx_writes": tun["h1"][1], "tun": tun, "udp": udp, "reads": reads,
         "load": a["loadavg"], "machine_busy": 1 - mi / mt if mt else 0, "sides": {},
     }
     for side, h in (("sender", "h2"), ("receiver", "h1")):
@@ -359,6 +370,8 @@ def main():
         ("Gbit/s of tunnel packets (1440 bytes each)", "{:.2f}", lambda r: r["gbps_tun"]),
         ("ACKs (packets the receiver's TUN handed its rnetd) per 100 data packets", "{:.2f}",
          lambda r: r["acks"] * 100 / r["packets"]),
+        ("data packets per TUN read on the sender (TSO)", "{:.1f}",
+         lambda r: r["packets"] / max(r["reads"], 1)),
         ("data packets per TUN write on the receiver (GSO)", "{:.1f}",
          lambda r: r["packets"] / max(r["rx_writes"], 1)),
         ("UDP receive-buffer drops (both hosts)", "{:.0f}", lambda r: r["udp"]["h1"][2] + r["udp"]["h2"][2]),
