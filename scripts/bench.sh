@@ -72,6 +72,8 @@ an attach is one etcd txn whatever N is, fanned out by etcd's watches, so a new 
 the other hosts' kernels in about the same time at 10 and at 30 hosts.
 EOF
 } > "$tmp"
+# mktemp made it 0600; the file is for everyone to read.
+chmod 644 "$tmp"
 mkdir -p docs
 mv "$tmp" "$out"
 trap - EXIT
