@@ -98,7 +98,8 @@ fn auto_falls_back_to_boringtun_and_status_says_so() {
         text.contains("WireGuard (userspace (boringtun)): port"),
         "{text}"
     );
-    // The userspace TUN is the tunnel device: no kernel WireGuard device was left behind.
+    // The userspace TAP device is the tunnel device: no kernel WireGuard device was left
+    // behind.
     let tunnel_ns = host.run_dir().join("netns").join("wg");
     let links = Command::new("nsenter")
         .arg(format!("--net={}", tunnel_ns.display()))
@@ -106,7 +107,7 @@ fn auto_falls_back_to_boringtun_and_status_says_so() {
         .output()
         .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
-    assert!(links.contains("tun"), "{links}");
+    assert!(links.contains("tun type tap"), "{links}");
     assert!(!links.contains("wireguard"), "{links}");
 
     // Forced userspace is the same, and so is a restart over the previous run's state.

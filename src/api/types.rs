@@ -83,18 +83,22 @@ pub struct WireguardStatus {
     /// kernel's device counts no such reasons).
     #[serde(default)]
     pub drops: DropCounters,
-    /// The TUN device's segmentation offload (userspace backend only).
+    /// The tunnel device's segmentation offload (userspace backend only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tun_offload: Option<TunOffload>,
 }
 
-/// Whether the userspace tunnel's TUN device hands over TCP super-packets (up to 64 KB,
-/// inside VXLAN), which rnetd cuts into wire packets before encrypting them.
+/// Whether the userspace tunnel's device hands over TCP super-packets (up to 64 KB, inside
+/// VXLAN), which rnetd cuts into wire packets before encrypting them, and takes the ones
+/// rnetd merges from received segments.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunOffload {
     pub tso: bool,
     /// Super-packets cut so far.
     pub super_packets: u64,
+    /// Super-packets merged from received TCP segments and handed to the kernel whole.
+    #[serde(default)]
+    pub merged: u64,
 }
 
 /// A request to create a network (`POST /v1/networks`), as it arrives (strings not yet

@@ -107,9 +107,10 @@ struct Flags {
     /// UDP port of this host's WireGuard tunnel (encrypted networks), on the underlay address.
     #[arg(long, env = "RNET_WIREGUARD_PORT", default_value_t = rnet::wireguard::DEFAULT_PORT)]
     wireguard_port: u16,
-    /// Let the userspace tunnel's TUN device hand over TCP packets of up to 64 KB inside VXLAN
-    /// (cut by rnetd before encryption) where the kernel can (Linux 6.17 and later); `false`:
-    /// the kernel cuts them before the device.
+    /// Let the userspace tunnel's device hand over TCP packets of up to 64 KB inside VXLAN
+    /// (cut by rnetd before encryption), and take the ones rnetd merges from received
+    /// segments, where the kernel can (Linux 6.17 and later); `false`: the kernel cuts and
+    /// merges them.
     #[arg(long, env = "RNET_WIREGUARD_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     wireguard_tun_offload: bool,
     /// Replace this host's WireGuard key every SECS seconds (0: only on `rnet rotate-key`).

@@ -51,8 +51,8 @@ pub(super) async fn status(client: &Client, fmt: Format) -> Result<(), Failure> 
                             wg.drops.bad_offload,
                             match &wg.tun_offload {
                                 Some(t) if t.tso => format!(
-                                    "TCP segmentation offload on ({} super-packets cut)",
-                                    t.super_packets
+                                    "TCP segmentation offload on ({} super-packets cut, {} merged)",
+                                    t.super_packets, t.merged
                                 ),
                                 _ => "no TCP segmentation offload".to_string(),
                             }

@@ -58,8 +58,8 @@ pub struct DaemonConfig {
     pub probe_window: Duration,
     /// UDP port of the WireGuard tunnel.
     pub wireguard_port: u16,
-    /// Let the userspace tunnel's TUN device hand over TCP super-packets (see
-    /// `wireguard::offload`).
+    /// Let the userspace tunnel's device hand over TCP super-packets and take merged ones
+    /// (see `wireguard::offload` and `wireguard::gather`).
     pub wireguard_tun_offload: bool,
     /// Rotate the WireGuard key this often (None: only when asked).
     pub wireguard_rotate_every: Option<Duration>,

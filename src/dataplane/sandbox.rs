@@ -237,8 +237,8 @@ impl Netlink {
 /// every workload on the bridge and, through the VXLAN device's flood entries, to every other
 /// host. With the sandbox end of every veth pair doing that, 8 ADDs at once cost about 8% more
 /// CPU. Best effort: a kernel without IPv6 has no such files, and a read-only `/proc/sys`
-/// costs only the chatter.
-fn disable_ipv6(ns: &NetNs) -> Result<()> {
+/// costs only the chatter. The tunnel namespace has no IPv6 either (`configure_tunnel`).
+pub(super) fn disable_ipv6(ns: &NetNs) -> Result<()> {
     let written = ns.run(|| {
         ["default", "all"].into_iter().try_for_each(|scope| {
             let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
@@ -249,7 +249,7 @@ fn disable_ipv6(ns: &NetNs) -> Result<()> {
         })
     })?;
     if let Err((path, e)) = written {
-        tracing::warn!(sandbox = %ns.path().display(), error = %e, "writing {path}; the sandbox keeps IPv6");
+        tracing::warn!(netns = %ns.path().display(), error = %e, "writing {path}; the namespace keeps IPv6");
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The tunnel namespace's device: the TUN device of userspace WireGuard, or a kernel
+//! The tunnel namespace's device: the TAP device of userspace WireGuard, or a kernel
 //! WireGuard device, with the address and default route every encrypted VXLAN packet takes.
 
 use std::net::Ipv4Addr;
@@ -22,7 +22,7 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 const TUNNEL_TXQUEUELEN: u32 = 5000;
 
 impl Netlink {
-    /// Give the tunnel namespace's TUN device its address, MTU and the default route: every
+    /// Give the tunnel namespace's device its address, MTU and the default route: every
     /// VXLAN packet of an encrypted network goes to the tunnel, whatever its destination.
     pub async fn configure_tunnel(
         &self,
@@ -31,6 +31,9 @@ impl Netlink {
         address: Ipv4Addr,
         mtu: u32,
     ) -> Result<()> {
+        // Its device is an Ethernet device, which with IPv6 would announce itself to rnetd
+        // (router solicitations, MLD reports) for nothing: the tunnel carries IPv4.
+        super::sandbox::disable_ipv6(&NetNs::open(netns)?)?;
         let h = self.sandbox(netns)?;
         let lo = require_link(&h, "lo").await?;
         set_link(
@@ -40,7 +43,13 @@ impl Netlink {
         )
         .await?;
         let tun = require_link(&h, ifname).await?;
-        let mut msg = LinkUnspec::new_with_index(tun.index).mtu(mtu).up().build();
+        // No ARP: the userspace tunnel's device is a TAP device (see wireguard::tun), which
+        // takes every packet routed to it with its own address as the destination.
+        let mut msg = LinkUnspec::new_with_index(tun.index)
+            .mtu(mtu)
+            .arp(false)
+            .up()
+            .build();
         // The tunnel thread drains the queue in batches; the default 500 packets overflow in
         // bursts and TCP takes every drop for congestion.
         msg.attributes

@@ -1,10 +1,10 @@
 //! Encrypted overlay: one WireGuard tunnel per host, carried by the kernel's `wireguard`
 //! device where the kernel has it (`kernel`, over generic netlink) and by boringtun in
-//! userspace elsewhere (`device`: boringtun's sans-IO `Tunn`; rnet owns the TUN device, the
+//! userspace elsewhere (`device`: boringtun's sans-IO `Tunn`; rnet owns the TAP device, the
 //! UDP socket and the timers). `backend` picks one and hides the difference.
 //!
 //! The VXLAN devices of encrypted networks are created from a dedicated *tunnel namespace*
-//! that holds only the TUN device: their UDP sockets live there, so every frame they send
+//! that holds only the tunnel device: their UDP sockets live there, so every frame they send
 //! leaves through WireGuard and every frame they receive came out of it. Peers' tunnel
 //! addresses are their underlay addresses (see `plan`), so the peer tables are the same as
 //! for unencrypted networks, gated on the tunnel being up.
@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod batch;
 mod device;
+mod gather;
 mod genl;
 pub mod identity;
 pub mod kernel;
@@ -28,7 +29,7 @@ mod wire;
 pub use backend::{Backend, BackendChoice, WireGuard};
 pub use device::{tunnel_mtu, DropCounters, TunOffload, TunnelStatus, WgConfig};
 
-/// The tunnel device (TUN or kernel WireGuard), in the tunnel namespace.
+/// The tunnel device (TAP or kernel WireGuard), in the tunnel namespace.
 pub const TUN_NAME: &str = "rnet-wg0";
 /// WireGuard's customary port.
 pub const DEFAULT_PORT: u16 = 51820;

@@ -1,4 +1,4 @@
-//! TCP segmentation of the TUN device's super-packets. With offloads on (`tun`), the kernel
+//! TCP segmentation of the tunnel device's super-packets. With offloads on (`tun`), the kernel
 //! hands the tunnel one TCP/IPv4 packet of up to 64 KB, bare or inside a UDP tunnel (the
 //! VXLAN of an encrypted network), where it would otherwise have cut it into wire-sized
 //! packets and queued each to the device on its own: one read instead of ~45, and no pass

@@ -31,6 +31,7 @@ impl From<TunOffload> for wire::TunOffload {
         wire::TunOffload {
             tso: t.tso,
             super_packets: t.super_packets,
+            merged: t.merged,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The datapath threads of the userspace tunnel: tx (TUN → encrypt → UDP GSO sends), rx
-//! (`recvmmsg` with UDP GRO → decrypt → TUN, with handshakes routed to their peer's link) and
+//! The datapath threads of the userspace tunnel: tx (device → encrypt → UDP GSO sends), rx
+//! (`recvmmsg` with UDP GRO → decrypt → device, merged by `gather`, with handshakes routed to their peer's link) and
 //! timers. The socket I/O is `batch`'s, on quinn-udp.
 
 use super::*;
@@ -43,7 +43,7 @@ impl Inner {
         tracing::warn!(peer = %slot, "WireGuard handshake refused: {problem}");
     }
 
-    // ----- outbound: TUN → peers -----
+    // ----- outbound: device → peers -----
 
     pub(super) fn tx_loop(&self) {
         let mut packet = vec![0u8; MAX_PACKET + 1];
@@ -59,6 +59,7 @@ impl Inner {
                         self.counters.bad_offload.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
+                    Ok(Some(TunRead::NotIpv4)) => continue,
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "reading {TUN_NAME} failed");
@@ -115,7 +116,7 @@ impl Inner {
         }
     }
 
-    // ----- inbound: peers → TUN -----
+    // ----- inbound: peers → device -----
 
     pub(super) fn rx_loop(&self) {
         let mut batch = RecvBatch::default();
@@ -139,6 +140,10 @@ impl Inner {
                 }
             }
             let _ = out.flush(&self.tun);
+            let merged = std::mem::take(&mut out.merged);
+            if merged > 0 {
+                self.counters.merged.fetch_add(merged, Ordering::Relaxed);
+            }
         }
     }
 

@@ -1,9 +1,9 @@
-//! The host's userspace WireGuard interface: one TUN device in the tunnel namespace, one UDP
+//! The host's userspace WireGuard interface: one TAP device in the tunnel namespace, one UDP
 //! socket on the underlay, one boringtun `Tunn` per peer, and three threads:
 //!
-//! - **tx**: TUN → (cut TCP super-packets, `offload`) → encrypt → `sendmmsg` (up to 64
+//! - **tx**: device → (cut TCP super-packets, `offload`) → encrypt → `sendmmsg` (up to 64
 //!   datagrams per call);
-//! - **rx**: `recvmmsg` → decrypt → TUN;
+//! - **rx**: `recvmmsg` → decrypt → (merge TCP segments, `gather`) → device;
 //! - **timers**: every 250 ms, boringtun's handshake, keepalive and rekey rules.
 //!
 //! The two directions run on their own threads so both cores work. The peer table is
@@ -13,7 +13,7 @@
 //! Fail closed: a packet whose destination is not a peer is dropped, and one for a peer
 //! without a session waits inside boringtun for the handshake. Nothing here can send an
 //! overlay frame unencrypted: the VXLAN sockets of encrypted networks live in the tunnel
-//! namespace, whose only way out is this TUN device.
+//! namespace, whose only way out is this device.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -28,6 +28,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
 use super::batch::{RecvBatch, SendBatch, Udp, BUF};
+use super::gather::TunWriter;
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
 use super::limiter::Keys;
@@ -35,7 +36,7 @@ use super::link::{self, Link, To};
 use super::offload;
 use super::pins::PinBook;
 use super::plan::PeerSpec;
-use super::tun::{Tun, TunRead, TunWriter, MAX_PACKET};
+use super::tun::{Tun, TunRead, MAX_PACKET};
 use super::{WgError, TUN_NAME};
 use crate::model::{WireguardInfo, WIREGUARD_OVERHEAD};
 use crate::netns::{self, NetNs};
@@ -63,8 +64,8 @@ pub struct WgConfig {
     pub underlay: Ipv4Addr,
     pub underlay_mtu: u32,
     pub port: u16,
-    /// Ask the TUN device for TCP super-packets (cut here before encryption) where the
-    /// kernel offers them; off, the kernel cuts them before the device.
+    /// Ask the device for TCP super-packets (cut here before encryption) and give it merged
+    /// ones where the kernel offers that; off, the kernel cuts them before the device.
     pub tun_offload: bool,
 }
 
@@ -102,13 +103,15 @@ pub struct DropCounters {
     pub bad_offload: u64,
 }
 
-/// The TUN device's segmentation offload, as `rnet status` shows it.
+/// The tunnel device's segmentation offload, as `rnet status` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TunOffload {
     /// The kernel hands over TCP super-packets, bare or inside VXLAN.
     pub tso: bool,
     /// Super-packets cut into wire packets here so far.
     pub super_packets: u64,
+    /// Super-packets merged here from received TCP segments and written whole so far.
+    pub merged: u64,
 }
 
 struct Peer {
@@ -141,6 +144,7 @@ struct Counters {
     no_peer: AtomicU64,
     bad_offload: AtomicU64,
     super_packets: AtomicU64,
+    merged: AtomicU64,
 }
 
 struct Inner {
@@ -167,8 +171,8 @@ pub struct Userspace {
 }
 
 impl Userspace {
-    /// Load or make the key, bind the UDP port, create the TUN device in the tunnel
-    /// namespace, and start the threads. `configure` gives the TUN its address, MTU and
+    /// Load or make the key, bind the UDP port, create the TAP device in the tunnel
+    /// namespace, and start the threads. `configure` gives the device its address, MTU and
     /// route (netlink, owned by the dataplane). `on_change` runs whenever a tunnel goes up or
     /// down, so the peer tables follow.
     pub async fn start<F, Fut>(
@@ -389,11 +393,13 @@ impl Userspace {
         }
     }
 
-    /// Whether the TUN device hands over super-packets, and how many it has.
+    /// Whether the tunnel device hands over super-packets, how many it has, and how many
+    /// were merged for it.
     pub fn tun_offload(&self) -> TunOffload {
         TunOffload {
             tso: self.inner.tun.tso(),
             super_packets: self.inner.counters.super_packets.load(Ordering::Relaxed),
+            merged: self.inner.counters.merged.load(Ordering::Relaxed),
         }
     }
 
