@@ -15,14 +15,15 @@
 //! packet goes up with its checksum marked as still to be computed, which the kernel
 //! trusts); a packet that fails any check is written on its own, untouched.
 
-use super::offload::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_TUNNEL};
+use super::offload::{
+    TCP_PSH, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4, VNET_HDR_TUNNEL,
+};
 use super::tun::MAX_PACKET;
 use crate::checksum::{fold, internet_checksum, ones_sum};
 use crate::model::VXLAN_PORT;
 
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
-const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
 /// Most datagrams or segments written as one (the kernel's UDP_MAX_SEGMENTS and its GRO's
 /// limit are both at least 64).
 const MAX_SEGMENTS: usize = 64;
@@ -36,7 +37,6 @@ const INNER_ETH: usize = 36;
 const INNER_IP: usize = 50;
 const TCP: usize = 70;
 
-const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment inside VXLAN that may be merged with its neighbours.

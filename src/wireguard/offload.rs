@@ -17,12 +17,12 @@ pub const VNET_HDR_TUNNEL: usize = 24;
 pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM: u8 = 8;
 pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+pub(super) const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+pub(super) const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
+pub(super) const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// A super-packet's segmentation, from its virtio-net header.
