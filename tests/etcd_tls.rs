@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, ChildGuard, Host};
+use common::{wait_until, ChildGuard, Host, RunScratch};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -187,7 +187,7 @@ impl TlsEtcd {
     /// Run a second rnetd (own socket and dirs) in the host namespace with `env` and
     /// `args`, expecting it to be refused at start: returns its stderr.
     fn refused(&self, env: &[&str], args: &[String]) -> String {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = RunScratch::new();
         let d = |n: &str| s(&dir.path().join(n)).to_string();
         let underlay = self.host.underlay().to_string();
         let mut argv: Vec<String> = ["env"].iter().map(|a| a.to_string()).collect();
@@ -377,7 +377,7 @@ fn etcd_roles_let_a_host_write_only_its_own_records_and_passwords_are_checked() 
     let mut as_h2 = etcd.cert_flags("h1");
     as_h2.extend(strings(&["--host-id", "h2"]));
     etcd.host.kill_daemon(nix::sys::signal::Signal::SIGTERM);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RunScratch::new();
     let log = std::fs::File::create(dir.path().join("h2.log")).unwrap();
     let d = |n: &str| s(&dir.path().join(n)).to_string();
     let underlay = etcd.host.underlay().to_string();

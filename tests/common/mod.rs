@@ -239,6 +239,27 @@ fn unmount_all_under(dir: &Path) {
     }
 }
 
+/// A scratch directory for the socket, state and run directories of an rnetd a test starts
+/// by hand: on drop, the namespace bind mounts that rnetd left under it (its tunnel
+/// namespace, made at start) are unmounted first, so the directory and the namespaces go.
+pub struct RunScratch(tempfile::TempDir);
+
+impl RunScratch {
+    pub fn new() -> RunScratch {
+        RunScratch(tempfile::tempdir().expect("create a scratch dir"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for RunScratch {
+    fn drop(&mut self) {
+        unmount_all_under(self.0.path());
+    }
+}
+
 /// A simulated host: its own network namespace, underlay `ul0`, and (optionally) an rnetd.
 pub struct Host {
     tag: String,
