@@ -1,6 +1,6 @@
 //! The datapath threads of the userspace tunnel: tx (device → encrypt → UDP GSO sends), rx
-//! (`recvmmsg` with UDP GRO → decrypt → device, merged by `gather`, with handshakes routed to their peer's link) and
-//! timers. The socket I/O is `batch`'s, on quinn-udp.
+//! (`recvmmsg` with UDP GRO → decrypt → merged by `gather` → device, with handshakes routed
+//! to their peer's link) and timers. The socket I/O is `batch`'s, on quinn-udp.
 
 use super::*;
 
