@@ -150,8 +150,13 @@ fn get16(p: &[u8], at: usize) -> u16 {
 
 /// Set an IPv4 header's total length, identification and checksum.
 fn finish_ipv4(h: &mut [u8], total: usize, id: u16) {
-    put16(h, 2, total as u16);
     put16(h, 4, id);
+    set_ipv4_length(h, total);
+}
+
+/// Set an IPv4 header's total length and checksum (`gather` uses it for merged packets).
+pub(super) fn set_ipv4_length(h: &mut [u8], total: usize) {
+    put16(h, 2, total as u16);
     put16(h, 10, 0);
     let ihl = usize::from(h[0] & 0x0f) * 4;
     let sum = internet_checksum(&h[..ihl]);

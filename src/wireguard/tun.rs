@@ -133,12 +133,6 @@ impl Tun {
         Ok(())
     }
 
-    /// Whether the kernel hands over TCP super-packets (`TunRead::Segments`) and takes
-    /// merged ones inside VXLAN.
-    pub fn tso(&self) -> bool {
-        self.tso
-    }
-
     /// Read one packet into `buf` (at least [`MAX_PACKET`] bytes with offloads on);
     /// `Ok(None)` when none is waiting. A packet the device hands over with its checksum
     /// left to "hardware" is finished here.
@@ -214,10 +208,32 @@ impl Tun {
         }))
     }
 
-    /// Write `packet` behind `hdr` (offsets from the IP header, as `gather` makes them), of
-    /// which the device takes its header's size; the kernel receives it as if it arrived on
-    /// the device.
-    fn write_frame(&self, hdr: &[u8; VNET_HDR_TUNNEL], packet: &[u8]) -> std::io::Result<()> {
+    /// Block until a packet is waiting (or `timeout_ms` passes).
+    pub fn wait_readable(&self, timeout_ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    }
+}
+
+impl Device for Tun {
+    fn gso(&self) -> bool {
+        self.vnet > 0
+    }
+
+    /// Whether the kernel hands over TCP super-packets (`TunRead::Segments`) and takes
+    /// merged ones inside VXLAN.
+    fn tso(&self) -> bool {
+        self.tso
+    }
+
+    /// The kernel receives `packet` as if it arrived on the device, behind the Ethernet
+    /// header and `hdr`, whose offsets move by the Ethernet header's length.
+    fn write_with(&self, hdr: &[u8; VNET_HDR_TUNNEL], packet: &[u8]) -> std::io::Result<()> {
         let mut hdr = *hdr;
         shift_offsets(&mut hdr, ETH_HLEN);
         let iov = [
@@ -242,31 +258,6 @@ impl Tun {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
-    }
-
-    /// Block until a packet is waiting (or `timeout_ms` passes).
-    pub fn wait_readable(&self, timeout_ms: i32) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    }
-}
-
-impl Device for Tun {
-    fn gso(&self) -> bool {
-        self.vnet > 0
-    }
-
-    fn tso(&self) -> bool {
-        self.tso
-    }
-
-    fn write_with(&self, hdr: &[u8; VNET_HDR_TUNNEL], packet: &[u8]) -> std::io::Result<()> {
-        self.write_frame(hdr, packet)
     }
 
     fn name(&self) -> &str {

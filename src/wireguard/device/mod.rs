@@ -28,6 +28,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use parking_lot::{Mutex, RwLock};
 
 use super::batch::{RecvBatch, SendBatch, Udp, BUF};
+use super::gather::Device as _;
 use super::gather::TunWriter;
 use super::identity::Identity;
 use super::keys::{encode_public, HostKey};
